@@ -1,0 +1,69 @@
+// osstune: small things every layer needs — error reporting, allocation, bf16, a seeded RNG, a clock.
+// No I/O beyond stderr, so kernels/ may include it too.
+#ifndef OT_COMMON_H
+#define OT_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- errors -------------------------------------------------------------------------------------------------
+// Fatal errors print "osstune: <file>:<line>: message" and exit(1). Library code that can recover returns an
+// int status (0 = ok) and fills an ot_err buffer instead; the tools turn that into a message and an exit code.
+#define OT_ERR_LEN 1024
+typedef struct {
+    char msg[OT_ERR_LEN];
+} ot_err;
+
+void ot_die_at(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+#define ot_die(...) ot_die_at(__FILE__, __LINE__, __VA_ARGS__)
+// Fill err (when non-NULL) and return -1: `return ot_fail(err, "bad %s", x);`
+int ot_fail(ot_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Print a warning line to stderr.
+void ot_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+void *ot_malloc(size_t n);             // dies on failure; n == 0 gives a valid pointer
+void *ot_calloc(size_t n, size_t size); // zeroed; dies on failure
+void *ot_realloc(void *p, size_t n);
+char *ot_strdup(const char *s);
+
+// ---- bf16 -----------------------------------------------------------------------------------------------------
+// bf16 is the upper half of an IEEE float32. Conversion to bf16 rounds to nearest even (what torch does).
+static inline float ot_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t ot_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40); // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float ot_f16_to_f32(uint16_t h);
+uint16_t ot_f32_to_f16(float f);
+
+// ---- deterministic RNG ---------------------------------------------------------------------------------------
+// splitmix64 seeding + xoshiro256** stream. Same seed, same numbers on every machine.
+typedef struct {
+    uint64_t s[4];
+} ot_rng;
+void ot_rng_seed(ot_rng *r, uint64_t seed);
+uint64_t ot_rng_u64(ot_rng *r);
+double ot_rng_uniform(ot_rng *r);          // [0, 1)
+double ot_rng_normal(ot_rng *r);           // standard normal (Box–Muller, no cached second value)
+uint64_t ot_hash64(uint64_t x);            // splitmix64 finaliser, for deriving sub-seeds
+
+// ---- time -----------------------------------------------------------------------------------------------------
+double ot_now_seconds(void); // monotonic
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,70 @@
+// osstune kernels: every op of the gpt-oss forward and backward, on plain pointers and sizes. Math only, no I/O.
+// The CPU reference (kernels/cpu/) implements this header; kernels/cuda/ has the GPU twins (kernels/cuda/ops_cuda.h).
+#ifndef OT_KERNELS_OPS_H
+#define OT_KERNELS_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- MXFP4 (spec §3.4) ---------------------------------------------------------------------------------------
+// A row of `cols` elements is cols/32 groups; group g has 16 bytes (element 32g+2j in the low nibble of byte j,
+// 32g+2j+1 in the high nibble) and one E8M0 scale byte s: value = FP4[nibble] · 2^(s − 127).
+extern const float ot_fp4_values[16];
+void ot_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *scales, int cols);
+
+// The weights of one expert projection, all experts: logical shape [E, rows (out), cols (in)].
+enum { OT_EXPERT_MXFP4 = 1, OT_EXPERT_DENSE = 2 };
+typedef struct {
+    int kind;                                     // OT_EXPERT_MXFP4 or OT_EXPERT_DENSE
+    int n_experts, rows, cols;                    // E, out, in
+    const uint8_t *blocks;                        // MXFP4: [E, rows, cols/32, 16]
+    const uint8_t *scales;                        // MXFP4: [E, rows, cols/32]
+    const float *dense;                           // DENSE: [E, rows, cols]
+} ot_expert_weight;
+// Row r of expert e as floats (dequantized for MXFP4).
+void ot_expert_weight_row(float *out, const ot_expert_weight *W, int e, int r);
+
+// ---- YaRN inverse frequencies (HF `_compute_yarn_parameters`, computed in float like HF) ---------------------
+typedef struct {
+    double theta;            // rope_theta
+    double factor;           // rope_scaling.factor (1 = plain RoPE, no YaRN)
+    double beta_fast, beta_slow;
+    int original_max_position_embeddings;
+    int truncate;            // round the correction range (floor/ceil) as llama.cpp does; gpt-oss: 0
+    double attention_factor; // <= 0: the default 0.1·ln(factor) + 1
+} ot_rope_params;
+// inv_freq[D/2]; returns the attention factor that multiplies cos and sin.
+float ot_rope_inv_freq(float *inv_freq, int head_dim, const ot_rope_params *p);
+
+// ---- optimizer ------------------------------------------------------------------------------------------------
+// torch.optim.AdamW (decoupled weight decay), one step on n floats; step counts from 1.
+void ot_adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                   float eps, float weight_decay, long step);
+// Σ g² over n floats, in double (callers add the pieces, then sqrt, so the order is fixed).
+double ot_sum_squares(const float *g, size_t n);
+// torch.nn.utils.clip_grad_norm_: the factor to multiply gradients by (1 when norm <= max_norm or max_norm <= 0).
+float ot_clip_coef(double total_norm, float max_norm);
+// Linear warmup over `warmup` steps from 0 to lr_max, then cosine decay to lr_min at total_steps.
+// step counts from 0 (the lr used by the first optimizer step is lr_at(0)).
+float ot_lr_at(long step, long warmup, long total_steps, float lr_max, float lr_min);
+
+// ---- the templated op list: float names, then double names with the `_f64` suffix -----------------------------
+#define OT_OPS_REAL float
+#define OT_OPS_FN(name) name
+#include "kernels/ops_list.h"
+#undef OT_OPS_REAL
+#undef OT_OPS_FN
+#define OT_OPS_REAL double
+#define OT_OPS_FN(name) name##_f64
+#include "kernels/ops_list.h"
+#undef OT_OPS_REAL
+#undef OT_OPS_FN
+
+#ifdef __cplusplus
+}
+#endif
+#endif

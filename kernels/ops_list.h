@@ -1,0 +1,87 @@
+// The list of CPU ops, written once for an element type OT_OPS_REAL and a name macro OT_OPS_FN; ops.h includes
+// it twice (float, and double with the `_f64` suffix). Do not include this file directly.
+//
+// Conventions, for every op:
+// - Arrays are dense, row-major (last index fastest). T = tokens (all sequences of a batch flattened),
+//   H = hidden, D = head dim, nh = query heads, nkv = key/value heads, E = experts, k = experts per token.
+// - Forward functions overwrite their outputs.
+// - Backward functions ACCUMULATE (+=) into every gradient they produce, inputs and parameters alike, so the
+//   caller zeroes gradient buffers once and residual branches simply add. A NULL gradient pointer means
+//   "not wanted" and skips that work.
+// - Everything accumulates in double internally; results are rounded to the element type at the end.
+
+// ---- embedding -----------------------------------------------------------------------------------------------
+// out[t, :] = table[ids[t], :]
+void OT_OPS_FN(ot_embedding_fwd)(OT_OPS_REAL *out, const int32_t *ids, const OT_OPS_REAL *table, int T, int H);
+// dtable[ids[t], :] += dout[t, :]
+void OT_OPS_FN(ot_embedding_bwd)(OT_OPS_REAL *dtable, const OT_OPS_REAL *dout, const int32_t *ids, int T, int H);
+
+// ---- RMSNorm (HF GptOssRMSNorm): y = x * rsqrt(mean(x^2) + eps) * w; rstd[t] is saved for backward ------------
+void OT_OPS_FN(ot_rmsnorm_fwd)(OT_OPS_REAL *y, OT_OPS_REAL *rstd, const OT_OPS_REAL *x, const OT_OPS_REAL *w, int T,
+                               int H, float eps);
+void OT_OPS_FN(ot_rmsnorm_bwd)(OT_OPS_REAL *dx, OT_OPS_REAL *dw, const OT_OPS_REAL *dy, const OT_OPS_REAL *x,
+                               const OT_OPS_REAL *w, const OT_OPS_REAL *rstd, int T, int H);
+
+// ---- dense linear: y[T, out] = x[T, in] · W[out, in]ᵀ + b[out]  (b may be NULL) ------------------------------
+void OT_OPS_FN(ot_matmul_fwd)(OT_OPS_REAL *y, const OT_OPS_REAL *x, const OT_OPS_REAL *W, const OT_OPS_REAL *b, int T,
+                              int in, int out);
+// dx += dy · W;  dW += dyᵀ · x;  db += Σ_t dy
+void OT_OPS_FN(ot_matmul_bwd)(OT_OPS_REAL *dx, OT_OPS_REAL *dW, OT_OPS_REAL *db, const OT_OPS_REAL *dy,
+                              const OT_OPS_REAL *x, const OT_OPS_REAL *W, int T, int in, int out);
+
+// ---- LoRA with PEFT semantics: y += scale · (x · Aᵀ) · Bᵀ, A [r, in], B [out, r]; xa [T, r] saved ------------
+void OT_OPS_FN(ot_lora_fwd)(OT_OPS_REAL *y, OT_OPS_REAL *xa, const OT_OPS_REAL *x, const OT_OPS_REAL *A,
+                            const OT_OPS_REAL *B, int T, int in, int r, int out, float scale);
+void OT_OPS_FN(ot_lora_bwd)(OT_OPS_REAL *dx, OT_OPS_REAL *dA, OT_OPS_REAL *dB, const OT_OPS_REAL *dy,
+                            const OT_OPS_REAL *x, const OT_OPS_REAL *xa, const OT_OPS_REAL *A, const OT_OPS_REAL *B,
+                            int T, int in, int r, int out, float scale);
+
+// ---- YaRN RoPE, NeoX half-split rotation, in place on x [T, nh, D] ---------------------------------------------
+// angle = (float)pos[t] * inv_freq[i] in float (as HF does), then cos/sin times attn_factor.
+void OT_OPS_FN(ot_rope_fwd)(OT_OPS_REAL *x, const int32_t *pos, const float *inv_freq, float attn_factor, int T,
+                            int nh, int D);
+// In place: turns dy (gradient w.r.t. the rotated x) into the gradient w.r.t. the unrotated x.
+void OT_OPS_FN(ot_rope_bwd)(OT_OPS_REAL *dx, const int32_t *pos, const float *inv_freq, float attn_factor, int T,
+                            int nh, int D);
+
+// ---- attention with sinks, GQA, causal / sliding window, packed sequences -------------------------------------
+// q [T, nh, D] and k, v [T, nkv, D] (already rotated); query head h uses kv head h / (nh / nkv).
+// seg_start[t] = index of the first token of t's sequence; key j is visible to query i iff
+//   seg_start[i] <= j <= i, and, when window > 0, i - j < window.
+// scores = q·k / sqrt(D); the row gets one extra logit sinks[h]; softmax over row + sink; sink column dropped.
+// out [T, nh, D]; lse [T, nh] = log Σ exp over the row including the sink (saved for backward).
+void OT_OPS_FN(ot_attention_fwd)(OT_OPS_REAL *out, OT_OPS_REAL *lse, const OT_OPS_REAL *q, const OT_OPS_REAL *k,
+                                 const OT_OPS_REAL *v, const OT_OPS_REAL *sinks, const int32_t *seg_start, int T,
+                                 int nh, int nkv, int D, int window);
+void OT_OPS_FN(ot_attention_bwd)(OT_OPS_REAL *dq, OT_OPS_REAL *dk, OT_OPS_REAL *dv, OT_OPS_REAL *dsinks,
+                                 const OT_OPS_REAL *dout, const OT_OPS_REAL *out, const OT_OPS_REAL *lse,
+                                 const OT_OPS_REAL *q, const OT_OPS_REAL *k, const OT_OPS_REAL *v,
+                                 const OT_OPS_REAL *sinks, const int32_t *seg_start, int T, int nh, int nkv, int D,
+                                 int window);
+
+// ---- router: top-k of the raw logits [T, E] (descending; ties to the lower index), softmax over those k ------
+void OT_OPS_FN(ot_router_topk_fwd)(int32_t *idx, OT_OPS_REAL *w, const OT_OPS_REAL *logits, int T, int E, int k);
+// dlogits [T, E] += softmax backward of dw [T, k], scattered to the selected experts
+void OT_OPS_FN(ot_router_topk_bwd)(OT_OPS_REAL *dlogits, const OT_OPS_REAL *dw, const OT_OPS_REAL *w,
+                                   const int32_t *idx, int T, int E, int k);
+
+// ---- clamped SwiGLU on interleaved gate/up: gu [n, 2I] (even = gate, odd = up) -> act [n, I] ---------------
+// gate = min(gate, limit); up = clamp(up, -limit, limit); act = (up + 1) · gate · sigmoid(alpha · gate)
+void OT_OPS_FN(ot_swiglu_fwd)(OT_OPS_REAL *act, const OT_OPS_REAL *gu, int n, int I, float alpha, float limit);
+void OT_OPS_FN(ot_swiglu_bwd)(OT_OPS_REAL *dgu, const OT_OPS_REAL *dact, const OT_OPS_REAL *gu, int n, int I,
+                              float alpha, float limit);
+
+// ---- one expert's linear map on a gathered group of n rows: y[n, out] = x[n, in] · W_eᵀ + b_e ---------------
+// W is an ot_expert_weight (MXFP4 kept 4-bit and dequantized a row at a time, or dense float).
+void OT_OPS_FN(ot_expert_matmul_fwd)(OT_OPS_REAL *y, const OT_OPS_REAL *x, const ot_expert_weight *W, int e,
+                                     const float *bias_e, int n);
+// dx += dy · W_e   (the expert weights and biases are frozen: no weight gradient)
+void OT_OPS_FN(ot_expert_matmul_bwd)(OT_OPS_REAL *dx, const OT_OPS_REAL *dy, const ot_expert_weight *W, int e, int n);
+
+// ---- cross-entropy at selected positions through the output head -----------------------------------------------
+// For each of n targets i: logits = h[pos[i]] · Wlmᵀ (V entries, computed a block of rows at a time; never all
+// T × V), loss_i = logsumexp(logits) - logits[label[i]]. Returns Σ_i loss_i (double). When dh is non-NULL,
+// dh[pos[i]] += grad_scale · (softmax(logits) - onehot(label[i])) · Wlm; when dWlm is non-NULL it gets the
+// matching weight gradient.
+double OT_OPS_FN(ot_lmhead_xent)(OT_OPS_REAL *dh, OT_OPS_REAL *dWlm, const OT_OPS_REAL *h, const OT_OPS_REAL *Wlm,
+                                 const int32_t *pos, const int32_t *label, int n, int H, int V, float grad_scale);

@@ -1,0 +1,332 @@
+// One gpt-oss decoder layer after another, exactly the order of spec §2, composed from kernels/ops.h.
+// Each layer keeps what its backward needs (no recomputation on the CPU: the reference favours clarity).
+#include "trainer/gptoss_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    float *x;       // [T, H] layer input (residual stream)
+    float *xn1;     // [T, H] input_layernorm(x)
+    float *rstd1;   // [T]
+    float *q, *k, *v; // [T, nh·D], [T, nkv·D], [T, nkv·D]; q and k after RoPE
+    float *xa[4];   // [T, r] LoRA x·Aᵀ of q, k, v, o (when adapted)
+    float *att;     // [T, nh·D] attention output, before o_proj
+    float *lse;     // [T, nh]
+    float *h;       // [T, H] after the attention residual
+    float *xn2;     // [T, H] post_attention_layernorm(h)
+    float *rstd2;   // [T]
+    float *router_logits; // [T, E]
+    int32_t *topk_idx;    // [T, k]
+    float *topk_w;        // [T, k]
+    // The MoE works on (token, slot) rows sorted by expert; row i of the sorted order is perm[i] = t·k + slot.
+    int32_t *perm;        // [T·k]
+    int32_t *expert_off;  // [E + 1]
+    float *gu, *act, *y;  // [T·k, 2I], [T·k, I], [T·k, H] in sorted order
+    float *xa_gu, *xa_d;  // [T·k, r]
+} layer_acts;
+
+struct ot_cpu_workspace {
+    int T_cap, r_cap;
+    int n_layers;
+    layer_acts *layers;
+    float *x_final, *hf, *rstd_f; // final residual, final norm output, its rstd
+    float *arena;
+    size_t arena_floats;
+    int32_t *iarena;
+    size_t iarena_n;
+};
+
+ot_cpu_workspace *ot_cpu_workspace_new(void) { return ot_calloc(1, sizeof(ot_cpu_workspace)); }
+
+void ot_cpu_workspace_free(ot_cpu_workspace *ws) {
+    if (!ws) return;
+    free(ws->arena);
+    free(ws->iarena);
+    free(ws->layers);
+    free(ws);
+}
+
+// (Re)carve the activation arena for T tokens and LoRA rank r.
+static void workspace_reserve(ot_cpu_workspace *ws, const ot_model_config *c, int T, int r) {
+    if (T <= ws->T_cap && r <= ws->r_cap && ws->n_layers == c->num_hidden_layers) return;
+    if (T < ws->T_cap) T = ws->T_cap;
+    if (r < ws->r_cap) r = ws->r_cap;
+    if (r < 1) r = 1;
+    const size_t H = c->hidden_size, Q = (size_t)c->num_attention_heads * c->head_dim,
+                 KV = (size_t)c->num_key_value_heads * c->head_dim, E = c->num_local_experts,
+                 K = c->num_experts_per_tok, I = c->intermediate_size, nh = c->num_attention_heads;
+    const size_t L = c->num_hidden_layers, Tz = (size_t)T, R = (size_t)r;
+    size_t per_layer = Tz * (H + H + 1 + Q + KV + KV + 4 * R + Q + nh + H + H + 1 + E + K) +
+                       Tz * K * (2 * I + I + H + 2 * R);
+    size_t iper_layer = Tz * K + Tz * K + E + 1;
+    free(ws->arena);
+    free(ws->iarena);
+    free(ws->layers);
+    ws->arena_floats = L * per_layer + Tz * (2 * H + 1);
+    ws->arena = ot_malloc(ws->arena_floats * sizeof(float));
+    ws->iarena_n = L * iper_layer;
+    ws->iarena = ot_malloc(ws->iarena_n * sizeof(int32_t));
+    ws->layers = ot_calloc(L, sizeof(layer_acts));
+    float *p = ws->arena;
+    int32_t *ip = ws->iarena;
+#define TAKE(ptr, n) (ptr = p, p += (n))
+#define ITAKE(ptr, n) (ptr = ip, ip += (n))
+    for (size_t l = 0; l < L; l++) {
+        layer_acts *a = &ws->layers[l];
+        TAKE(a->x, Tz * H);
+        TAKE(a->xn1, Tz * H);
+        TAKE(a->rstd1, Tz);
+        TAKE(a->q, Tz * Q);
+        TAKE(a->k, Tz * KV);
+        TAKE(a->v, Tz * KV);
+        for (int i = 0; i < 4; i++) TAKE(a->xa[i], Tz * R);
+        TAKE(a->att, Tz * Q);
+        TAKE(a->lse, Tz * nh);
+        TAKE(a->h, Tz * H);
+        TAKE(a->xn2, Tz * H);
+        TAKE(a->rstd2, Tz);
+        TAKE(a->router_logits, Tz * E);
+        TAKE(a->topk_w, Tz * K);
+        TAKE(a->gu, Tz * K * 2 * I);
+        TAKE(a->act, Tz * K * I);
+        TAKE(a->y, Tz * K * H);
+        TAKE(a->xa_gu, Tz * K * R);
+        TAKE(a->xa_d, Tz * K * R);
+        ITAKE(a->topk_idx, Tz * K);
+        ITAKE(a->perm, Tz * K);
+        ITAKE(a->expert_off, E + 1);
+    }
+    TAKE(ws->x_final, Tz * H);
+    TAKE(ws->hf, Tz * H);
+    TAKE(ws->rstd_f, Tz);
+#undef TAKE
+#undef ITAKE
+    ws->T_cap = T;
+    ws->r_cap = r;
+    ws->n_layers = (int)L;
+}
+
+static const ot_lora_slot *slot_of(const ot_lora *lo, int l, int t) {
+    if (!lo || !lo->slots[l][t].present) return NULL;
+    return &lo->slots[l][t];
+}
+
+// y = x·Wᵀ + b (+ LoRA) for one attention projection.
+static void projection_fwd(float *y, float *xa, const float *x, const float *W, const float *b, const ot_lora *lo,
+                           const ot_lora_slot *s, int T, int in, int out) {
+    ot_matmul_fwd(y, x, W, b, T, in, out);
+    if (s) ot_lora_fwd(y, xa, x, ot_lora_A(lo, s, 0), ot_lora_B(lo, s, 0), T, in, lo->r, out, lo->scale);
+}
+
+static void projection_bwd(float *dx, const float *dy, const float *x, const float *xa, const float *W,
+                           ot_lora *lo, const ot_lora_slot *s, int T, int in, int out) {
+    ot_matmul_bwd(dx, NULL, NULL, dy, x, W, T, in, out);
+    if (s)
+        ot_lora_bwd(dx, ot_lora_dA(lo, s, 0), ot_lora_dB(lo, s, 0), dy, x, xa, ot_lora_A(lo, s, 0),
+                    ot_lora_B(lo, s, 0), T, in, lo->r, out, lo->scale);
+}
+
+// Sort the (token, slot) rows by expert (stable: token order within an expert), so each expert's rows are contiguous.
+static void route_rows(layer_acts *a, int T, int K, int E) {
+    int32_t *off = a->expert_off;
+    memset(off, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (int i = 0; i < T * K; i++) off[a->topk_idx[i] + 1]++;
+    for (int e = 0; e < E; e++) off[e + 1] += off[e];
+    int32_t *fill = ot_malloc(sizeof(int32_t) * (size_t)E);
+    memcpy(fill, off, sizeof(int32_t) * (size_t)E);
+    for (int i = 0; i < T * K; i++) a->perm[fill[a->topk_idx[i]]++] = i;
+    free(fill);
+}
+
+static void moe_fwd(float *out, layer_acts *a, const ot_layer_weights *w, const ot_lora *lo, int l,
+                    const ot_model_config *c, int T) {
+    const int H = c->hidden_size, I = c->intermediate_size, E = c->num_local_experts, K = c->num_experts_per_tok;
+    const int r = lo ? lo->r : 0;
+    const ot_lora_slot *s_gu = slot_of(lo, l, OT_LORA_GATE_UP), *s_d = slot_of(lo, l, OT_LORA_DOWN);
+    route_rows(a, T, K, E);
+    float *X = ot_malloc(sizeof(float) * (size_t)T * K * H);
+    memset(out, 0, sizeof(float) * (size_t)T * H);
+    for (int e = 0; e < E; e++) {
+        int r0 = a->expert_off[e], n = a->expert_off[e + 1] - r0;
+        if (n == 0) continue;
+        for (int i = 0; i < n; i++) memcpy(X + (size_t)i * H, a->xn2 + (size_t)(a->perm[r0 + i] / K) * H, sizeof(float) * H);
+        float *gu = a->gu + (size_t)r0 * 2 * I, *act = a->act + (size_t)r0 * I, *y = a->y + (size_t)r0 * H;
+        ot_expert_matmul_fwd(gu, X, &w->gate_up, e, w->gate_up_b + (size_t)e * 2 * I, n);
+        if (s_gu)
+            ot_lora_fwd(gu, a->xa_gu + (size_t)r0 * r, X, ot_lora_A(lo, s_gu, e), ot_lora_B(lo, s_gu, e), n, H, r,
+                        2 * I, lo->scale);
+        ot_swiglu_fwd(act, gu, n, I, c->swiglu_alpha, c->swiglu_limit);
+        ot_expert_matmul_fwd(y, act, &w->down, e, w->down_b + (size_t)e * H, n);
+        if (s_d)
+            ot_lora_fwd(y, a->xa_d + (size_t)r0 * r, act, ot_lora_A(lo, s_d, e), ot_lora_B(lo, s_d, e), n, I, r, H,
+                        lo->scale);
+    }
+    // Weighted combine, per token in slot order (a fixed order, independent of how experts were visited).
+    int32_t *where = ot_malloc(sizeof(int32_t) * (size_t)T * K); // (t·k + slot) → sorted row
+    for (int i = 0; i < T * K; i++) where[a->perm[i]] = i;
+    for (int t = 0; t < T; t++)
+        for (int s = 0; s < K; s++) {
+            const float *y = a->y + (size_t)where[t * K + s] * H;
+            float wt = a->topk_w[t * K + s];
+            for (int j = 0; j < H; j++) out[(size_t)t * H + j] += wt * y[j];
+        }
+    free(where);
+    free(X);
+}
+
+static void moe_bwd(float *dxn2, const float *dout, layer_acts *a, const ot_layer_weights *w, ot_lora *lo, int l,
+                    const ot_model_config *c, int T) {
+    const int H = c->hidden_size, I = c->intermediate_size, E = c->num_local_experts, K = c->num_experts_per_tok;
+    const int r = lo ? lo->r : 0;
+    const ot_lora_slot *s_gu = slot_of(lo, l, OT_LORA_GATE_UP), *s_d = slot_of(lo, l, OT_LORA_DOWN);
+    size_t rows = (size_t)T * K;
+    float *dw = ot_calloc(rows, sizeof(float));          // d loss / d routing weight, [T, k]
+    float *dY = ot_malloc(sizeof(float) * rows * H);
+    float *dact = ot_malloc(sizeof(float) * rows * I);
+    float *dgu = ot_malloc(sizeof(float) * rows * 2 * I);
+    float *X = ot_malloc(sizeof(float) * rows * H);
+    float *dX = ot_malloc(sizeof(float) * rows * H);
+    for (int e = 0; e < E; e++) {
+        int r0 = a->expert_off[e], n = a->expert_off[e + 1] - r0;
+        if (n == 0) continue;
+        const float *y = a->y + (size_t)r0 * H, *act = a->act + (size_t)r0 * I, *gu = a->gu + (size_t)r0 * 2 * I;
+        for (int i = 0; i < n; i++) {
+            int ts = a->perm[r0 + i], t = ts / K;
+            const float *g = dout + (size_t)t * H;
+            float wt = a->topk_w[ts];
+            double dot = 0;
+            for (int j = 0; j < H; j++) {
+                dY[(size_t)i * H + j] = wt * g[j];
+                dot += (double)g[j] * y[(size_t)i * H + j];
+            }
+            dw[ts] = (float)dot;
+            memcpy(X + (size_t)i * H, a->xn2 + (size_t)t * H, sizeof(float) * H);
+        }
+        memset(dact, 0, sizeof(float) * (size_t)n * I);
+        ot_expert_matmul_bwd(dact, dY, &w->down, e, n);
+        if (s_d)
+            ot_lora_bwd(dact, ot_lora_dA(lo, s_d, e), ot_lora_dB(lo, s_d, e), dY, act, a->xa_d + (size_t)r0 * r,
+                        ot_lora_A(lo, s_d, e), ot_lora_B(lo, s_d, e), n, I, r, H, lo->scale);
+        memset(dgu, 0, sizeof(float) * (size_t)n * 2 * I);
+        ot_swiglu_bwd(dgu, dact, gu, n, I, c->swiglu_alpha, c->swiglu_limit);
+        memset(dX, 0, sizeof(float) * (size_t)n * H);
+        ot_expert_matmul_bwd(dX, dgu, &w->gate_up, e, n);
+        if (s_gu)
+            ot_lora_bwd(dX, ot_lora_dA(lo, s_gu, e), ot_lora_dB(lo, s_gu, e), dgu, X, a->xa_gu + (size_t)r0 * r,
+                        ot_lora_A(lo, s_gu, e), ot_lora_B(lo, s_gu, e), n, H, r, 2 * I, lo->scale);
+        for (int i = 0; i < n; i++) {
+            float *dst = dxn2 + (size_t)(a->perm[r0 + i] / K) * H;
+            for (int j = 0; j < H; j++) dst[j] += dX[(size_t)i * H + j];
+        }
+    }
+    // Through the routing weights into the router logits, then the (frozen) router into xn2.
+    float *dlogits = ot_calloc((size_t)T * E, sizeof(float));
+    ot_router_topk_bwd(dlogits, dw, a->topk_w, a->topk_idx, T, E, K);
+    ot_matmul_bwd(dxn2, NULL, NULL, dlogits, a->xn2, w->router_w, T, H, E);
+    free(dlogits);
+    free(dw);
+    free(dY);
+    free(dact);
+    free(dgu);
+    free(X);
+    free(dX);
+}
+
+// Forward of all layers; leaves the final residual in ws->x_final and the final norm in ws->hf.
+static void forward_layers(const ot_model *m, const ot_lora *lo, const ot_batch *b, ot_cpu_workspace *ws) {
+    const ot_model_config *c = &m->cfg;
+    const int T = b->T, H = c->hidden_size, nh = c->num_attention_heads, nkv = c->num_key_value_heads,
+              D = c->head_dim, E = c->num_local_experts, K = c->num_experts_per_tok;
+    const int Q = nh * D, KV = nkv * D;
+    workspace_reserve(ws, c, T, lo ? lo->r : 1);
+    ot_embedding_fwd(ws->layers[0].x, b->ids, m->embed, T, H);
+    float *moe_out = ot_malloc(sizeof(float) * (size_t)T * H);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        layer_acts *a = &ws->layers[l];
+        const ot_layer_weights *w = &m->layers[l];
+        float *x_next = l + 1 < c->num_hidden_layers ? ws->layers[l + 1].x : ws->x_final;
+        // attention block
+        ot_rmsnorm_fwd(a->xn1, a->rstd1, a->x, w->ln1_w, T, H, c->rms_norm_eps);
+        projection_fwd(a->q, a->xa[0], a->xn1, w->q_w, w->q_b, lo, slot_of(lo, l, OT_LORA_Q), T, H, Q);
+        projection_fwd(a->k, a->xa[1], a->xn1, w->k_w, w->k_b, lo, slot_of(lo, l, OT_LORA_K), T, H, KV);
+        projection_fwd(a->v, a->xa[2], a->xn1, w->v_w, w->v_b, lo, slot_of(lo, l, OT_LORA_V), T, H, KV);
+        ot_rope_fwd(a->q, b->pos, m->inv_freq, m->attn_factor, T, nh, D);
+        ot_rope_fwd(a->k, b->pos, m->inv_freq, m->attn_factor, T, nkv, D);
+        ot_attention_fwd(a->att, a->lse, a->q, a->k, a->v, w->sinks, b->seg_start, T, nh, nkv, D,
+                         w->sliding ? c->sliding_window : 0);
+        projection_fwd(a->h, a->xa[3], a->att, w->o_w, w->o_b, lo, slot_of(lo, l, OT_LORA_O), T, Q, H);
+        for (size_t i = 0; i < (size_t)T * H; i++) a->h[i] += a->x[i];
+        // MoE block
+        ot_rmsnorm_fwd(a->xn2, a->rstd2, a->h, w->ln2_w, T, H, c->rms_norm_eps);
+        ot_matmul_fwd(a->router_logits, a->xn2, w->router_w, w->router_b, T, H, E);
+        ot_router_topk_fwd(a->topk_idx, a->topk_w, a->router_logits, T, E, K);
+        moe_fwd(moe_out, a, w, lo, l, c, T);
+        for (size_t i = 0; i < (size_t)T * H; i++) x_next[i] = a->h[i] + moe_out[i];
+    }
+    free(moe_out);
+    ot_rmsnorm_fwd(ws->hf, ws->rstd_f, ws->x_final, m->norm_w, T, H, c->rms_norm_eps);
+}
+
+static void backward_layers(const ot_model *m, ot_lora *lo, const ot_batch *b, ot_cpu_workspace *ws, float *dx) {
+    const ot_model_config *c = &m->cfg;
+    const int T = b->T, H = c->hidden_size, nh = c->num_attention_heads, nkv = c->num_key_value_heads,
+              D = c->head_dim;
+    const int Q = nh * D, KV = nkv * D;
+    float *dxn = ot_malloc(sizeof(float) * (size_t)T * H);
+    float *datt = ot_malloc(sizeof(float) * (size_t)T * Q);
+    float *dq = ot_malloc(sizeof(float) * (size_t)T * Q);
+    float *dk = ot_malloc(sizeof(float) * (size_t)T * KV);
+    float *dv = ot_malloc(sizeof(float) * (size_t)T * KV);
+    // dx holds d loss / d (output of layer l) on entry to iteration l, and d / d (input of layer l) after it.
+    for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
+        layer_acts *a = &ws->layers[l];
+        const ot_layer_weights *w = &m->layers[l];
+        // MoE block: x_next = h + moe(xn2(h)); dx flows to h unchanged (residual) plus through the MoE.
+        memset(dxn, 0, sizeof(float) * (size_t)T * H);
+        moe_bwd(dxn, dx, a, w, lo, l, c, T);
+        ot_rmsnorm_bwd(dx, NULL, dxn, a->h, w->ln2_w, a->rstd2, T, H);
+        // attention block: h = x + o_proj(attention(...))
+        memset(datt, 0, sizeof(float) * (size_t)T * Q);
+        projection_bwd(datt, dx, a->att, a->xa[3], w->o_w, lo, slot_of(lo, l, OT_LORA_O), T, Q, H);
+        memset(dq, 0, sizeof(float) * (size_t)T * Q);
+        memset(dk, 0, sizeof(float) * (size_t)T * KV);
+        memset(dv, 0, sizeof(float) * (size_t)T * KV);
+        ot_attention_bwd(dq, dk, dv, NULL, datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, b->seg_start, T, nh,
+                         nkv, D, w->sliding ? c->sliding_window : 0);
+        ot_rope_bwd(dq, b->pos, m->inv_freq, m->attn_factor, T, nh, D);
+        ot_rope_bwd(dk, b->pos, m->inv_freq, m->attn_factor, T, nkv, D);
+        memset(dxn, 0, sizeof(float) * (size_t)T * H);
+        projection_bwd(dxn, dq, a->xn1, a->xa[0], w->q_w, lo, slot_of(lo, l, OT_LORA_Q), T, H, Q);
+        projection_bwd(dxn, dk, a->xn1, a->xa[1], w->k_w, lo, slot_of(lo, l, OT_LORA_K), T, H, KV);
+        projection_bwd(dxn, dv, a->xn1, a->xa[2], w->v_w, lo, slot_of(lo, l, OT_LORA_V), T, H, KV);
+        ot_rmsnorm_bwd(dx, NULL, dxn, a->x, w->ln1_w, a->rstd1, T, H);
+    }
+    free(dxn);
+    free(datt);
+    free(dq);
+    free(dk);
+    free(dv);
+}
+
+double ot_cpu_forward_backward(const ot_model *m, ot_lora *lo, const ot_batch *b, float grad_scale, int backward,
+                               ot_cpu_workspace *ws) {
+    const int H = m->cfg.hidden_size, V = m->cfg.vocab_size, T = b->T;
+    if (T == 0) return 0.0;
+    forward_layers(m, lo, b, ws);
+    if (!backward || !lo) return ot_lmhead_xent(NULL, NULL, ws->hf, m->lm_head, b->tgt_pos, b->tgt_label, b->n_targets, H, V, 0.0f);
+    float *dhf = ot_calloc((size_t)T * H, sizeof(float));
+    double loss = ot_lmhead_xent(dhf, NULL, ws->hf, m->lm_head, b->tgt_pos, b->tgt_label, b->n_targets, H, V, grad_scale);
+    float *dx = ot_calloc((size_t)T * H, sizeof(float));
+    ot_rmsnorm_bwd(dx, NULL, dhf, ws->x_final, m->norm_w, ws->rstd_f, T, H);
+    backward_layers(m, lo, b, ws, dx);
+    free(dx);
+    free(dhf);
+    return loss;
+}
+
+void ot_cpu_logits(const ot_model *m, const ot_lora *lo, const ot_batch *b, float *logits, ot_cpu_workspace *ws) {
+    if (b->T == 0) return;
+    forward_layers(m, lo, b, ws);
+    ot_matmul_fwd(logits, ws->hf, m->lm_head, NULL, b->T, m->cfg.hidden_size, m->cfg.vocab_size);
+}

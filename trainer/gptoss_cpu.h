@@ -1,0 +1,23 @@
+// The gpt-oss layer graph on the CPU reference kernels: forward, backward into the LoRA factors, logits.
+#ifndef OT_TRAINER_GPTOSS_CPU_H
+#define OT_TRAINER_GPTOSS_CPU_H
+
+#include "trainer/batch.h"
+#include "trainer/lora.h"
+#include "trainer/model.h"
+
+typedef struct ot_cpu_workspace ot_cpu_workspace; // activations kept for backward; grows with the batch
+
+ot_cpu_workspace *ot_cpu_workspace_new(void);
+void ot_cpu_workspace_free(ot_cpu_workspace *ws);
+
+// Runs the model on batch b (lo may be NULL: base model only) and returns Σ cross-entropy over the batch's targets.
+// With backward != 0 the LoRA gradients are ACCUMULATED into lo->grads, for the loss Σ_i grad_scale · CE_i
+// (grad_scale = 1 / global target count gives the mean over the global batch).
+double ot_cpu_forward_backward(const ot_model *m, ot_lora *lo, const ot_batch *b, float grad_scale, int backward,
+                               ot_cpu_workspace *ws);
+
+// Logits [b->T, vocab] for every position (what osstune-logits writes).
+void ot_cpu_logits(const ot_model *m, const ot_lora *lo, const ot_batch *b, float *logits, ot_cpu_workspace *ws);
+
+#endif

@@ -1,0 +1,68 @@
+// LoRA adapters with PEFT semantics on q/k/v/o (nn.Linear) and on the fused expert parameters (peft's
+// `target_parameters`, ParamWrapper). All factors live in one flat float32 buffer so the optimizer, gradient
+// averaging and checkpointing see a single array; the slots below say where each factor sits.
+//
+// Memory layout of a slot: A [n_exp, r, in] then B [n_exp, out, r] (n_exp = 1 for attention). For experts this is
+// expert-major for both factors; PEFT's files store B as [out, r·E] with column k·E + e (expert-minor), converted
+// when reading and writing.
+#ifndef OT_TRAINER_LORA_H
+#define OT_TRAINER_LORA_H
+
+#include "formats/peft.h"
+#include "trainer/model.h"
+
+typedef enum { OT_LORA_Q, OT_LORA_K, OT_LORA_V, OT_LORA_O, OT_LORA_GATE_UP, OT_LORA_DOWN, OT_LORA_N_TARGETS } ot_lora_target;
+extern const char *const ot_lora_target_names[OT_LORA_N_TARGETS]; // "q_proj", ..., "gate_up_proj", "down_proj"
+
+typedef struct {
+    int present;
+    int n_exp, in, out;
+    size_t a_off, b_off; // offsets (in floats) into the flat buffers
+} ot_lora_slot;
+
+typedef struct {
+    ot_peft_config peft;
+    int r;
+    float scale;                 // alpha / r (or / sqrt(r))
+    int n_layers;
+    ot_lora_slot (*slots)[OT_LORA_N_TARGETS]; // [n_layers][target]
+    size_t n_params;
+    float *params;               // [n_params]
+    float *grads;                // [n_params]
+} ot_lora;
+
+// Which modules and layers to adapt. Attention targets apply to every layer; expert targets to every layer
+// unless expert_layers lists some (PEFT "7.mlp.experts.gate_up_proj" style); both come from / go to PEFT's config.
+typedef struct {
+    int r;
+    float alpha;
+    int use_rslora;
+    unsigned targets;            // bit (1 << ot_lora_target)
+    int n_expert_layers;         // 0 = all layers
+    int expert_layers[OT_MAX_LAYERS];
+} ot_lora_spec;
+
+// Parse "q,k,v,o,gate_up,down" (also "attn" = q,k,v,o, "experts" = gate_up,down, "all") into spec->targets.
+int ot_lora_parse_targets(ot_lora_spec *spec, const char *list, ot_err *err);
+// Allocate with PEFT's initialisation: A ~ U(−1/√in, 1/√in) (kaiming_uniform with a = √5), B = 0.
+void ot_lora_init(ot_lora *lo, const ot_model *m, const ot_lora_spec *spec, uint64_t seed);
+// Read a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) for model m.
+int ot_lora_load_peft(ot_lora *lo, const ot_model *m, const char *dir, ot_err *err);
+// Write a PEFT adapter directory (atomic per file; the directory must exist).
+int ot_lora_save_peft(const ot_lora *lo, const ot_model *m, const char *dir, ot_err *err);
+void ot_lora_free(ot_lora *lo);
+
+static inline float *ot_lora_A(const ot_lora *lo, const ot_lora_slot *s, int e) {
+    return lo->params + s->a_off + (size_t)e * lo->r * s->in;
+}
+static inline float *ot_lora_B(const ot_lora *lo, const ot_lora_slot *s, int e) {
+    return lo->params + s->b_off + (size_t)e * s->out * lo->r;
+}
+static inline float *ot_lora_dA(const ot_lora *lo, const ot_lora_slot *s, int e) {
+    return lo->grads + s->a_off + (size_t)e * lo->r * s->in;
+}
+static inline float *ot_lora_dB(const ot_lora *lo, const ot_lora_slot *s, int e) {
+    return lo->grads + s->b_off + (size_t)e * s->out * lo->r;
+}
+
+#endif

@@ -1,0 +1,27 @@
+// AdamW over the flat LoRA buffer, with global gradient-norm clipping and the warmup + cosine schedule.
+#ifndef OT_TRAINER_OPTIMIZER_H
+#define OT_TRAINER_OPTIMIZER_H
+
+#include <stddef.h>
+
+typedef struct {
+    float lr, min_lr;
+    float beta1, beta2, eps, weight_decay;
+    float max_grad_norm; // <= 0: no clipping
+    long warmup_steps, total_steps;
+} ot_optim_config;
+
+typedef struct {
+    ot_optim_config cfg;
+    size_t n;
+    float *m, *v; // AdamW moments, fp32
+    long step;    // optimizer steps taken so far
+} ot_optimizer;
+
+void ot_optim_config_default(ot_optim_config *c); // lr 2e-4, betas 0.9/0.999, eps 1e-8, wd 0.01, clip 1.0
+void ot_optimizer_init(ot_optimizer *o, size_t n, const ot_optim_config *cfg);
+void ot_optimizer_free(ot_optimizer *o);
+// One step: global grad norm (returned, before clipping), clip, lr from the schedule (written to *lr_used), AdamW.
+double ot_optimizer_step(ot_optimizer *o, float *params, float *grads, float *lr_used);
+
+#endif
