@@ -46,7 +46,8 @@ void ot_adamw_step(float *param, const float *grad, float *m, float *v, size_t n
                    float eps, float weight_decay, long step);
 // Σ g² over n floats, in double (callers add the pieces, then sqrt, so the order is fixed).
 double ot_sum_squares(const float *g, size_t n);
-// torch.nn.utils.clip_grad_norm_: the factor to multiply gradients by (1 when norm <= max_norm or max_norm <= 0).
+// torch.nn.utils.clip_grad_norm_: the factor to multiply gradients by, max_norm / (norm + 1e-6) capped at 1
+// (1 when max_norm <= 0).
 float ot_clip_coef(double total_norm, float max_norm);
 // Linear warmup over `warmup` steps from 0 to lr_max, then cosine decay to lr_min at total_steps.
 // step counts from 0 (the lr used by the first optimizer step is lr_at(0)).

@@ -1,0 +1,202 @@
+// osstune CUDA kernels: the GPU twins of the CPU ops in kernels/ops.h, on DEVICE pointers, queued on a stream.
+// Plain C can include this header (the trainer is C); the kernels themselves live in kernels/cuda/*.cu.
+//
+// Data types (docs/cuda-backend.md has the full memory plan):
+// - activations and their gradients: bf16 (ot_bf16 here, __nv_bfloat16 in device code), fp32 arithmetic inside;
+// - small saved statistics (rmsnorm rstd, attention lse, routing weights, LoRA xa): fp32;
+// - frozen base weights: bf16 (dense) or MXFP4 (experts, kept 4-bit); their gradients, when asked for, fp32;
+// - LoRA A/B, their gradients and the AdamW state: fp32.
+//
+// Conventions (the same as kernels/ops_list.h unless an op says otherwise):
+// - row-major dense arrays; sizes as in the CPU op of the same name;
+// - forward ops overwrite their outputs; backward ops ACCUMULATE (+=) into every gradient, and a NULL gradient
+//   pointer skips that gradient;
+// - every op only queues work on `stream` (no host synchronisation) unless it says so;
+// - temporaries come from the stream-ordered allocator (cudaMallocAsync), so call ot_cuda_init() once first;
+// - a programming error (bad sizes, misaligned pointers, a failed launch) exits with the file and line; bad DATA
+//   seen on the device (a token id outside the vocabulary, an expert index outside 0..E-1, ...) cannot exit from a
+//   kernel: it sets a sticky flag that ot_cuda_check_inputs() turns into an error message.
+#ifndef OT_KERNELS_OPS_CUDA_H
+#define OT_KERNELS_OPS_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/ot_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// bf16 as stored: the upper 16 bits of an IEEE float32 (ot_bf16_to_f32 / ot_f32_to_bf16 in ot_common.h convert).
+typedef uint16_t ot_bf16;
+
+// ---- errors ---------------------------------------------------------------------------------------------------
+// Exit with "osstune: file:line: CUDA error ..." when a runtime / cuBLAS call fails.
+void ot_cuda_check_at(int err, const char *expr, const char *file, int line);
+void ot_cublas_check_at(int status, const char *expr, const char *file, int line);
+#define OT_CUDA_CHECK(call) ot_cuda_check_at((int)(call), #call, __FILE__, __LINE__)
+#define OT_CUBLAS_CHECK(call) ot_cublas_check_at((int)(call), #call, __FILE__, __LINE__)
+
+// Bits of the sticky bad-input flag (one per kind of bad data a kernel can see).
+enum {
+    OT_CUDA_BAD_TOKEN = 1,   // embedding: token id outside 0..V-1
+    OT_CUDA_BAD_SEGMENT = 2, // attention: seg_start[i] outside 0..i
+    OT_CUDA_BAD_EXPERT = 4,  // MoE: routed expert index outside 0..E-1
+    OT_CUDA_BAD_TARGET = 8,  // cross-entropy: position outside 0..T-1 or label outside 0..V-1
+};
+// Device pointer to the flag word (the ops pass it to their kernels).
+unsigned *ot_cuda_input_flags(void);
+// Waits for `stream`, reads and clears the flag: 0 when clean, else -1 with a message naming what was bad.
+int ot_cuda_check_inputs(cudaStream_t stream, ot_err *err);
+
+// ---- set-up ---------------------------------------------------------------------------------------------------
+// Selects the device and makes the stream-ordered memory pool keep freed memory (temporaries are then cheap).
+void ot_cuda_init(int device);
+
+// cuBLAS / cuBLASLt handles and the Lt workspace, for the ops built on library products.
+typedef struct {
+    void *lt;              // cublasLtHandle_t
+    void *blas;            // cublasHandle_t
+    void *workspace;       // device memory for cuBLASLt
+    size_t workspace_size; // bytes
+} ot_cuda_blas;
+void ot_cuda_blas_init(ot_cuda_blas *b);
+void ot_cuda_blas_free(ot_cuda_blas *b);
+
+// ---- small element-wise helpers -------------------------------------------------------------------------------
+void ot_cuda_f32_to_bf16(cudaStream_t stream, ot_bf16 *dst, const float *src, size_t n);
+void ot_cuda_bf16_to_f32(cudaStream_t stream, float *dst, const ot_bf16 *src, size_t n);
+void ot_cuda_add_bf16(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, size_t n); // y += x
+void ot_cuda_scale_f32(cudaStream_t stream, float *x, size_t n, float factor);     // x *= factor
+
+// ---- embedding: out[t] = table[ids[t]]; dtable[ids[t]] += dout[t] (V = rows of the table, for bounds) --------
+void ot_cuda_embedding_fwd(cudaStream_t stream, ot_bf16 *out, const int32_t *ids, const ot_bf16 *table, int T, int H,
+                           int V);
+void ot_cuda_embedding_bwd(cudaStream_t stream, float *dtable, const ot_bf16 *dout, const int32_t *ids, int T, int H,
+                           int V);
+
+// ---- RMSNorm: y = x · rstd · w, rstd[t] = 1/sqrt(mean(x²) + eps) saved in fp32 ---------------------------------
+void ot_cuda_rmsnorm_fwd(cudaStream_t stream, ot_bf16 *y, float *rstd, const ot_bf16 *x, const ot_bf16 *w, int T,
+                         int H, float eps);
+void ot_cuda_rmsnorm_bwd(cudaStream_t stream, ot_bf16 *dx, float *dw, const ot_bf16 *dy, const ot_bf16 *x,
+                         const ot_bf16 *w, const float *rstd, int T, int H);
+
+// ---- dense linear through cuBLASLt / cuBLAS: y[T, out] = x[T, in] · W[out, in]ᵀ + b (b may be NULL) -------------
+void ot_cuda_matmul_fwd(cudaStream_t stream, ot_cuda_blas *blas, ot_bf16 *y, const ot_bf16 *x, const ot_bf16 *W,
+                        const ot_bf16 *b, int T, int in, int out);
+// dx += dy · W (bf16);  dW += dyᵀ · x (fp32);  db += Σ_t dy (fp32)
+void ot_cuda_matmul_bwd(cudaStream_t stream, ot_cuda_blas *blas, ot_bf16 *dx, float *dW, float *db, const ot_bf16 *dy,
+                        const ot_bf16 *x, const ot_bf16 *W, int T, int in, int out);
+
+// ---- LoRA (PEFT): y += scale · (x · Aᵀ) · Bᵀ with A [r, in], B [out, r] fp32; xa [T, r] fp32 saved -------------
+void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, const float *A, const float *B,
+                      int T, int in, int r, int out, float scale);
+void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, float *dA, float *dB, const ot_bf16 *dy, const ot_bf16 *x,
+                      const float *xa, const float *A, const float *B, int T, int in, int r, int out, float scale);
+
+// ---- YaRN RoPE in place on x [T, nh, D]; inv_freq [D/2] on the device (from the CPU ot_rope_inv_freq) ---------
+void ot_cuda_rope_fwd(cudaStream_t stream, ot_bf16 *x, const int32_t *pos, const float *inv_freq, float attn_factor,
+                      int T, int nh, int D);
+void ot_cuda_rope_bwd(cudaStream_t stream, ot_bf16 *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
+                      int T, int nh, int D);
+
+// ---- attention with sinks, GQA, sliding window, packed sequences (flash-style: no T×T matrix) ------------------
+// As ot_attention_fwd; sinks [nh] fp32, lse [T, nh] fp32. Head dim D must be 64 (gpt-oss).
+void ot_cuda_attention_fwd(cudaStream_t stream, ot_bf16 *out, float *lse, const ot_bf16 *q, const ot_bf16 *k,
+                           const ot_bf16 *v, const float *sinks, const int32_t *seg_start, int T, int nh, int nkv,
+                           int D, int window);
+// Recomputes the probabilities from lse; dsinks [nh] fp32. Uses a [T, nh, D] fp32 temporary for dq.
+void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf16 *dv, float *dsinks,
+                           const ot_bf16 *dout, const ot_bf16 *out, const float *lse, const ot_bf16 *q,
+                           const ot_bf16 *k, const ot_bf16 *v, const float *sinks, const int32_t *seg_start, int T,
+                           int nh, int nkv, int D, int window);
+
+// ---- router: top-k of logits [T, E] (descending, ties to the lower index), softmax over the k; w [T, k] fp32 ----
+void ot_cuda_router_topk_fwd(cudaStream_t stream, int32_t *idx, float *w, const ot_bf16 *logits, int T, int E, int k);
+void ot_cuda_router_topk_bwd(cudaStream_t stream, ot_bf16 *dlogits, const float *dw, const float *w,
+                             const int32_t *idx, int T, int E, int k);
+
+// ---- clamped SwiGLU on interleaved gate/up: gu [n, 2I] -> act [n, I] -------------------------------------------
+void ot_cuda_swiglu_fwd(cudaStream_t stream, ot_bf16 *act, const ot_bf16 *gu, int n, int I, float alpha, float limit);
+void ot_cuda_swiglu_bwd(cudaStream_t stream, ot_bf16 *dgu, const ot_bf16 *dact, const ot_bf16 *gu, int n, int I,
+                        float alpha, float limit);
+
+// ---- MoE: (token, slot) pairs sorted by expert, grouped expert products, weighted combine ----------------------
+// A plan is built once per layer call from the router's idx [T, k]. "Permuted order" lists the n_pairs = T·k pairs
+// grouped by expert (expert 0's pairs first, each group in increasing pair id t·k + slot, so it is deterministic).
+#define OT_CUDA_MOE_TILE_ROWS 64 // rows per tile of the grouped products
+typedef struct {
+    int T, k, E, n_pairs;
+    int n_tiles;           // upper bound on row tiles over all experts: ceil(n_pairs / 64) + E
+    int32_t *counts;       // [E]      pairs per expert
+    int32_t *offsets;      // [E + 1]  expert e owns permuted rows offsets[e] .. offsets[e+1]-1
+    int32_t *perm;         // [n_pairs] permuted row -> pair id (t·k + slot)
+    int32_t *inv;          // [n_pairs] pair id -> permuted row
+    int32_t *row_token;    // [n_pairs] permuted row -> token t
+    int32_t *tile_expert;  // [n_tiles] expert of each row tile, -1 for unused tiles
+    int32_t *tile_row0;    // [n_tiles] first permuted row of each tile
+} ot_cuda_moe_plan;
+void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E); // cudaMalloc, once
+void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p);
+void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int32_t *idx);
+
+// One expert projection for all experts, logical shape [E, rows (out), cols (in)], as stored in the checkpoint.
+typedef struct {
+    int kind;              // OT_EXPERT_MXFP4 or OT_EXPERT_DENSE (kernels/ops.h)
+    int n_experts, rows, cols; // cols must be a multiple of 32
+    const uint8_t *blocks; // MXFP4: [E, rows, cols/32, 16] (8-byte aligned)
+    const uint8_t *scales; // MXFP4: [E, rows, cols/32]
+    const ot_bf16 *dense;  // DENSE: [E, rows, cols] bf16 (16-byte aligned)
+    const ot_bf16 *bias;   // [E, rows] bf16, or NULL
+} ot_cuda_expert_weight;
+
+// y[p, :] = x_p · W_eᵀ + b_e for every permuted row p of expert e; y [n_pairs, rows]. x_p is x[row_token[p]] when
+// `gather` (x [T, cols], the token activations) or x[p] otherwise (x [n_pairs, cols], already permuted).
+// Tensor cores; MXFP4 tiles are dequantized into shared memory on the fly.
+void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
+                            const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p);
+// dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.
+void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
+                            const ot_cuda_moe_plan *p, int accumulate);
+// out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]  (out [T, H] overwritten; w [T, k] fp32)
+void ot_cuda_moe_combine_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *y, const float *w,
+                             const ot_cuda_moe_plan *p, int H);
+// dy[p] = w[pair] · dout[token] (overwritten, every permuted row); dw[pair] += dout[token] · y[p] (NULL: skipped)
+void ot_cuda_moe_combine_bwd(cudaStream_t stream, ot_bf16 *dy, float *dw, const ot_bf16 *dout, const ot_bf16 *y,
+                             const float *w, const ot_cuda_moe_plan *p, int H);
+// dx[t] += Σ_slot dx_perm[inv[t·k + slot]]  (the input gradient of the gathered rows, back in token order)
+void ot_cuda_moe_unpermute_add(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dx_perm, const ot_cuda_moe_plan *p,
+                               int H);
+// Expert LoRA on the permuted rows: y[p] += scale · (x_p · A_eᵀ) · B_eᵀ with A [E, r, in] and B [E, out, r] fp32
+// (expert-major; PEFT's ParamWrapper stores B expert-minor, the loader reorders); xa [n_pairs, r] fp32 saved.
+// x_p as in ot_cuda_moe_matmul_fwd (`gather`).
+void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, int gather, const float *A,
+                          const float *B, const ot_cuda_moe_plan *p, int in, int r, int out, float scale);
+// dx_perm[p] += dxa_p · A_e (dx_perm [n_pairs, in], permuted order), dA += dxaᵀ·x, dB += scale · dyᵀ·xa,
+// with dxa = scale · dy · B_e.
+void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, float *dB, const ot_bf16 *dy,
+                          const ot_bf16 *x, int gather, const float *xa, const float *A, const float *B,
+                          const ot_cuda_moe_plan *p, int in, int r, int out, float scale);
+
+// ---- cross-entropy at n selected positions through the output head, chunked over the vocabulary ---------------
+// As ot_lmhead_xent (h [T, H], Wlm [V, H] bf16): *loss_sum (DEVICE double) += Σ_i loss_i; dh [T, H] bf16 and dWlm
+// [V, H] fp32 (either may be NULL) accumulate grad_scale · (softmax − onehot) products. Logits exist only for one
+// vocabulary chunk at a time ([n, chunk] fp32, chunk ≈ 2^24 / n columns), never [n, V].
+void ot_cuda_lmhead_xent(cudaStream_t stream, ot_cuda_blas *blas, double *loss_sum, ot_bf16 *dh, float *dWlm,
+                         const ot_bf16 *h, const ot_bf16 *Wlm, const int32_t *pos, const int32_t *label, int n, int T,
+                         int H, int V, float grad_scale);
+
+// ---- optimizer ------------------------------------------------------------------------------------------------
+// torch.optim.AdamW, one step on n fp32 values, the same roundings as the CPU ot_adamw_step; step counts from 1.
+void ot_cuda_adamw_step(cudaStream_t stream, float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                        float beta1, float beta2, float eps, float weight_decay, long step);
+// *out (DEVICE double) += Σ g², summed in double in a fixed order (the same bits on every run).
+void ot_cuda_sum_squares(cudaStream_t stream, double *out, const float *g, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
