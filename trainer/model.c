@@ -17,10 +17,10 @@ static int load_f32(ot_model *m, float **dst, size_t *cursor, const char *name, 
 // MXFP4 experts: the view points straight into the mapped *_blocks / *_scales bytes (never dequantized whole).
 static int expert_view_mxfp4(ot_model *m, ot_expert_weight *w, const char *prefix, int E, int rows, int cols,
                              ot_err *err) {
-    char name[200];
-    snprintf(name, sizeof name, "%s_blocks", prefix);
+    char name[256];
+    snprintf(name, sizeof name, "%.200s_blocks", prefix);
     const ot_tensor *b = ot_checkpoint_find(&m->ck, name);
-    snprintf(name, sizeof name, "%s_scales", prefix);
+    snprintf(name, sizeof name, "%.200s_scales", prefix);
     const ot_tensor *s = ot_checkpoint_find(&m->ck, name);
     if (!b || !s) return ot_fail(err, "%s: MXFP4 tensors of '%s' are missing", m->ck.dir, prefix);
     w->kind = OT_EXPERT_MXFP4;
@@ -66,10 +66,11 @@ int ot_model_load(ot_model *m, const char *dir, ot_err *err) {
     const size_t q_out = (size_t)c->num_attention_heads * c->head_dim, kv_out = (size_t)c->num_key_value_heads * c->head_dim;
     const int L = c->num_hidden_layers;
 
-    size_t per_layer = 2 * H + q_out * H + q_out + 2 * (kv_out * H + kv_out) + H * q_out + H + c->num_attention_heads +
-                       E * H + E + E * 2 * I + E * H;
+    const size_t bias = c->attention_bias ? 1 : 0; // gpt-oss has q/k/v/o biases; configs may turn them off
+    size_t per_layer = 2 * H + q_out * H + bias * q_out + 2 * (kv_out * H + bias * kv_out) + H * q_out + bias * H +
+                       c->num_attention_heads + E * H + E + E * 2 * I + E * H;
     if (!m->ck.experts_mxfp4) per_layer += E * 2 * I * H + E * H * I;
-    m->owned_floats = 2 * V * H + H + (size_t)L * per_layer;
+    m->owned_floats = (c->tie_word_embeddings ? 1 : 2) * V * H + H + (size_t)L * per_layer;
     m->owned = ot_malloc(m->owned_floats * sizeof(float));
     m->layers = ot_calloc((size_t)L, sizeof(ot_layer_weights));
     size_t cur = 0;
@@ -79,7 +80,8 @@ int ot_model_load(ot_model *m, const char *dir, ot_err *err) {
         if (load_f32(m, &(dst), &cur, nm, count, err)) goto fail;                                                  \
     } while (0)
     LOAD(m->embed, "model.embed_tokens.weight", V * H);
-    LOAD(m->lm_head, "lm_head.weight", V * H);
+    if (c->tie_word_embeddings) m->lm_head = m->embed; // the output head shares the embedding table
+    else LOAD(m->lm_head, "lm_head.weight", V * H);
     LOAD(m->norm_w, "model.norm.weight", H);
     for (int l = 0; l < L; l++) {
         ot_layer_weights *w = &m->layers[l];
@@ -92,13 +94,13 @@ int ot_model_load(ot_model *m, const char *dir, ot_err *err) {
         LAYER(w->ln1_w, "input_layernorm.weight", H);
         LAYER(w->ln2_w, "post_attention_layernorm.weight", H);
         LAYER(w->q_w, "self_attn.q_proj.weight", q_out * H);
-        LAYER(w->q_b, "self_attn.q_proj.bias", q_out);
+        if (bias) LAYER(w->q_b, "self_attn.q_proj.bias", q_out);
         LAYER(w->k_w, "self_attn.k_proj.weight", kv_out * H);
-        LAYER(w->k_b, "self_attn.k_proj.bias", kv_out);
+        if (bias) LAYER(w->k_b, "self_attn.k_proj.bias", kv_out);
         LAYER(w->v_w, "self_attn.v_proj.weight", kv_out * H);
-        LAYER(w->v_b, "self_attn.v_proj.bias", kv_out);
+        if (bias) LAYER(w->v_b, "self_attn.v_proj.bias", kv_out);
         LAYER(w->o_w, "self_attn.o_proj.weight", H * q_out);
-        LAYER(w->o_b, "self_attn.o_proj.bias", H);
+        if (bias) LAYER(w->o_b, "self_attn.o_proj.bias", H);
         LAYER(w->sinks, "self_attn.sinks", (size_t)c->num_attention_heads);
         LAYER(w->router_w, "mlp.router.weight", E * H);
         LAYER(w->router_b, "mlp.router.bias", E);

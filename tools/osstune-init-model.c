@@ -1,0 +1,450 @@
+// osstune-init-model: write a random gpt-oss checkpoint in the HF layout (config.json, generation_config.json,
+// model.safetensors.index.json, model-0000K-of-0000N.safetensors), for tests and for trying the pipeline without
+// downloading 13 GB. Deterministic from --seed: every tensor draws from its own RNG, seeded by (seed, tensor name),
+// so the bytes of a tensor do not depend on the shard count or on which shard it lands in.
+//
+// Memory stays small whatever the preset: each shard's header is written first (all sizes are known from the
+// config), then each tensor is generated and written in chunks.
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/checkpoint.h"
+#include "formats/json_util.h"
+#include "formats/model_config.h"
+#include "formats/safetensors.h"
+#include "kernels/ops.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: osstune-init-model --preset tiny|20b|120b --seed N --out DIR [options]\n"
+            "\n"
+            "Writes a randomly initialised gpt-oss checkpoint in the Hugging Face layout into DIR (which must not\n"
+            "exist; it is built in DIR.tmp and renamed when complete).\n"
+            "\n"
+            "  --preset NAME       tiny (real 201,088-token vocabulary, hidden 64, 4 layers, 8 experts), 20b, 120b\n"
+            "  --seed N            RNG seed (unsigned integer); same seed, same bytes\n"
+            "  --out DIR           output directory\n"
+            "  --set KEY=VALUE     override a numeric/boolean config.json key (repeatable), e.g. --set num_hidden_layers=2\n"
+            "  --shards N          number of safetensors shards (default: 2, or more to keep shards under ~5 GB)\n"
+            "  --dense-experts     store experts as bf16 gate_up_proj [E, H, 2I] / down_proj [E, I, H] (the layout\n"
+            "                      transformers dequantizes to) instead of MXFP4 blocks/scales; the values are the\n"
+            "                      exact dequantization of the MXFP4 experts the same seed gives\n"
+            "  --tokenizer PATH    copy this tokenizer.json into DIR\n"
+            "  --help              this text\n");
+}
+
+// ---- per-tensor RNG ---------------------------------------------------------------------------------------------
+static uint64_t fnv1a64(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return h;
+}
+
+static void rng_for_tensor(ot_rng *r, uint64_t seed, const char *name) {
+    ot_rng_seed(r, ot_hash64(seed) ^ fnv1a64(name));
+}
+
+// ---- value distributions ------------------------------------------------------------------------------------------
+// Why these numbers: the model should compute something non-trivial (different tokens give clearly different
+// logits, routing differs between tokens, attention is not uniform) while every activation stays O(1) in bf16.
+// - embedding σ = 1: RMSNorm rescales the residual stream to unit RMS anyway; unit entries keep it there.
+// - q/k/v σ = 1/√H, o σ = 1/√(heads·head_dim), expert weights std ≈ 1/√in: each projection maps unit-RMS inputs
+//   to unit-RMS outputs (variance-preserving), so nothing explodes or vanishes through the layers.
+// - lm_head σ = 2/√H: logits with std ≈ 2, so the softmax over 201k tokens is peaked but not one-hot.
+// - router σ = 2/√H, bias σ 0.5: router logits with std ≈ 2, so different tokens pick different experts.
+// - attention / expert biases σ 0.1: present (so bias code paths matter in tests) but small.
+// - norm weights 1 + 0.1·N(0,1): near the trained-model scale, not exactly 1 (which would hide a missing multiply).
+// - sinks N(0,1): comparable to the attention scores, so the sink column changes the softmax visibly.
+// - MXFP4 experts: uniform random nibbles (FP4 values have E[v²] = 68.5/8 = 8.5625) and E8M0 scale bytes chosen
+//   per group between 127+f and 127+f+1, with f and the probability set so E[w²] = 1/in exactly:
+//   4^k · 8.5625 = 1/in  →  k = −½·log2(8.5625·in), f = ⌊k⌋, P(f+1) = (4^(k−f) − 1)/3.
+typedef struct {
+    double mean, sigma;
+} normal_spec;
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static normal_spec float_spec(const ot_model_config *c, const char *name) {
+    const double H = c->hidden_size, Q = (double)c->num_attention_heads * c->head_dim;
+    if (strcmp(name, "model.embed_tokens.weight") == 0) return (normal_spec){0, 1};
+    if (strcmp(name, "lm_head.weight") == 0) return (normal_spec){0, 2 / sqrt(H)};
+    if (ends_with(name, "layernorm.weight") || strcmp(name, "model.norm.weight") == 0) return (normal_spec){1, 0.1};
+    if (ends_with(name, "self_attn.sinks")) return (normal_spec){0, 1};
+    if (ends_with(name, "self_attn.o_proj.weight")) return (normal_spec){0, 1 / sqrt(Q)};
+    if (ends_with(name, "_proj.weight")) return (normal_spec){0, 1 / sqrt(H)}; // q, k, v
+    if (ends_with(name, "router.weight")) return (normal_spec){0, 2 / sqrt(H)};
+    if (ends_with(name, "router.bias")) return (normal_spec){0, 0.5};
+    if (ends_with(name, "bias")) return (normal_spec){0, 0.1}; // attention and expert biases
+    ot_die("no value distribution for tensor '%s'", name);
+}
+
+// Scale byte for one group of an MXFP4 row with `in` inputs (see above).
+static uint8_t mxfp4_scale_byte(ot_rng *r, int in) {
+    double k = -0.5 * log2(8.5625 * in), f = floor(k), p = (pow(4.0, k - f) - 1.0) / 3.0;
+    int s = 127 + (int)f + (ot_rng_uniform(r) < p ? 1 : 0);
+    if (s < 0 || s > 254) ot_die("MXFP4 scale byte %d out of range for in = %d", s, in);
+    return (uint8_t)s;
+}
+
+// Random bytes, 8 per RNG draw (n is a multiple of 8 for every call, so chunking does not change the stream).
+static void fill_random_bytes(ot_rng *r, uint8_t *out, size_t n) {
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t v = ot_rng_u64(r);
+        for (int b = 0; b < 8 && i + b < n; b++) out[i + b] = (uint8_t)(v >> (8 * b));
+    }
+}
+
+// ---- writing one tensor -------------------------------------------------------------------------------------------
+#define CHUNK_BYTES ((size_t)8 << 20) // multiple of 8 and of 2
+
+typedef struct {
+    uint8_t *buf;        // CHUNK_BYTES
+    float *dense_tmp;    // one expert's dequantized matrix (dense experts only)
+    uint8_t *blk_tmp, *scl_tmp;
+} scratch;
+
+static void put_bf16(uint8_t *p, float f) {
+    uint16_t h = ot_f32_to_bf16(f);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+
+// Dense expert tensor [E, in, out] = the transpose of the dequantized MXFP4 [E, out, in] that the *_blocks and
+// *_scales names of the same projection would hold with this seed.
+static int write_dense_expert(ot_st_stream *st, const ot_expected_tensor *t, uint64_t seed, scratch *s, ot_err *err) {
+    const int E = (int)t->shape[0], in = (int)t->shape[1], out = (int)t->shape[2], G = in / 32;
+    char name[200];
+    ot_rng rb, rs;
+    snprintf(name, sizeof name, "%s_blocks", t->name);
+    rng_for_tensor(&rb, seed, name);
+    snprintf(name, sizeof name, "%s_scales", t->name);
+    rng_for_tensor(&rs, seed, name);
+    const size_t row_bytes = (size_t)G * 16;
+    for (int e = 0; e < E; e++) {
+        fill_random_bytes(&rb, s->blk_tmp, (size_t)out * row_bytes);
+        for (size_t i = 0; i < (size_t)out * G; i++) s->scl_tmp[i] = mxfp4_scale_byte(&rs, in);
+        for (int r = 0; r < out; r++)
+            ot_mxfp4_dequant_row(s->dense_tmp + (size_t)r * in, s->blk_tmp + r * row_bytes, s->scl_tmp + (size_t)r * G, in);
+        // Transpose [out, in] -> [in, out], written in chunks of whole rows.
+        size_t rows_per_chunk = CHUNK_BYTES / ((size_t)out * 2);
+        if (rows_per_chunk == 0) return ot_fail(err, "%s: a row of %d bf16 values exceeds the write buffer", t->name, out);
+        for (int i0 = 0; i0 < in; i0 += (int)rows_per_chunk) {
+            int i1 = i0 + (int)rows_per_chunk < in ? i0 + (int)rows_per_chunk : in;
+            size_t k = 0;
+            for (int i = i0; i < i1; i++)
+                for (int o = 0; o < out; o++, k += 2) put_bf16(s->buf + k, s->dense_tmp[(size_t)o * in + i]);
+            if (ot_st_stream_write(st, s->buf, k, err)) return -1;
+        }
+    }
+    return 0;
+}
+
+static int write_tensor(ot_st_stream *st, const ot_model_config *c, const ot_expected_tensor *t, int dense_experts,
+                        uint64_t seed, scratch *s, ot_err *err) {
+    if (dense_experts && (ends_with(t->name, "experts.gate_up_proj") || ends_with(t->name, "experts.down_proj")))
+        return write_dense_expert(st, t, seed, s, err);
+    int64_t numel = 1;
+    for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
+    ot_rng r;
+    rng_for_tensor(&r, seed, t->name);
+    if (t->kind == OT_TK_U8 && ends_with(t->name, "_blocks")) {
+        for (int64_t done = 0; done < numel;) {
+            size_t n = (size_t)(numel - done) < CHUNK_BYTES ? (size_t)(numel - done) : CHUNK_BYTES;
+            fill_random_bytes(&r, s->buf, n);
+            if (ot_st_stream_write(st, s->buf, n, err)) return -1;
+            done += (int64_t)n;
+        }
+        return 0;
+    }
+    if (t->kind == OT_TK_U8 && ends_with(t->name, "_scales")) {
+        const int in = (int)t->shape[2] * 32; // [E, out, in/32]
+        for (int64_t done = 0; done < numel;) {
+            size_t n = (size_t)(numel - done) < CHUNK_BYTES ? (size_t)(numel - done) : CHUNK_BYTES;
+            for (size_t i = 0; i < n; i++) s->buf[i] = mxfp4_scale_byte(&r, in);
+            if (ot_st_stream_write(st, s->buf, n, err)) return -1;
+            done += (int64_t)n;
+        }
+        return 0;
+    }
+    normal_spec ns = float_spec(c, t->name);
+    const size_t per_chunk = CHUNK_BYTES / 2;
+    for (int64_t done = 0; done < numel;) {
+        size_t n = (size_t)(numel - done) < per_chunk ? (size_t)(numel - done) : per_chunk;
+        for (size_t i = 0; i < n; i++) put_bf16(s->buf + 2 * i, (float)(ns.mean + ns.sigma * ot_rng_normal(&r)));
+        if (ot_st_stream_write(st, s->buf, 2 * n, err)) return -1;
+        done += (int64_t)n;
+    }
+    return 0;
+}
+
+// ---- directory plumbing --------------------------------------------------------------------------------------------
+static char *join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = ot_malloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+// A DIR.tmp left by an interrupted run holds only files this tool writes: remove them and the directory.
+static void remove_stale_tmp_dir(const char *tmp) {
+    DIR *d = opendir(tmp);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        char *p = join(tmp, de->d_name);
+        if (unlink(p) != 0) ot_die("%s: cannot remove stale file: %s", p, strerror(errno));
+        free(p);
+    }
+    closedir(d);
+    if (rmdir(tmp) != 0) ot_die("%s: cannot remove stale directory: %s", tmp, strerror(errno));
+    ot_warn("removed %s left by an interrupted run", tmp);
+}
+
+static int copy_file(const char *src, const char *dst, ot_err *err) {
+    FILE *f = fopen(src, "rb");
+    if (!f) return ot_fail(err, "%s: cannot open: %s", src, strerror(errno));
+    size_t cap = 1 << 20, len = 0;
+    char *buf = ot_malloc(cap);
+    for (;;) {
+        if (len == cap) buf = ot_realloc(buf, cap *= 2);
+        size_t n = fread(buf + len, 1, cap - len, f);
+        len += n;
+        if (n == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    int rc = bad ? ot_fail(err, "%s: read error", src) : ot_write_file_atomic(dst, buf, len, err);
+    free(buf);
+    return rc;
+}
+
+static int write_text(const char *dir, const char *name, const char *text, ot_err *err) {
+    char *p = join(dir, name);
+    int rc = ot_write_file_atomic(p, text, strlen(text), err);
+    free(p);
+    return rc;
+}
+
+// generation_config.json as the gpt-oss repo has it: stop on <|return|>, <|endoftext|> and <|call|> (200012).
+static char *generation_config_json(const ot_model_config *c) {
+    json_t *j = json_object();
+    json_t *eos = json_array();
+    int ids[3] = {c->eos_token_id, c->pad_token_id, 200012};
+    for (int i = 0; i < 3; i++)
+        if (ids[i] >= 0 && ids[i] < c->vocab_size) json_array_append_new(eos, json_integer(ids[i]));
+    json_object_set_new(j, "eos_token_id", eos);
+    json_object_set_new(j, "bos_token_id", c->bos_token_id >= 0 ? json_integer(c->bos_token_id) : json_null());
+    json_object_set_new(j, "pad_token_id", c->pad_token_id >= 0 ? json_integer(c->pad_token_id) : json_null());
+    json_object_set_new(j, "do_sample", json_true());
+    char *s = ot_json_dump_pretty(j);
+    json_decref(j);
+    return s;
+}
+
+// ---- sharding -----------------------------------------------------------------------------------------------------
+// Contiguous runs of the tensor list, balanced by bytes: tensor i goes to the shard its byte midpoint falls in,
+// never skipping a shard and leaving enough tensors for the shards after it (so none is empty).
+static void assign_shards(int n, const size_t *bytes, int n_shards, int *shard_of) {
+    double total = 0;
+    for (int i = 0; i < n; i++) total += (double)bytes[i];
+    double cum = 0;
+    int s = 0;
+    for (int i = 0; i < n; i++) {
+        int want = total > 0 ? (int)((cum + 0.5 * (double)bytes[i]) * n_shards / total) : 0;
+        if (i > 0 && want > s) s++;
+        int must = n_shards - (n - i); // shards still to fill need one tensor each
+        if (s < must) s = must;
+        if (s > n_shards - 1) s = n_shards - 1;
+        shard_of[i] = s;
+        cum += (double)bytes[i];
+    }
+}
+
+// ---- main -----------------------------------------------------------------------------------------------------------
+#define MAX_SETS 64
+
+int main(int argc, char **argv) {
+    const char *preset = NULL, *out = NULL, *tokenizer = NULL, *seed_str = NULL;
+    const char *sets[MAX_SETS];
+    int n_sets = 0, n_shards = 0, dense = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has_val = i + 1 < argc;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--dense-experts") == 0) {
+            dense = 1;
+        } else if (has_val && strcmp(a, "--preset") == 0) {
+            preset = argv[++i];
+        } else if (has_val && strcmp(a, "--seed") == 0) {
+            seed_str = argv[++i];
+        } else if (has_val && strcmp(a, "--out") == 0) {
+            out = argv[++i];
+        } else if (has_val && strcmp(a, "--tokenizer") == 0) {
+            tokenizer = argv[++i];
+        } else if (has_val && strcmp(a, "--set") == 0) {
+            if (n_sets == MAX_SETS) ot_die("too many --set options (at most %d)", MAX_SETS);
+            sets[n_sets++] = argv[++i];
+        } else if (has_val && strcmp(a, "--shards") == 0) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 99999) {
+                fprintf(stderr, "osstune-init-model: --shards %s: need an integer 1..99999\n", argv[i]);
+                return 2;
+            }
+            n_shards = (int)v;
+        } else {
+            fprintf(stderr, "osstune-init-model: unknown or incomplete option '%s'\n\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!preset || !out || !seed_str) {
+        fprintf(stderr, "osstune-init-model: --preset, --seed and --out are required\n\n");
+        usage(stderr);
+        return 2;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long seed = strtoull(seed_str, &end, 10);
+    if (errno || *end || !*seed_str || seed_str[0] == '-') {
+        fprintf(stderr, "osstune-init-model: --seed %s: need an unsigned integer\n", seed_str);
+        return 2;
+    }
+
+    ot_err err;
+    ot_model_config c;
+    if (ot_model_config_preset(&c, preset, &err)) ot_die("%s", err.msg);
+    for (int i = 0; i < n_sets; i++) {
+        char *kv = ot_strdup(sets[i]), *eq = strchr(kv, '=');
+        if (!eq) ot_die("--set %s: expected KEY=VALUE", sets[i]);
+        *eq = 0;
+        if (ot_model_config_set(&c, kv, eq + 1, &err)) ot_die("%s", err.msg);
+        free(kv);
+    }
+    c.experts_mxfp4 = !dense;
+    if (ot_model_config_validate(&c, &err)) ot_die("%s", err.msg);
+    // Both expert forms are generated through MXFP4 (dense = its dequantization), so both need the 32-multiples.
+    if (c.hidden_size % 32 || c.intermediate_size % 32)
+        ot_die("hidden_size (%d) and intermediate_size (%d) must be multiples of 32 (experts are generated as MXFP4)",
+               c.hidden_size, c.intermediate_size);
+
+    ot_expected_tensor *tensors;
+    int n = ot_gptoss_expected_tensors(&c, !dense, &tensors);
+    size_t *bytes = ot_malloc((size_t)n * sizeof(size_t));
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t numel = 1;
+        for (int d = 0; d < tensors[i].ndim; d++) numel *= (size_t)tensors[i].shape[d];
+        bytes[i] = numel * (tensors[i].kind == OT_TK_U8 ? 1 : 2);
+        total += bytes[i];
+    }
+    if (n_shards == 0) {
+        n_shards = (int)((total + 4999999999ull) / 5000000000ull); // keep shards under ~5 GB, as HF does
+        if (n_shards < 2) n_shards = 2;
+    }
+    if (n_shards > n) ot_die("--shards %d: the model has only %d tensors", n_shards, n);
+    int *shard_of = ot_malloc((size_t)n * sizeof(int));
+    assign_shards(n, bytes, n_shards, shard_of);
+
+    // Build everything in DIR.tmp, then rename: DIR either does not exist or is complete. (A run that dies
+    // midway leaves DIR.tmp; the next run removes it.) Check what can be checked before creating anything.
+    struct stat sb;
+    if (stat(out, &sb) == 0) ot_die("%s already exists; refusing to overwrite it", out);
+    if (tokenizer && access(tokenizer, R_OK) != 0) ot_die("--tokenizer %s: %s", tokenizer, strerror(errno));
+    size_t tl = strlen(out) + 8;
+    char *tmp = ot_malloc(tl);
+    snprintf(tmp, tl, "%s.tmp", out);
+    remove_stale_tmp_dir(tmp);
+    if (mkdir(tmp, 0755) != 0) ot_die("%s: cannot create directory: %s", tmp, strerror(errno));
+
+    char *text = ot_model_config_to_json(&c);
+    if (write_text(tmp, "config.json", text, &err)) ot_die("%s", err.msg);
+    free(text);
+    text = generation_config_json(&c);
+    if (write_text(tmp, "generation_config.json", text, &err)) ot_die("%s", err.msg);
+    free(text);
+    if (tokenizer) {
+        char *dst = join(tmp, "tokenizer.json");
+        if (copy_file(tokenizer, dst, &err)) ot_die("--tokenizer: %s", err.msg);
+        free(dst);
+    }
+
+    scratch s = {0};
+    s.buf = ot_malloc(CHUNK_BYTES);
+    if (dense) {
+        size_t m = (size_t)2 * c.intermediate_size > (size_t)c.hidden_size ? (size_t)2 * c.intermediate_size : (size_t)c.hidden_size;
+        size_t in_max = c.hidden_size > c.intermediate_size ? (size_t)c.hidden_size : (size_t)c.intermediate_size;
+        s.dense_tmp = ot_malloc(m * in_max * sizeof(float));
+        s.blk_tmp = ot_malloc(m * (in_max / 32) * 16);
+        s.scl_tmp = ot_malloc(m * (in_max / 32));
+    }
+    const int progress = total > ((size_t)1 << 30);
+    const double t0 = ot_now_seconds();
+    double last = 0;
+    size_t written = 0;
+    json_t *weight_map = json_object();
+    char fname[64];
+    for (int k = 0, i = 0; k < n_shards; k++) {
+        snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
+        int first = i, last_i = i;
+        while (last_i < n && shard_of[last_i] == k) last_i++;
+        ot_st_writer *w = ot_st_writer_new();
+        for (int t = first; t < last_i; t++) {
+            ot_st_writer_add(w, tensors[t].name, tensors[t].kind == OT_TK_U8 ? OT_DT_U8 : OT_DT_BF16, tensors[t].ndim,
+                             tensors[t].shape, NULL);
+            json_object_set_new(weight_map, tensors[t].name, json_string(fname));
+        }
+        char *path = join(tmp, fname);
+        ot_st_stream *st = ot_st_stream_begin(w, path, &err);
+        if (!st) ot_die("%s", err.msg);
+        for (int t = first; t < last_i; t++) {
+            if (write_tensor(st, &c, &tensors[t], dense, seed, &s, &err)) {
+                ot_st_stream_abort(st);
+                ot_die("%s (tensor '%s')", err.msg, tensors[t].name);
+            }
+            written += bytes[t];
+            double now = ot_now_seconds();
+            if (progress && (now - last > 0.5 || t == n - 1)) {
+                fprintf(stderr, "\rosstune-init-model: tensor %d of %d, %.0f of %.0f MB, %.0f MB/s   ", t + 1, n,
+                        written / 1e6, total / 1e6, written / 1e6 / (now - t0 + 1e-9));
+                last = now;
+            }
+        }
+        if (ot_st_stream_finish(st, &err)) ot_die("%s", err.msg);
+        free(path);
+        i = last_i;
+    }
+    if (progress) fprintf(stderr, "\n");
+
+    json_t *index = json_object();
+    json_object_set_new(index, "metadata", json_pack("{sI}", "total_size", (json_int_t)total));
+    json_object_set_new(index, "weight_map", weight_map);
+    text = ot_json_dump_pretty(index);
+    json_decref(index);
+    if (write_text(tmp, "model.safetensors.index.json", text, &err)) ot_die("%s", err.msg);
+    free(text);
+
+    if (rename(tmp, out) != 0) ot_die("cannot rename %s to %s: %s", tmp, out, strerror(errno));
+    if (ot_fsync_parent_dir(out, &err)) ot_die("%s", err.msg);
+
+    free(s.buf);
+    free(s.dense_tmp);
+    free(s.blk_tmp);
+    free(s.scl_tmp);
+    free(shard_of);
+    free(bytes);
+    free(tensors);
+    free(tmp);
+    return 0;
+}
