@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# End-to-end training runs on the CPU backend under mpirun:
+#   1. N ranks (2, 3, 4) end with the same adapter and optimizer state as 1 rank, byte for byte;
+#   2. SIGTERM at a random step, then the same command again → byte-identical to an uninterrupted run (1 and 3 ranks);
+#   3. a run stopped with 3 ranks and resumed with 2 → byte-identical;
+#   4. SIGKILL while a checkpoint is being written → the previous checkpoint is intact and the run resumes;
+#   5. a truncated adapter in the newest checkpoint → a clear warning and fallback to the previous one.
+# usage: test_train_runs.sh BIN_DIR WORK_DIR [case ...]   (cases: ranks sigterm reshard sigkill corrupt; default all)
+set -euo pipefail
+BIN=$1
+WORK=$2
+shift 2
+CASES=${*:-ranks sigterm reshard sigkill corrupt}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OSSTUNE_COMM_TIMEOUT=60
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$WORK"
+fails=0
+passes=0
+ok() { echo "ok   $*"; passes=$((passes + 1)); }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+# A small model with the real vocabulary (the data is real o200k tokens) and every LoRA target.
+if [ ! -f "$WORK/model/config.json" ]; then
+  "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null
+fi
+if [ ! -f "$WORK/pairs.h5" ]; then
+  head -n 41 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
+  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" >/dev/null
+fi
+STEPS=6
+ARGS=(--model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6 --lora-r 4
+      --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100)
+
+train() { # train NP RUN_DIR [extra args]
+  local np=$1 dir=$2
+  shift 2
+  mpirun -np "$np" "$BIN/osstune-train" "${ARGS[@]}" --run-dir "$dir" "$@"
+}
+final() { echo "$1/ckpt/step-$(printf %06d $STEPS)"; }
+same_state() { # same_state RUN_A RUN_B: adapter and optimizer byte-identical
+  cmp -s "$(final "$1")/adapter_model.safetensors" "$(final "$2")/adapter_model.safetensors" &&
+    cmp -s "$(final "$1")/optimizer.safetensors" "$(final "$2")/optimizer.safetensors"
+}
+
+rm -rf "$WORK/ref1"
+train 1 "$WORK/ref1" --save-every 1 2>"$WORK/ref1.log" || { cat "$WORK/ref1.log"; bad "1-rank reference run"; exit 1; }
+
+for c in $CASES; do
+  case $c in
+  ranks)
+    for np in 2 3 4; do
+      rm -rf "$WORK/np$np"
+      if train "$np" "$WORK/np$np" 2>"$WORK/np$np.log" && same_state "$WORK/ref1" "$WORK/np$np"; then
+        ok "$np ranks end with the 1-rank adapter and optimizer state, byte for byte"
+      else
+        tail -5 "$WORK/np$np.log"
+        bad "$np ranks differ from 1 rank"
+      fi
+    done
+    ;;
+  sigterm)
+    for np in 1 3; do
+      d="$WORK/term$np"
+      rm -rf "$d"
+      stop_at=$(( (RANDOM % (STEPS - 2)) + 1 ))
+      # stop after step stop_at: wait for that step's line in the metrics, then SIGTERM every rank
+      train "$np" "$d" --save-every 2 2>"$d.log" &
+      pid=$!
+      for _ in $(seq 600); do
+        n=$(wc -l <"$d/metrics.jsonl" 2>/dev/null || echo 0)
+        [ "$n" -ge "$stop_at" ] && break
+        sleep 0.1
+      done
+      pkill -TERM -f "^$BIN/osstune-train .*--run-dir $d" || true
+      set +e
+      wait $pid
+      st=$?
+      set -e
+      if [ $st -ne 75 ] && [ $st -ne 0 ]; then
+        tail -5 "$d.log"
+        bad "$np ranks: SIGTERM gave exit status $st (want 75)"
+        continue
+      fi
+      if train "$np" "$d" --save-every 2 2>>"$d.log" && same_state "$WORK/ref1" "$d"; then
+        ok "$np ranks: SIGTERM after step $stop_at (exit $st), resume → byte-identical to the uninterrupted run"
+      else
+        tail -5 "$d.log"
+        bad "$np ranks: resumed run differs from the uninterrupted one"
+      fi
+    done
+    ;;
+  reshard)
+    d="$WORK/reshard"
+    rm -rf "$d"
+    train 3 "$d" --save-every 3 2>"$d.log" &
+    pid=$!
+    for _ in $(seq 600); do
+      [ -f "$d/ckpt/latest" ] && break
+      sleep 0.1
+    done
+    pkill -TERM -f "^$BIN/osstune-train .*--run-dir $d" || true
+    wait $pid || true
+    if train 2 "$d" 2>>"$d.log" && same_state "$WORK/ref1" "$d" && grep -q "saved by 3 ranks, now 2" "$d.log"; then
+      ok "stopped with 3 ranks, resumed with 2 → byte-identical to the uninterrupted run"
+    else
+      tail -5 "$d.log"
+      bad "3 → 2 ranks resume differs"
+    fi
+    ;;
+  sigkill)
+    d="$WORK/kill"
+    rm -rf "$d"
+    # A: stop (SIGTERM) once the step-2 checkpoint exists
+    train 1 "$d" --save-every 2 2>"$d.log" &
+    pid=$!
+    for _ in $(seq 600); do [ -f "$d/ckpt/latest" ] && break; sleep 0.1; done
+    pkill -TERM -f "^$BIN/osstune-train .*--run-dir $d" || true
+    wait $pid 2>/dev/null || true
+    before=$(cat "$d/ckpt/latest")
+    # B: resume; the next checkpoint write pauses half-way (test hook) and is SIGKILLed there
+    OSSTUNE_TEST_CKPT_PAUSE=60 train 1 "$d" --save-every 2 2>>"$d.log" &
+    pid=$!
+    for _ in $(seq 900); do grep -q "OSSTUNE_TEST_CKPT_PAUSE: pausing" "$d.log" && break; sleep 0.1; done
+    pkill -KILL -f "^$BIN/osstune-train .*--run-dir $d" || true
+    wait $pid 2>/dev/null || true
+    after=$(cat "$d/ckpt/latest")
+    # C: the same command again resumes from the intact checkpoint and finishes like an uninterrupted run
+    if [ "$before" = "$after" ] && train 1 "$d" --save-every 2 2>>"$d.log" && same_state "$WORK/ref1" "$d"; then
+      ok "SIGKILL during a checkpoint write: $before intact and latest, resume → byte-identical"
+    else
+      tail -5 "$d.log"
+      bad "SIGKILL during a checkpoint write: latest $before -> $after, or the resumed run differs"
+    fi
+    ;;
+  corrupt)
+    d="$WORK/corrupt"
+    rm -rf "$d"
+    cp -r "$WORK/ref1" "$d"
+    newest="$d/ckpt/$(cat "$d/ckpt/latest")"
+    truncate -s 100 "$newest/adapter_model.safetensors"
+    if "$BIN/osstune-train" "${ARGS[@]}" --run-dir "$d" --steps $((STEPS + 1)) --force-resume 2>"$d.log" &&
+      grep -q "adapter_model.safetensors" "$d.log" && grep -q "step-$(printf %06d $((STEPS - 1)))" "$d.log"; then
+      ok "truncated adapter in the newest checkpoint: reported, fell back to step $((STEPS - 1))"
+    else
+      tail -8 "$d.log"
+      bad "corrupt newest checkpoint not handled"
+    fi
+    ;;
+  *) echo "unknown case $c"; exit 2 ;;
+  esac
+done
+echo "test_train_runs: $passes passed, $fails failed"
+[ $fails -eq 0 ]

@@ -1,0 +1,342 @@
+// osstune-train: the rank program. Every rank loads the base model, takes its rows of each global step from the
+// data loader, computes LoRA gradients row by row, and the ranks sum the rows' gradients in global row order (so
+// N ranks compute bit for bit what 1 rank computes); then every rank takes the same AdamW step.
+// Rank 0 writes checkpoints and metrics. SIGTERM / SIGUSR1 / SIGINT stop all ranks at the next step boundary
+// after a checkpoint (exit 75: resume me); a second SIGINT aborts at once (exit 130).
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "comm/comm.h"
+#include "formats/sha256.h"
+#include "trainer/checkpoint.h"
+#include "trainer/data_loader.h"
+#include "trainer/gptoss_cpu.h"
+#include "trainer/train_options.h"
+
+#define EXIT_PREEMPTED 75 // EX_TEMPFAIL: stopped on request after checkpointing; start again to resume
+#define EXIT_ABORTED 130
+
+// The one piece of process-wide mutable state: which stop signal arrived (a rank truly has this once).
+static volatile sig_atomic_t g_stop_signal = 0;
+static volatile sig_atomic_t g_sigint_count = 0;
+
+static void on_signal(int sig) {
+    if (sig == SIGINT && ++g_sigint_count >= 2) {
+        static const char msg[] = "osstune-train: second SIGINT: aborting now (the last complete checkpoint is kept)\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        _exit(EXIT_ABORTED);
+    }
+    g_stop_signal = sig;
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+static int mkdir_p(const char *path) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return (mkdir(buf, 0755) && errno != EEXIST) ? -1 : 0;
+}
+
+// Writes text to path atomically (tmp + fsync + rename).
+static int write_text_atomic(const char *path, const char *text, ot_err *err) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return ot_fail(err, "cannot write %s: %s", tmp, strerror(errno));
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path)) {
+        unlink(tmp);
+        return ot_fail(err, "cannot write %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+static void format_duration(char *buf, size_t n, double s) {
+    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, n, "%.0fs", s);
+}
+
+// Resident memory of this process in MiB (from /proc), for the progress line.
+static double rss_mib(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+    fclose(f);
+    return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
+}
+
+#define FAIL(...)                                                                                                \
+    do {                                                                                                         \
+        fprintf(stderr, "osstune-train: rank %d: ", comm ? comm->rank : 0);                                      \
+        fprintf(stderr, __VA_ARGS__);                                                                            \
+        fprintf(stderr, "\n");                                                                                   \
+        exit_code = 1;                                                                                           \
+        goto done;                                                                                               \
+    } while (0)
+
+int main(int argc, char **argv) {
+    ot_train_options o;
+    int rc = ot_train_options_parse(&o, argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+    int exit_code = 0;
+    ot_err err;
+    ot_comm *comm = NULL;
+    ot_model m;
+    memset(&m, 0, sizeof m);
+    ot_lora lo;
+    memset(&lo, 0, sizeof lo);
+    ot_optimizer opt;
+    memset(&opt, 0, sizeof opt);
+    ot_train_state st;
+    memset(&st, 0, sizeof st);
+    ot_loader *loader = NULL;
+    ot_batch batch, row;
+    ot_batch_init(&batch);
+    ot_batch_init(&row);
+    ot_cpu_workspace *ws = NULL;
+    float *slots = NULL, *grad_sum = NULL;
+    double *row_loss = NULL;
+    FILE *metrics = NULL;
+    char *config_json = NULL;
+
+    if (ot_comm_mpi_init(&comm, &argc, &argv, NULL, &err)) {
+        fprintf(stderr, "osstune-train: %s\n", err.msg);
+        return 1;
+    }
+    const int rank = comm->rank, world = comm->size;
+    if (strcmp(o.backend, "cpu") != 0) FAIL("backend '%s' is not built into osstune-train yet; use --backend cpu", o.backend);
+    if (o.rows_per_step < world)
+        FAIL("--rows-per-step %d is smaller than the number of ranks %d: every rank needs at least one row per step",
+             o.rows_per_step, world);
+    install_signals();
+
+    // ---- model, adapter, optimizer -------------------------------------------------------------------------------
+    if (ot_model_load(&m, o.model_dir, &err)) FAIL("%s", err.msg);
+    if (o.init_adapter) {
+        if (ot_lora_load_peft(&lo, &m, o.init_adapter, &err)) FAIL("%s", err.msg);
+    } else {
+        ot_lora_init(&lo, &m, &o.lora, o.seed);
+    }
+    ot_optimizer_init(&opt, lo.n_params, &o.optim);
+
+    // ---- run identity: resolved options and fingerprints ----------------------------------------------------------
+    config_json = ot_train_options_to_json(&o);
+    {
+        char *fp_json = ot_train_options_fingerprint_json(&o);
+        ot_fingerprint_text(fp_json, st.config_fingerprint);
+        free(fp_json);
+    }
+    if (ot_fingerprint_model_dir(o.model_dir, st.model_fingerprint, &err)) FAIL("%s", err.msg);
+    if (ot_sha256_file(o.data_path, st.data_fingerprint, &err)) FAIL("%s", err.msg);
+    st.seed = o.seed;
+    st.data_seed = o.seed;
+    st.world_size = world;
+    st.resolved_config_json = ot_strdup(config_json);
+    if (rank == 0) {
+        if (mkdir_p(o.run_dir)) FAIL("cannot create run directory %s: %s", o.run_dir, strerror(errno));
+        char path[4096];
+        snprintf(path, sizeof path, "%s/config.json", o.run_dir);
+        if (write_text_atomic(path, config_json, &err)) FAIL("%s", err.msg);
+    }
+    if (ot_comm_barrier(comm, &err)) FAIL("%s", err.msg);
+
+    // ---- resume ---------------------------------------------------------------------------------------------------
+    if (strcmp(o.resume, "never") != 0) {
+        ot_train_state saved;
+        memset(&saved, 0, sizeof saved);
+        char loaded[4096] = "";
+        int lr = strcmp(o.resume, "auto") == 0
+                     ? ot_ckpt_load_latest(o.run_dir, &saved, &lo, &m, &opt, loaded, sizeof loaded, &err)
+                     : ot_ckpt_load(o.resume, &saved, &lo, &m, &opt, &err);
+        if (lr < 0) FAIL("%s", err.msg);
+        if (lr == 0) {
+            if (ot_ckpt_check_compatible(&saved, &st, o.force_resume, &err)) FAIL("%s", err.msg);
+            // continue the saved run: its step, data cursor and metrics; our fingerprints and config
+            st.step = saved.step;
+            st.data_epoch = saved.data_epoch;
+            st.data_next = saved.data_next;
+            st.data_seed = saved.data_seed;
+            st.samples_seen = saved.samples_seen;
+            st.tokens_seen = saved.tokens_seen;
+            st.targets_seen = saved.targets_seen;
+            st.loss_ema = saved.loss_ema;
+            st.elapsed_seconds = saved.elapsed_seconds;
+            if (rank == 0)
+                fprintf(stderr, "osstune-train: resuming from %s at step %lld (saved by %d rank%s, now %d)\n",
+                        loaded[0] ? loaded : o.resume, (long long)st.step, saved.world_size,
+                        saved.world_size == 1 ? "" : "s", world);
+        }
+        ot_train_state_free(&saved);
+    }
+    if (st.step >= o.steps) {
+        if (rank == 0) fprintf(stderr, "osstune-train: the run is already complete (%lld of %ld steps)\n", (long long)st.step, o.steps);
+        goto done;
+    }
+
+    // ---- data -----------------------------------------------------------------------------------------------------
+    ot_data_cursor cursor = {st.data_seed, st.data_epoch, st.data_next};
+    loader = ot_loader_open(o.data_path, o.seq_len, o.rows_per_step, rank, world, o.loss_all, cursor, &err);
+    if (!loader) FAIL("%s", err.msg);
+    if (rank == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", o.run_dir);
+        metrics = fopen(path, "a");
+        if (!metrics) FAIL("cannot open %s: %s", path, strerror(errno));
+        fprintf(stderr,
+                "osstune-train: %d rank%s | model %s (%d layers, %d experts) | LoRA r=%d on %zu parameters | "
+                "%d rows x %d tokens per step | steps %lld -> %ld\n",
+                world, world == 1 ? "" : "s", o.model_dir, m.cfg.num_hidden_layers, m.cfg.num_local_experts, lo.r,
+                lo.n_params, o.rows_per_step, o.seq_len, (long long)st.step, o.steps);
+    }
+    ws = ot_cpu_workspace_new();
+    const int max_rows = (o.rows_per_step + world - 1) / world;
+    slots = ot_malloc(sizeof(float) * lo.n_params * (size_t)(max_rows + 1));
+    grad_sum = ot_malloc(sizeof(float) * lo.n_params);
+    row_loss = ot_malloc(sizeof(double) * (size_t)(max_rows + 1));
+    float *loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
+    float loss_out[2];
+
+    double t_start = ot_now_seconds(), t_last = t_start;
+    long steps_at_start = (long)st.step;
+    int64_t tokens_at_start = st.tokens_seen;
+    int stopping = 0;
+    while (st.step < o.steps) {
+        ot_data_cursor after;
+        if (ot_loader_next(loader, &batch, &after, &err)) FAIL("%s", err.msg);
+        // Each row alone, into its own gradient slot: the slots are then summed in global row order.
+        float *grads_keep = lo.grads;
+        for (int i = 0; i < batch.n_rows; i++) {
+            ot_batch_extract_row(&batch, i, &row);
+            lo.grads = slots + (size_t)i * lo.n_params;
+            memset(lo.grads, 0, sizeof(float) * lo.n_params);
+            float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
+            row_loss[i] = ot_cpu_forward_backward(&m, &lo, &row, scale, 1, ws);
+            // loss as a (hi, lo) float pair so the ordered float sum keeps double precision
+            loss_slots[2 * i] = (float)row_loss[i];
+            loss_slots[2 * i + 1] = (float)(row_loss[i] - (double)(float)row_loss[i]);
+        }
+        lo.grads = grads_keep;
+        if (ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
+        if (ot_comm_all_reduce_ordered(comm, loss_slots, batch.n_rows, 2, loss_out, &err)) FAIL("%s", err.msg);
+        double loss = batch.global_targets > 0 ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
+                                               : 0.0;
+        float lr = 0;
+        double gnorm = ot_optimizer_step(&opt, lo.params, lo.grads, &lr);
+        st.step++;
+        st.data_seed = after.seed;
+        st.data_epoch = after.epoch;
+        st.data_next = after.next;
+        st.samples_seen += batch.global_samples;
+        st.targets_seen += batch.global_targets;
+        st.last_loss = loss;
+        st.loss_ema = st.step == 1 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
+        st.last_grad_norm = gnorm;
+        st.last_lr = lr;
+        if (!isfinite(loss)) FAIL("the loss became %f at step %lld: stopping (lower --lr?)", loss, (long long)st.step);
+
+        // Every rank agrees on stopping (the largest signal number any rank saw), and on the step's token count.
+        int64_t sig = g_stop_signal, sig_max = 0, tokens = batch.T, step_tokens = 0;
+        if (ot_comm_all_reduce(comm, &sig, &sig_max, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
+        if (ot_comm_all_reduce(comm, &tokens, &step_tokens, 1, OT_COMM_I64, OT_COMM_SUM, &err)) FAIL("%s", err.msg);
+        st.tokens_seen += step_tokens;
+        stopping = sig_max != 0;
+
+        double now = ot_now_seconds();
+        st.elapsed_seconds += now - t_last;
+        t_last = now;
+        if (rank == 0) {
+            double done_steps = (double)(st.step - steps_at_start), el = now - t_start;
+            double tps = el > 0 ? (double)(st.tokens_seen - tokens_at_start) / el : 0;
+            double eta = done_steps > 0 ? el / done_steps * (double)(o.steps - st.step) : -1;
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
+                    "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
+                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d}\n",
+                    (long long)st.step, loss, lr, gnorm, (long long)st.samples_seen, (long long)st.tokens_seen,
+                    (long long)st.targets_seen, (long long)step_tokens, (long long)batch.global_targets, tps,
+                    st.elapsed_seconds, rss_mib(), world);
+            fflush(metrics);
+            if (st.step % o.log_every == 0 || st.step == o.steps || stopping) {
+                char eta_s[32];
+                format_duration(eta_s, sizeof eta_s, eta);
+                fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s | "
+                        "mem %.0f MiB\n", (long long)st.step, o.steps, loss, lr, gnorm, tps, eta_s, rss_mib());
+            }
+        }
+        int save_now = st.step == o.steps || stopping || (o.save_every > 0 && st.step % o.save_every == 0);
+        if (save_now) {
+            int save_rc = 0;
+            if (rank == 0) {
+                save_rc = ot_ckpt_save(o.run_dir, &st, &lo, &m, &opt, o.keep_last, &err);
+                if (save_rc) fprintf(stderr, "osstune-train: checkpoint at step %lld failed: %s\n", (long long)st.step, err.msg);
+                else fprintf(stderr, "osstune-train: checkpoint %s/ckpt/step-%06lld written\n", o.run_dir, (long long)st.step);
+            }
+            int64_t bad = save_rc != 0, any_bad = 0;
+            if (ot_comm_all_reduce(comm, &bad, &any_bad, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
+            if (any_bad) {
+                exit_code = 1;
+                goto done;
+            }
+        }
+        if (stopping) {
+            if (rank == 0)
+                fprintf(stderr, "osstune-train: stopped by signal %lld at step %lld; start again with the same "
+                        "--run-dir to resume (exit %d)\n", (long long)sig_max, (long long)st.step, EXIT_PREEMPTED);
+            exit_code = EXIT_PREEMPTED;
+            break;
+        }
+    }
+    free(loss_slots);
+    if (rank == 0 && exit_code == 0)
+        fprintf(stderr, "osstune-train: finished %lld steps; adapter: %s/ckpt/step-%06lld (PEFT format)\n",
+                (long long)st.step, o.run_dir, (long long)st.step);
+
+done:
+    if (metrics) fclose(metrics);
+    if (loader) ot_loader_close(loader);
+    ot_batch_free(&batch);
+    ot_batch_free(&row);
+    ot_cpu_workspace_free(ws);
+    free(slots);
+    free(grad_sum);
+    free(row_loss);
+    free(config_json);
+    ot_train_state_free(&st);
+    ot_optimizer_free(&opt);
+    ot_lora_free(&lo);
+    if (m.layers) ot_model_free(&m);
+    if (exit_code == 1 && comm && comm->size > 1) {
+        // A failed rank must not leave its peers waiting in a collective.
+        fprintf(stderr, "osstune-train: rank %d failed; aborting the job\n", comm->rank);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    ot_comm_free(comm);
+    return exit_code;
+}

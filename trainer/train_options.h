@@ -1,0 +1,38 @@
+// osstune-train's options: parsed from the command line, printed back as the run's resolved config (run/config.json).
+#ifndef OT_TRAINER_TRAIN_OPTIONS_H
+#define OT_TRAINER_TRAIN_OPTIONS_H
+
+#include <stdint.h>
+
+#include "trainer/lora.h"
+#include "trainer/optimizer.h"
+
+typedef struct {
+    const char *model_dir;
+    const char *data_path;
+    const char *run_dir;
+    const char *backend;        // "cpu" (the reference) or "cuda"
+    const char *resume;         // "auto" (default), "never", or a checkpoint directory
+    const char *init_adapter;   // start from this PEFT adapter instead of PEFT's initialisation
+    int force_resume;           // resume even if model/data/config fingerprints differ
+    long steps;                 // optimizer steps in total (the schedule's length)
+    uint64_t seed;
+    int seq_len;                // tokens per packed row
+    int rows_per_step;          // rows per global step (independent of the number of ranks)
+    int loss_all;               // loss at every position, not only the answer (benchmarks)
+    int save_every;             // checkpoint every N steps (0: only at the end and on a signal)
+    int keep_last;              // checkpoints kept
+    int log_every;              // progress line every N steps
+    ot_lora_spec lora;
+    ot_optim_config optim;
+} ot_train_options;
+
+// Parses argv; prints a message and returns 2 (bad usage) or 1 (--help printed, exit 0) or 0.
+int ot_train_options_parse(ot_train_options *o, int argc, char **argv);
+// The resolved options as a JSON object (caller frees). Used for run/config.json and its fingerprint.
+char *ot_train_options_to_json(const ot_train_options *o);
+// The options that determine the computation (no paths, no checkpoint/logging cadence), as canonical JSON: a run
+// resumed with a different value of any of these is refused unless forced.
+char *ot_train_options_fingerprint_json(const ot_train_options *o);
+
+#endif
