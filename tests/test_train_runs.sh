@@ -68,7 +68,7 @@ for c in $CASES; do
       train "$np" "$d" --save-every 2 2>"$d.log" &
       pid=$!
       for _ in $(seq 600); do
-        n=$(wc -l <"$d/metrics.jsonl" 2>/dev/null || echo 0)
+        n=0; [ -f "$d/metrics.jsonl" ] && n=$(wc -l <"$d/metrics.jsonl")
         [ "$n" -ge "$stop_at" ] && break
         sleep 0.1
       done
