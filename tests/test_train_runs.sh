@@ -28,9 +28,14 @@ if [ ! -f "$WORK/pairs.h5" ]; then
   head -n 41 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
   "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" >/dev/null
 fi
+if [ ! -f "$WORK/eval.h5" ]; then
+  head -n 9 "$ROOT/data/sample/dev.tsv" >"$WORK/eval.tsv"
+  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/eval.tsv" --out "$WORK/eval.h5" >/dev/null
+fi
 STEPS=6
 ARGS=(--model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6 --lora-r 4
-      --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100)
+      --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100
+      --eval-data "$WORK/eval.h5" --eval-every 3)
 
 train() { # train NP RUN_DIR [extra args]
   local np=$1 dir=$2
@@ -53,6 +58,12 @@ for c in $CASES; do
       rm -rf "$WORK/np$np"
       if train "$np" "$WORK/np$np" 2>"$WORK/np$np.log" && same_state "$WORK/ref1" "$WORK/np$np"; then
         ok "$np ranks end with the 1-rank adapter and optimizer state, byte for byte"
+        evals() { grep -o '"step": [0-9]*, "eval_loss": [0-9.]*' "$1/metrics.jsonl"; }
+        if [ -n "$(evals "$WORK/ref1")" ] && [ "$(evals "$WORK/ref1")" = "$(evals "$WORK/np$np")" ]; then
+          ok "$np ranks: the same validation losses as 1 rank ($(evals "$WORK/np$np" | tail -1))"
+        else
+          bad "$np ranks: validation losses differ from 1 rank"
+        fi
       else
         tail -5 "$WORK/np$np.log"
         bad "$np ranks differ from 1 rank"

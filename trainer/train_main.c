@@ -17,6 +17,7 @@
 #include "formats/sha256.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_loader.h"
+#include "trainer/evaluate.h"
 #include "trainer/gptoss_cpu.h"
 #include "trainer/train_options.h"
 
@@ -124,6 +125,8 @@ int main(int argc, char **argv) {
     double *row_loss = NULL;
     FILE *metrics = NULL;
     char *config_json = NULL;
+    ot_pairs_h5 eval_pairs;
+    int eval_open = 0;
 
     if (ot_comm_mpi_init(&comm, &argc, &argv, NULL, &err)) {
         fprintf(stderr, "osstune-train: %s\n", err.msg);
@@ -215,6 +218,10 @@ int main(int argc, char **argv) {
                 lo.n_params, o.rows_per_step, o.seq_len, (long long)st.step, o.steps);
     }
     ws = ot_cpu_workspace_new();
+    if (o.eval_data) {
+        if (ot_pairs_h5_open(&eval_pairs, o.eval_data, &err)) FAIL("%s", err.msg);
+        eval_open = 1;
+    }
     const int max_rows = (o.rows_per_step + world - 1) / world;
     slots = ot_malloc(sizeof(float) * lo.n_params * (size_t)(max_rows + 1));
     grad_sum = ot_malloc(sizeof(float) * lo.n_params);
@@ -222,9 +229,10 @@ int main(int argc, char **argv) {
     float *loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
     float loss_out[2];
 
-    double t_start = ot_now_seconds(), t_last = t_start;
+    double t_last = ot_now_seconds();
     long steps_at_start = (long)st.step;
     int64_t tokens_at_start = st.tokens_seen;
+    double elapsed_at_start = st.elapsed_seconds;
     int stopping = 0;
     while (st.step < o.steps) {
         ot_data_cursor after;
@@ -271,7 +279,8 @@ int main(int argc, char **argv) {
         st.elapsed_seconds += now - t_last;
         t_last = now;
         if (rank == 0) {
-            double done_steps = (double)(st.step - steps_at_start), el = now - t_start;
+            // rates over training time only (validation and checkpoint writes excluded)
+            double done_steps = (double)(st.step - steps_at_start), el = st.elapsed_seconds - elapsed_at_start;
             double tps = el > 0 ? (double)(st.tokens_seen - tokens_at_start) / el : 0;
             double eta = done_steps > 0 ? el / done_steps * (double)(o.steps - st.step) : -1;
             fprintf(metrics,
@@ -289,6 +298,20 @@ int main(int argc, char **argv) {
                         "mem %.0f MiB\n", (long long)st.step, o.steps, loss, lr, gnorm, tps, eta_s, rss_mib());
             }
         }
+        if (eval_open && (st.step == o.steps || stopping || (o.eval_every > 0 && st.step % o.eval_every == 0))) {
+            double eval_loss = 0, t_eval = ot_now_seconds();
+            int64_t eval_targets = 0;
+            if (ot_eval_loss(&m, &lo, &eval_pairs, comm, o.eval_samples, ws, &eval_loss, &eval_targets, &err))
+                FAIL("validation on %s: %s", o.eval_data, err.msg);
+            if (rank == 0) {
+                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_targets\": %lld, \"eval_seconds\": %.3f}\n",
+                        (long long)st.step, eval_loss, (long long)eval_targets, ot_now_seconds() - t_eval);
+                fflush(metrics);
+                fprintf(stderr, "step %lld/%ld | validation loss %.4f over %lld answer tokens\n", (long long)st.step,
+                        o.steps, eval_loss, (long long)eval_targets);
+            }
+            t_last = ot_now_seconds(); // validation time does not count as training time
+        }
         int save_now = st.step == o.steps || stopping || (o.save_every > 0 && st.step % o.save_every == 0);
         if (save_now) {
             int save_rc = 0;
@@ -303,6 +326,7 @@ int main(int argc, char **argv) {
                 exit_code = 1;
                 goto done;
             }
+            t_last = ot_now_seconds(); // checkpoint writes do not count as training time
         }
         if (stopping) {
             if (rank == 0)
@@ -318,6 +342,7 @@ int main(int argc, char **argv) {
                 (long long)st.step, o.run_dir, (long long)st.step);
 
 done:
+    if (eval_open) ot_pairs_h5_close(&eval_pairs);
     if (metrics) fclose(metrics);
     if (loader) ot_loader_close(loader);
     ot_batch_free(&batch);

@@ -41,6 +41,9 @@ static void usage(FILE *f) {
         "  --resume auto|never|DIR  auto (default): continue from RUN_DIR/ckpt/latest if there is one\n"
         "  --force-resume         resume even if the model, data or options differ from the checkpoint's\n"
         "  --log-every N          progress line every N steps (default 1)\n"
+        "  --eval-data FILE.h5    validation pairs: mean loss over their answer tokens goes to metrics.jsonl\n"
+        "  --eval-every N         validate every N steps (default 0: only at the end)\n"
+        "  --eval-samples N       validate on the first N samples only (default 0: all)\n"
         "  -h, --help             this text\n"
         "\n"
         "Exit status: 0 finished; 75 stopped by SIGTERM/SIGUSR1/SIGINT after checkpointing (resume me);\n"
@@ -83,7 +86,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     ot_optim_config_default(&o->optim);
     enum { O_MODEL = 256, O_DATA, O_RUN, O_STEPS, O_BACKEND, O_SEED, O_SEQ, O_ROWS, O_LOSSALL, O_R, O_ALPHA, O_RSLORA,
            O_TARGETS, O_ELAYERS, O_INIT, O_LR, O_MINLR, O_WARMUP, O_WD, O_B1, O_B2, O_EPS, O_CLIP, O_SAVE, O_KEEP,
-           O_RESUME, O_FORCE, O_LOG };
+           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"run-dir", 1, 0, O_RUN}, {"steps", 1, 0, O_STEPS},
         {"backend", 1, 0, O_BACKEND}, {"seed", 1, 0, O_SEED}, {"seq-len", 1, 0, O_SEQ},
@@ -93,7 +96,8 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         {"min-lr", 1, 0, O_MINLR}, {"warmup", 1, 0, O_WARMUP}, {"weight-decay", 1, 0, O_WD}, {"beta1", 1, 0, O_B1},
         {"beta2", 1, 0, O_B2}, {"eps", 1, 0, O_EPS}, {"max-grad-norm", 1, 0, O_CLIP}, {"save-every", 1, 0, O_SAVE},
         {"keep-last", 1, 0, O_KEEP}, {"resume", 1, 0, O_RESUME}, {"force-resume", 0, 0, O_FORCE},
-        {"log-every", 1, 0, O_LOG}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"log-every", 1, 0, O_LOG}, {"eval-data", 1, 0, O_EVAL}, {"eval-every", 1, 0, O_EVAL_EVERY},
+        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     long v;
     ot_err err;
@@ -142,6 +146,9 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         case O_RESUME: o->resume = optarg; break;
         case O_FORCE: o->force_resume = 1; break;
         case O_LOG: if (parse_long("--log-every", optarg, 1, &v)) return 2; o->log_every = (int)v; break;
+        case O_EVAL: o->eval_data = optarg; break;
+        case O_EVAL_EVERY: if (parse_long("--eval-every", optarg, 0, &v)) return 2; o->eval_every = (int)v; break;
+        case O_EVAL_SAMPLES: if (parse_long("--eval-samples", optarg, 0, &o->eval_samples)) return 2; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -182,6 +189,9 @@ static json_t *options_json(const ot_train_options *o, int with_paths) {
         json_object_set_new(j, "data", json_string(o->data_path));
         json_object_set_new(j, "save_every", json_integer(o->save_every));
         json_object_set_new(j, "keep_last", json_integer(o->keep_last));
+        json_object_set_new(j, "eval_data", o->eval_data ? json_string(o->eval_data) : json_null());
+        json_object_set_new(j, "eval_every", json_integer(o->eval_every));
+        json_object_set_new(j, "eval_samples", json_integer(o->eval_samples));
     }
     json_object_set_new(j, "backend", json_string(o->backend));
     json_object_set_new(j, "steps", json_integer(o->steps));

@@ -23,6 +23,9 @@ typedef struct {
     int save_every;             // checkpoint every N steps (0: only at the end and on a signal)
     int keep_last;              // checkpoints kept
     int log_every;              // progress line every N steps
+    const char *eval_data;      // validation pairs (HDF5 from osstune-prep), or NULL
+    int eval_every;             // validation loss every N steps (and at the end); 0 = only at the end
+    long eval_samples;          // evaluate the first N samples (0 = all)
     ot_lora_spec lora;
     ot_optim_config optim;
 } ot_train_options;
