@@ -85,3 +85,13 @@ void OT_OPS_FN(ot_expert_matmul_bwd)(OT_OPS_REAL *dx, const OT_OPS_REAL *dy, con
 // matching weight gradient.
 double OT_OPS_FN(ot_lmhead_xent)(OT_OPS_REAL *dh, OT_OPS_REAL *dWlm, const OT_OPS_REAL *h, const OT_OPS_REAL *Wlm,
                                  const int32_t *pos, const int32_t *label, int n, int H, int V, float grad_scale);
+
+// ---- attention of new queries over a KV cache (incremental decoding) -------------------------------------------
+// One sequence. q [n, nh, D] holds the (rotated) queries of positions pos0 .. pos0+n-1; k_cache, v_cache
+// [pos0+n, nkv, D] hold the keys and values of every position up to and including the last query's. Query i
+// (position p = pos0+i) sees keys j with j <= p and, when window > 0, p - j < window: the mask ot_attention_fwd
+// applies to a single sequence, with the same sink, scale and summation order, so decoding token by token gives
+// the logits of the full forward. out [n, nh, D].
+void OT_OPS_FN(ot_attention_cache_fwd)(OT_OPS_REAL *out, const OT_OPS_REAL *q, const OT_OPS_REAL *k_cache,
+                                       const OT_OPS_REAL *v_cache, const OT_OPS_REAL *sinks, int n, int pos0, int nh,
+                                       int nkv, int D, int window);
