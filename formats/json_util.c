@@ -20,26 +20,9 @@ json_t *ot_json_parse(const char *text, size_t len, const char *what, ot_err *er
 }
 
 json_t *ot_json_load_file(const char *path, ot_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ot_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = ot_malloc(cap);
-    for (;;) {
-        if (len == cap) buf = ot_realloc(buf, cap *= 2);
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        ot_fail(err, "%s: read error", path);
-        return NULL;
-    }
+    size_t len;
+    char *buf = ot_read_file(path, &len, err);
+    if (!buf) return NULL;
     json_t *j = ot_json_parse(buf, len, path, err);
     free(buf);
     return j;
@@ -105,61 +88,3 @@ char *ot_json_dump_pretty(const json_t *j) {
     return s;
 }
 
-int ot_fsync_parent_dir(const char *path, ot_err *err) {
-    char *dir = ot_strdup(path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0;
-    else if (slash) *slash = 0;
-    else strcpy(dir, ".");
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    int rc = 0;
-    if (fd < 0 || fsync(fd) != 0) rc = ot_fail(err, "%s: cannot fsync directory: %s", dir, strerror(errno));
-    if (fd >= 0) close(fd);
-    free(dir);
-    return rc;
-}
-
-int ot_write_file_atomic(const char *path, const void *data, size_t len, ot_err *err) {
-    size_t n = strlen(path) + 8;
-    char *tmp = ot_malloc(n);
-    snprintf(tmp, n, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        ot_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
-    }
-    const char *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            ot_fail(err, "%s: write failed: %s", tmp, strerror(errno));
-            goto fail;
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        ot_fail(err, "%s: fsync failed: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        ot_fail(err, "%s: close failed: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        ot_fail(err, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-        goto fail;
-    }
-    free(tmp);
-    return ot_fsync_parent_dir(path, err);
-fail:
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    free(tmp);
-    return -1;
-}

@@ -1,5 +1,5 @@
 // Small jansson helpers shared by the formats that are JSON (config.json, the safetensors index,
-// adapter_config.json), plus the atomic "write a temp file, fsync, rename" step every writer uses.
+// adapter_config.json).
 #ifndef OT_FORMATS_JSON_UTIL_H
 #define OT_FORMATS_JSON_UTIL_H
 
@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "common/ot_common.h"
+#include "formats/fileio.h"
 
 // Parse JSON text; errors name `what` (usually the file path) with jansson's line and column.
 json_t *ot_json_parse(const char *text, size_t len, const char *what, ot_err *err);
@@ -25,10 +26,5 @@ int ot_json_get_bool(const json_t *obj, const char *key, int *out, const char *w
 json_t *ot_json_real_from_float(float f);
 // Dump with sorted keys, 2-space indent (as transformers and peft write their JSON files). Caller frees.
 char *ot_json_dump_pretty(const json_t *j);
-
-// Write `len` bytes to "<path>.tmp", fsync, rename onto path, fsync the directory. Removes the temp file on error.
-int ot_write_file_atomic(const char *path, const void *data, size_t len, ot_err *err);
-// fsync the directory that holds `path` (so a rename in it is durable). Errors are reported, not fatal.
-int ot_fsync_parent_dir(const char *path, ot_err *err);
 
 #endif

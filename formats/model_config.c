@@ -2,6 +2,7 @@
 // the class default is not gpt-oss's (the class defaults to the 120b's 36 layers / 128 experts; we default to
 // the 20b values only through presets, and require the size keys to be present in a file).
 #include "formats/model_config.h"
+#include "formats/fileio.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -347,23 +348,9 @@ done:
 }
 
 int ot_model_config_load(ot_model_config *c, const char *path, ot_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ot_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) buf = ot_realloc(buf, cap = 2 * cap + 8192);
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (n == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return ot_fail(err, "%s: read error", path);
-    }
-    buf[len] = 0;
+    size_t len;
+    char *buf = ot_read_file(path, &len, err);
+    if (!buf) return -1;
     if (strlen(buf) != len) {
         free(buf);
         return ot_fail(err, "%s: contains a NUL byte; not a JSON text file", path);

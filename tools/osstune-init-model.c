@@ -210,19 +210,10 @@ static void remove_stale_tmp_dir(const char *tmp) {
 }
 
 static int copy_file(const char *src, const char *dst, ot_err *err) {
-    FILE *f = fopen(src, "rb");
-    if (!f) return ot_fail(err, "%s: cannot open: %s", src, strerror(errno));
-    size_t cap = 1 << 20, len = 0;
-    char *buf = ot_malloc(cap);
-    for (;;) {
-        if (len == cap) buf = ot_realloc(buf, cap *= 2);
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    int rc = bad ? ot_fail(err, "%s: read error", src) : ot_write_file_atomic(dst, buf, len, err);
+    size_t len;
+    char *buf = ot_read_file(src, &len, err);
+    if (!buf) return -1;
+    int rc = ot_write_file_atomic(dst, buf, len, err);
     free(buf);
     return rc;
 }

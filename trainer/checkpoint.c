@@ -63,13 +63,6 @@ static int make_dir(const char *path, ot_err *err) {
     return 0;
 }
 
-static int fsync_dir(const char *path, ot_err *err) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return ot_fail(err, "cannot open directory %s to fsync it: %s", path, strerror(errno));
-    int rc = fsync(fd) == 0 ? 0 : ot_fail(err, "cannot fsync directory %s: %s", path, strerror(errno));
-    close(fd);
-    return rc;
-}
 
 static int remove_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw) {
     (void)sb, (void)type, (void)ftw;
@@ -436,7 +429,7 @@ static int install_dir(const char *tmp, const char *final, const char *ckpt_dir,
         return ot_fail(err, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0) {
         ot_err e2;
-        if (fsync_dir(ckpt_dir, err)) return -1;
+        if (ot_fsync_dir(ckpt_dir, err)) return -1;
         if (remove_tree(tmp, &e2)) ot_warn("could not remove the replaced checkpoint (now %s): %s", tmp, e2.msg);
         return 0;
     }
@@ -520,14 +513,14 @@ int ot_ckpt_save(const char *run_dir, const ot_train_state *st, const ot_lora *l
         free(buf);
     }
     if (!rc) rc = write_complete(tmp, st->step, err);
-    if (!rc) rc = fsync_dir(tmp, err);
+    if (!rc) rc = ot_fsync_dir(tmp, err);
     if (!rc) rc = install_dir(tmp, final, ckpt_dir, st->step, err);
     if (rc) {
         ot_err e2;
         if (is_dir(tmp) && remove_tree(tmp, &e2)) ot_warn("%s", e2.msg);
         return -1;
     }
-    if (fsync_dir(ckpt_dir, err)) return -1;
+    if (ot_fsync_dir(ckpt_dir, err)) return -1;
 
     char name[64];
     snprintf(name, sizeof name, "step-%06" PRId64 "\n", st->step);

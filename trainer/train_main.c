@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
+#include "formats/fileio.h"
 #include "formats/sha256.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_loader.h"
@@ -46,33 +47,6 @@ static void install_signals(void) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-}
-
-static int mkdir_p(const char *path) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-            *p = '/';
-        }
-    return (mkdir(buf, 0755) && errno != EEXIST) ? -1 : 0;
-}
-
-// Writes text to path atomically (tmp + fsync + rename).
-static int write_text_atomic(const char *path, const char *text, ot_err *err) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return ot_fail(err, "cannot write %s: %s", tmp, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path)) {
-        unlink(tmp);
-        return ot_fail(err, "cannot write %s: %s", path, strerror(errno));
-    }
-    return 0;
 }
 
 static void format_duration(char *buf, size_t n, double s) {
@@ -162,10 +136,10 @@ int main(int argc, char **argv) {
     st.world_size = world;
     st.resolved_config_json = ot_strdup(config_json);
     if (rank == 0) {
-        if (mkdir_p(o.run_dir)) FAIL("cannot create run directory %s: %s", o.run_dir, strerror(errno));
+        if (ot_mkdir_p(o.run_dir, &err)) FAIL("%s", err.msg);
         char path[4096];
         snprintf(path, sizeof path, "%s/config.json", o.run_dir);
-        if (write_text_atomic(path, config_json, &err)) FAIL("%s", err.msg);
+        if (ot_write_file_atomic(path, config_json, strlen(config_json), &err)) FAIL("%s", err.msg);
     }
     if (ot_comm_barrier(comm, &err)) FAIL("%s", err.msg);
 
