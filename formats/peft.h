@@ -3,8 +3,9 @@
 #define OT_FORMATS_PEFT_H
 
 #include "common/ot_common.h"
+#include "formats/model_config.h" // OT_MAX_LAYERS
 
-#define OT_PEFT_MAX_TARGETS 16
+#define OT_PEFT_MAX_TARGETS (2 * OT_MAX_LAYERS) // one entry per (layer, expert parameter) at most
 typedef struct {
     int r;
     float lora_alpha;
