@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults, on a fresh machine, CPU only:
 #   install dependencies → build → a tiny gpt-oss model → tokenize the bundled sample pairs →
-#   train a LoRA adapter (2 MPI ranks) → translate a few sentences both ways with chrF against the references.
+#   train a LoRA adapter (2 MPI ranks) → export GGUF + Ollama Modelfiles + PEFT →
+#   translate a few sentences both ways, with chrF against the references.
 # Everything lands under run/quickstart/ (QUICKSTART_DIR overrides). Re-running it resumes / reuses what exists.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,6 +48,10 @@ if [ $status -ne 0 ]; then
 fi
 CKPT="$OUT/run/ckpt/$(cat "$OUT/run/ckpt/latest")"
 
+say "6/7 export: GGUF for llama.cpp / Ollama, Modelfiles, PEFT adapter"
+"$BIN/osstune-export" --model "$OUT/model" --adapter "$CKPT" --out "$OUT/export" --tokenizer data/o200k_base.tiktoken \
+  --name osstune-tiny
+
 say "7/7 translate a few dev sentences both ways, scored against the references"
 head -n 6 data/sample/dev.tsv >"$OUT/few.tsv"
 for dir in zh2nan nan2zh; do
@@ -63,6 +68,12 @@ echo "tokenized data:  $OUT/train.h5, $OUT/dev.h5"
 echo "adapter (PEFT):  $CKPT"
 echo "metrics:         $OUT/run/metrics.jsonl"
 echo "translations:    $OUT/translate.zh2nan.txt, $OUT/translate.nan2zh.txt"
+echo "GGUF + Ollama:   $OUT/export (model.gguf, adapter.gguf, Modelfile, Modelfile.nan2zh, peft/, README.md)"
+echo
+echo "use it with Ollama:"
+echo "  cd $OUT/export && ollama create osstune-tiny -f Modelfile && ollama run osstune-tiny '今天天氣很好。'"
+echo "with llama.cpp (base + adapter):"
+echo "  llama-cli -m $OUT/export/model.gguf -p '...'   or   --only base, then: llama-cli -m base.gguf --lora adapter.gguf"
 echo
 echo "check it against transformers + peft:"
 echo "  $BIN/osstune-logits --model $OUT/model --adapter $CKPT --tokens 200006,17360,200008 --out -"
