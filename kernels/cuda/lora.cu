@@ -29,9 +29,13 @@ void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 
     OT_REQUIRE(T >= 0 && in > 0 && r > 0 && out > 0, "ot_cuda_lora_fwd: bad sizes T %d in %d r %d out %d", T, in, r,
                out);
     if (!T) return;
-    // xa[T, r] = x[T, in] · Aᵀ   (A stored [r, in]: op(B)(k, n) = A[n][k])
-    small_gemm<bf16, float, float>(stream, sg_plain(sg_operand(x, in, 0), sg_operand(A, in, 1), xa, r, T, r, in, 1.0f, 0),
-                                   0, 0, "ot_cuda_lora_fwd xa");
+    // xa[T, r] = x[T, in] · Aᵀ   (A stored [r, in]: op(B)(k, n) = A[n][k]). With r small there are few output
+    // tiles, so K is split over blocks that add into a zeroed xa.
+    SgArgs g = sg_plain(sg_operand(x, in, 0), sg_operand(A, in, 1), xa, r, T, r, in, 1.0f, 1);
+    g.ksplit = sg_ksplit_for(T, r, in);
+    if (g.ksplit > 1) OT_CUDA_CHECK(cudaMemsetAsync(xa, 0, (size_t)T * r * sizeof(float), stream));
+    else g.accumulate = 0;
+    small_gemm<bf16, float, float>(stream, g, 0, 0, "ot_cuda_lora_fwd xa");
     // y[T, out] += scale · xa · Bᵀ   (B stored [out, r])
     small_gemm<float, float, bf16>(stream,
                                    sg_plain(sg_operand(xa, r, 0), sg_operand(B, r, 1), y, out, T, out, r, scale, 1), 0,
@@ -51,9 +55,11 @@ void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, float *dA, float *dB, co
     if (!dA && !dx) return;
     // dxa[T, r] = scale · dy · B   (B stored [out, r] is already K × N)
     float *dxa = ot_cuda_tmp<float>((size_t)T * r, stream);
-    small_gemm<bf16, float, float>(stream,
-                                   sg_plain(sg_operand(dy, out, 0), sg_operand(B, r, 0), dxa, r, T, r, out, scale, 0),
-                                   0, 0, "ot_cuda_lora_bwd dxa");
+    SgArgs gx = sg_plain(sg_operand(dy, out, 0), sg_operand(B, r, 0), dxa, r, T, r, out, scale, 1);
+    gx.ksplit = sg_ksplit_for(T, r, out); // few output tiles again: split K into a zeroed dxa
+    if (gx.ksplit > 1) OT_CUDA_CHECK(cudaMemsetAsync(dxa, 0, (size_t)T * r * sizeof(float), stream));
+    else gx.accumulate = 0;
+    small_gemm<bf16, float, float>(stream, gx, 0, 0, "ot_cuda_lora_bwd dxa");
     if (dA) { // dA[r, in] += dxaᵀ · x
         SgArgs g = sg_plain(sg_operand(dxa, r, 1), sg_operand(x, in, 0), dA, in, r, in, T, 1.0f, 1);
         g.ksplit = sg_ksplit_for(r, in, T);

@@ -29,8 +29,8 @@ __global__ void colsum_kernel(float *db, const bf16 *dy, int T, int out) {
     atomicAdd(db + o, acc);
 }
 
-// cuBLASLt with the bias epilogue. Returns 0 when Lt has no algorithm for this shape/alignment (the caller then
-// takes the cuBLAS path); any other failure is fatal.
+// cuBLASLt with the bias epilogue. Returns 0 when Lt has no algorithm for this shape/alignment (odd sizes or
+// pointers; the caller then takes the cuBLAS path and adds the bias itself); any other failure is fatal.
 static int matmul_fwd_lt(cudaStream_t stream, ot_cuda_blas *blas, bf16 *y, const bf16 *x, const bf16 *W,
                          const bf16 *b, int T, int in, int out) {
     cublasLtHandle_t lt = (cublasLtHandle_t)blas->lt;
@@ -55,6 +55,7 @@ static int matmul_fwd_lt(cudaStream_t stream, ot_cuda_blas *blas, bf16 *y, const
     cublasLtMatmulHeuristicResult_t heur;
     int found = 0;
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &heur, &found);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) OT_CUBLAS_CHECK(st); // "no algorithm" is fine, a bad argument is not
     int ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
     if (ok) {
         float alpha = 1.0f, beta = 0.0f;

@@ -139,7 +139,9 @@ typedef struct {
     int32_t *tile_expert;  // [n_tiles] expert of each row tile, -1 for unused tiles
     int32_t *tile_row0;    // [n_tiles] first permuted row of each tile
 } ot_cuda_moe_plan;
-void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E); // cudaMalloc, once
+// cudaMalloc, once. The kernels read T, n_pairs and n_tiles from the struct, so a plan allocated for T tokens also
+// serves a batch of T' < T tokens: copy it and set T = T', n_pairs = T'·k, n_tiles = ceil(n_pairs / 64) + E.
+void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E);
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p);
 void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int32_t *idx);
 

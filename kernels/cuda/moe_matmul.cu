@@ -1,0 +1,331 @@
+// The grouped expert products of the MoE layer, with the expert weights kept as stored (MXFP4 stays 4-bit in GPU
+// memory; dense bf16 experts are supported too). Rows are the permuted (token, slot) pairs of the MoE plan, cut in
+// 64-row tiles that never straddle two experts (the plan's tile table), so one block multiplies one expert's rows.
+//
+//   forward:   y[p, n]  = Σ_k x_p[k] · W_e[n, k] + b_e[n]       (x · W_eᵀ: K = cols, N = rows of W)
+//   backward:  dx[p, k] (+)= Σ_n dy[p, n] · W_e[n, k]          (dy · W_e: the input gradient; W is frozen)
+//
+// Each block computes a 64 × 128 tile with 8 warps (2 × 4, each 32 × 32) on the bf16 tensor cores
+// (mma_bf16_16816), stepping k by 32. An MXFP4 group is 32 consecutive elements of a weight row (16 bytes of
+// nibbles + one E8M0 scale), so a 32-wide k step of the forward reads exactly one group per weight row, and the
+// backward's 128 output columns are 4 groups. Weight tiles are dequantized into shared memory as bf16 (exact: FP4
+// values have 2 significant bits and the scale is a power of two). The next tile's global loads are issued into
+// registers before the current tile's products, so memory latency overlaps the math.
+#include "kernels/cuda/cuda_common.cuh"
+
+#include "kernels/ops.h" // OT_EXPERT_MXFP4, OT_EXPERT_DENSE
+
+#define MM_BM OT_CUDA_MOE_TILE_ROWS // 64
+#define MM_BN 128
+#define MM_BK 32
+#define MM_PAD 8
+#define MM_THREADS 256
+
+typedef struct {
+    const uint8_t *blocks, *scales; // MXFP4
+    const bf16 *dense;              // DENSE
+    const bf16 *bias;               // [E, rows] or NULL
+    int rows, cols;                 // N (out) and K (in) of one expert
+} MoeW;
+
+// The FP4 E2M1 code table (spec §3.4), for a block's shared-memory copy.
+__device__ __forceinline__ float fp4_value(int code) {
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    return (code & 8) ? -mag[code & 7] : mag[code & 7];
+}
+
+// 16 elements of an MXFP4 group (8 bytes: element 2j in the low nibble of byte j, 2j+1 in the high nibble) times
+// 2^(s − 127), as 8 registers of bf16 pairs (lower element in the low half). The scale is applied as ldexp does,
+// exactly: 2^(s−127) is a float for s <= 254 (s = 0 is the subnormal 2^−127), and s = 255 multiplies by 2^127
+// and then by 2, so 0 stays 0 (no 0·inf) and only values that ldexp overflows become inf.
+__device__ __forceinline__ void mx_dequant16(uint32_t out[8], uint2 q, unsigned s, const float *lut) {
+    const float f1 = __uint_as_float(s == 0 ? 0x00400000u : (min(s, 254u) << 23));
+    const float f2 = s == 255 ? 2.0f : 1.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        unsigned byte = ((j < 4 ? q.x : q.y) >> ((j & 3) * 8)) & 0xffu;
+        float lo = lut[byte & 15u] * f1 * f2;
+        float hi = lut[byte >> 4] * f1 * f2;
+        out[j] = pack_bf16x2(lo, hi);
+    }
+}
+
+// 8 bf16 from global memory as a 16-byte vector when it is in bounds and aligned, element by element otherwise
+// (zeros past `limit`).
+__device__ __forceinline__ uint4 load8_bf16(const bf16 *row, int k, int limit) {
+    const bf16 *p = row + k;
+    if (k + 8 <= limit && ((uintptr_t)p & 15u) == 0) return *reinterpret_cast<const uint4 *>(p);
+    uint32_t w[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        bf16 lo = k + 2 * u < limit ? p[2 * u] : __float2bfloat16_rn(0.0f);
+        bf16 hi = k + 2 * u + 1 < limit ? p[2 * u + 1] : __float2bfloat16_rn(0.0f);
+        w[u] = pack2(lo, hi);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// The 2 × 4 tiles of 16 × 8 of one warp for one 32-wide k step (two k16 halves) from the staged tiles:
+// As[m][k] (rows × k) and Bs[n][k] (output columns × k).
+__device__ __forceinline__ void mm_warp_step(float acc[2][4][4], const bf16 (*As)[MM_BK + MM_PAD],
+                                             const bf16 (*Bs)[MM_BK + MM_PAD], int wm, int wn, int gi, int ti) {
+#pragma unroll
+    for (int ks = 0; ks < MM_BK / 16; ks++) {
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            int r = wm * 32 + mt * 16 + gi;
+            a[mt][0] = lds32(&As[r][ks * 16 + ti * 2]);
+            a[mt][1] = lds32(&As[r + 8][ks * 16 + ti * 2]);
+            a[mt][2] = lds32(&As[r][ks * 16 + 8 + ti * 2]);
+            a[mt][3] = lds32(&As[r + 8][ks * 16 + 8 + ti * 2]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            int n = wn * 32 + nt * 8 + gi;
+            b[nt][0] = lds32(&Bs[n][ks * 16 + ti * 2]);
+            b[nt][1] = lds32(&Bs[n][ks * 16 + 8 + ti * 2]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) mma_bf16_16816(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
+    }
+}
+
+// ---- forward: y = x · W_eᵀ + b_e ------------------------------------------------------------------------------
+template <bool MX>
+__global__ void __launch_bounds__(MM_THREADS)
+    moe_matmul_fwd_kernel(bf16 *y, const bf16 *x, const int32_t *row_token, MoeW w, const int32_t *offsets,
+                          const int32_t *tile_expert, const int32_t *tile_row0) {
+    __shared__ __align__(16) bf16 As[MM_BM][MM_BK + MM_PAD];
+    __shared__ __align__(16) bf16 Bs[MM_BN][MM_BK + MM_PAD]; // Bs[n][k] = W_e[n0 + n][k0 + k]
+    __shared__ float lut[16];
+
+    const int e = tile_expert[blockIdx.y];
+    if (e < 0) return; // a spare tile: the whole block leaves before any barrier
+    const int m0 = tile_row0[blockIdx.y], m_end = min(m0 + MM_BM, offsets[e + 1]);
+    const int n0 = blockIdx.x * MM_BN;
+    const int N = w.rows, K = w.cols, G = K / 32;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gi = lane >> 2, ti = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;
+    if (tid < 16) lut[tid] = fp4_value(tid);
+
+    // Loader roles. A: row ar, 8 elements from ac. B: weight row bn, 16 elements (half bh of the 32-group).
+    const int ar = tid >> 2, ac = (tid & 3) * 8;
+    const bf16 *a_src = NULL;
+    if (m0 + ar < m_end) a_src = x + (size_t)(row_token ? row_token[m0 + ar] : m0 + ar) * K;
+    const int bn = tid >> 1, bh = tid & 1;
+    const bool b_ok = n0 + bn < N;
+    const size_t wrow = (size_t)e * N + (n0 + bn); // row of the [E·N, K] weight matrix
+
+    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
+    uint4 a_reg = zero4, bd0 = zero4, bd1 = zero4; // bq/bs serve MXFP4, bd0/bd1 dense weights
+    uint2 bq = make_uint2(0u, 0u);
+    unsigned bs = 127u;
+#define MM_FWD_LOAD(kt)                                                                                               \
+    do {                                                                                                              \
+        a_reg = a_src ? *reinterpret_cast<const uint4 *>(a_src + (kt) * MM_BK + ac) : zero4;                          \
+        if (MX) {                                                                                                     \
+            bq = b_ok ? *reinterpret_cast<const uint2 *>(w.blocks + (wrow * G + (kt)) * 16 + bh * 8)                  \
+                      : make_uint2(0u, 0u);                                                                           \
+            bs = b_ok ? (unsigned)w.scales[wrow * G + (kt)] : 127u;                                                   \
+        } else {                                                                                                      \
+            const uint4 *src = reinterpret_cast<const uint4 *>(w.dense + wrow * K + (kt) * MM_BK + bh * 16);          \
+            bd0 = b_ok ? src[0] : zero4;                                                                              \
+            bd1 = b_ok ? src[1] : zero4;                                                                              \
+        }                                                                                                             \
+    } while (0)
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+
+    MM_FWD_LOAD(0);
+    __syncthreads(); // lut is filled
+    for (int kt = 0; kt < G; kt++) {
+        *reinterpret_cast<uint4 *>(&As[ar][ac]) = a_reg;
+        if (MX) {
+            uint32_t v[8];
+            mx_dequant16(v, bq, bs, lut);
+            *reinterpret_cast<uint4 *>(&Bs[bn][bh * 16]) = make_uint4(v[0], v[1], v[2], v[3]);
+            *reinterpret_cast<uint4 *>(&Bs[bn][bh * 16 + 8]) = make_uint4(v[4], v[5], v[6], v[7]);
+        } else {
+            *reinterpret_cast<uint4 *>(&Bs[bn][bh * 16]) = bd0;
+            *reinterpret_cast<uint4 *>(&Bs[bn][bh * 16 + 8]) = bd1;
+        }
+        __syncthreads();
+        if (kt + 1 < G) MM_FWD_LOAD(kt + 1);
+        mm_warp_step(acc, As, Bs, wm, wn, gi, ti);
+        __syncthreads(); // the tiles are rewritten by the next step
+    }
+#undef MM_FWD_LOAD
+
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                int row = m0 + wm * 32 + mt * 16 + gi + half * 8;
+                if (row >= m_end) continue;
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int n = n0 + wn * 32 + nt * 8 + ti * 2 + c;
+                    if (n >= N) continue;
+                    float v = acc[mt][nt][half * 2 + c];
+                    if (w.bias) v += bf2f(w.bias[(size_t)e * N + n]);
+                    y[(size_t)row * N + n] = f2bf(v);
+                }
+            }
+        }
+    }
+}
+
+// ---- backward (input gradient): dx = dy · W_e -------------------------------------------------------------------
+template <bool MX>
+__global__ void __launch_bounds__(MM_THREADS)
+    moe_matmul_bwd_kernel(bf16 *dx, const bf16 *dy, MoeW w, const int32_t *offsets, const int32_t *tile_expert,
+                          const int32_t *tile_row0, int accumulate) {
+    __shared__ __align__(16) bf16 As[MM_BM][MM_BK + MM_PAD];
+    __shared__ __align__(16) bf16 Bs[MM_BN][MM_BK + MM_PAD]; // Bs[c][r] = W_e[r0 + r][c0 + c] (transposed)
+    __shared__ float lut[16];
+
+    const int e = tile_expert[blockIdx.y];
+    if (e < 0) return;
+    const int m0 = tile_row0[blockIdx.y], m_end = min(m0 + MM_BM, offsets[e + 1]);
+    const int N = w.rows, K = w.cols, G = K / 32;
+    const int c0 = blockIdx.x * MM_BN; // first output column (input feature of W)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gi = lane >> 2, ti = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;
+    if (tid < 16) lut[tid] = fp4_value(tid);
+
+    // Loader roles. A (dy): row ar, 8 elements from ac of the 32 weight rows of the step. B: weight row br of the
+    // step, group bg (of the 4 in this tile's 128 columns), half bh.
+    const int ar = tid >> 2, ac = (tid & 3) * 8;
+    const bf16 *a_src = m0 + ar < m_end ? dy + (size_t)(m0 + ar) * N : NULL;
+    const int br = tid >> 3, bg = (tid >> 1) & 3, bh = tid & 1;
+    const int gidx = c0 / 32 + bg; // MXFP4 group index along the row
+    const bool g_ok = gidx < G;
+    const int nk = (N + MM_BK - 1) / MM_BK;
+
+    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
+    uint4 a_reg = zero4, bd0 = zero4, bd1 = zero4; // bq/bs serve MXFP4, bd0/bd1 dense weights
+    uint2 bq = make_uint2(0u, 0u);
+    unsigned bs = 127u;
+    bool b_ok = false;
+#define MM_BWD_LOAD(kt)                                                                                               \
+    do {                                                                                                              \
+        a_reg = a_src ? load8_bf16(a_src, (kt) * MM_BK + ac, N) : zero4;                                              \
+        int r = (kt) * MM_BK + br;                                                                                    \
+        b_ok = g_ok && r < N;                                                                                         \
+        size_t wrow = (size_t)e * N + r;                                                                              \
+        if (MX) {                                                                                                     \
+            bq = b_ok ? *reinterpret_cast<const uint2 *>(w.blocks + (wrow * G + gidx) * 16 + bh * 8)                  \
+                      : make_uint2(0u, 0u);                                                                           \
+            bs = b_ok ? (unsigned)w.scales[wrow * G + gidx] : 127u;                                                   \
+        } else {                                                                                                      \
+            const uint4 *src = reinterpret_cast<const uint4 *>(w.dense + wrow * K + gidx * 32 + bh * 16);             \
+            bd0 = b_ok ? src[0] : zero4;                                                                              \
+            bd1 = b_ok ? src[1] : zero4;                                                                              \
+        }                                                                                                             \
+    } while (0)
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+
+    MM_BWD_LOAD(0);
+    __syncthreads(); // lut is filled
+    for (int kt = 0; kt < nk; kt++) {
+        *reinterpret_cast<uint4 *>(&As[ar][ac]) = a_reg;
+        uint32_t v[8];
+        if (MX) {
+            mx_dequant16(v, bq, bs, lut);
+        } else {
+            v[0] = bd0.x, v[1] = bd0.y, v[2] = bd0.z, v[3] = bd0.w;
+            v[4] = bd1.x, v[5] = bd1.y, v[6] = bd1.z, v[7] = bd1.w;
+        }
+        const int cb = bg * 32 + bh * 16; // first of this thread's 16 columns within the tile
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            Bs[cb + 2 * j][br] = __ushort_as_bfloat16((unsigned short)(v[j] & 0xffffu));
+            Bs[cb + 2 * j + 1][br] = __ushort_as_bfloat16((unsigned short)(v[j] >> 16));
+        }
+        __syncthreads();
+        if (kt + 1 < nk) MM_BWD_LOAD(kt + 1);
+        mm_warp_step(acc, As, Bs, wm, wn, gi, ti);
+        __syncthreads();
+    }
+#undef MM_BWD_LOAD
+
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                int row = m0 + wm * 32 + mt * 16 + gi + half * 8;
+                if (row >= m_end) continue;
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int col = c0 + wn * 32 + nt * 8 + ti * 2 + c;
+                    if (col >= K) continue;
+                    float v = acc[mt][nt][half * 2 + c];
+                    bf16 *d = dx + (size_t)row * K + col;
+                    *d = f2bf(accumulate ? bf2f(*d) + v : v);
+                }
+            }
+        }
+    }
+}
+
+static MoeW moe_weight_args(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const char *op) {
+    OT_REQUIRE(p && p->perm, "%s: plan not allocated (ot_cuda_moe_plan_alloc)", op);
+    OT_REQUIRE(W->n_experts == p->E, "%s: weights have %d experts, the plan %d", op, W->n_experts, p->E);
+    OT_REQUIRE(W->rows > 0 && W->cols > 0 && W->cols % 32 == 0,
+               "%s: expert weight [%d, %d] needs a positive row length that is a multiple of 32", op, W->rows, W->cols);
+    if (W->kind == OT_EXPERT_MXFP4) {
+        OT_REQUIRE(W->blocks && W->scales && (uintptr_t)W->blocks % 8 == 0,
+                   "%s: MXFP4 blocks/scales missing or blocks not 8-byte aligned", op);
+    } else if (W->kind == OT_EXPERT_DENSE) {
+        OT_REQUIRE(W->dense && (uintptr_t)W->dense % 16 == 0, "%s: dense expert weights missing or not 16-byte aligned",
+                   op);
+    } else {
+        ot_die("%s: unknown expert weight kind %d", op, W->kind);
+    }
+    MoeW w = {W->blocks, W->scales, as_bf16(W->dense), as_bf16(W->bias), W->rows, W->cols};
+    return w;
+}
+
+void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
+                            const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p) {
+    MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_fwd");
+    OT_REQUIRE((uintptr_t)x % 16 == 0, "ot_cuda_moe_matmul_fwd: x must be 16-byte aligned");
+    dim3 grid(ot_cdiv(w.rows, MM_BN), p->n_tiles);
+    const int32_t *rt = gather ? p->row_token : NULL;
+    if (W->kind == OT_EXPERT_MXFP4)
+        moe_matmul_fwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(y), as_bf16(x), rt, w, p->offsets,
+                                                                     p->tile_expert, p->tile_row0);
+    else
+        moe_matmul_fwd_kernel<false><<<grid, MM_THREADS, 0, stream>>>(as_bf16(y), as_bf16(x), rt, w, p->offsets,
+                                                                      p->tile_expert, p->tile_row0);
+    OT_LAUNCH_CHECK();
+}
+
+void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
+                            const ot_cuda_moe_plan *p, int accumulate) {
+    MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_bwd");
+    dim3 grid(ot_cdiv(w.cols, MM_BN), p->n_tiles);
+    if (W->kind == OT_EXPERT_MXFP4)
+        moe_matmul_bwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,
+                                                                     p->tile_expert, p->tile_row0, accumulate);
+    else
+        moe_matmul_bwd_kernel<false><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,
+                                                                      p->tile_expert, p->tile_row0, accumulate);
+    OT_LAUNCH_CHECK();
+}

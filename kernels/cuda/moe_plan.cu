@@ -1,0 +1,196 @@
+// MoE routing plumbing on the GPU: sort the (token, slot) pairs by expert (a stable counting sort: count, prefix
+// sums, scatter), the row-tile table of the grouped products, the weighted combine and its backward, and the
+// un-permutation of input gradients. Everything is deterministic: no atomics decide an order.
+#include "kernels/cuda/cuda_common.cuh"
+
+#define PLAN_THREADS 256
+
+// An expert index outside 0..E-1 is bad data: flag it (when `flags` is given) and route the pair to expert 0, so
+// every later index stays in bounds.
+__device__ __forceinline__ int moe_expert_of(int32_t e, int E, unsigned *flags) {
+    if (e >= 0 && e < E) return e;
+    if (flags) atomicOr(flags, (unsigned)OT_CUDA_BAD_EXPERT);
+    return 0;
+}
+
+// Block e counts the pairs routed to expert e.
+__global__ void moe_count_kernel(int32_t *counts, const int32_t *idx, int n_pairs, int E, unsigned *flags) {
+    int e = blockIdx.x, c = 0;
+    for (int base = 0; base < n_pairs; base += blockDim.x) {
+        int p = base + threadIdx.x;
+        int pe = p < n_pairs ? moe_expert_of(idx[p], E, e == 0 ? flags : NULL) : -1;
+        c += __syncthreads_count(pe == e);
+    }
+    if (threadIdx.x == 0) counts[e] = c;
+}
+
+// Block e writes its pairs to rows offsets[e] + rank, rank = the number of e's pairs with a smaller pair id (a
+// block-wide exclusive scan of "is mine" per chunk of pairs: warp ballots, then the warps' totals).
+__global__ void moe_scatter_kernel(int32_t *offsets, int32_t *perm, int32_t *inv, int32_t *row_token,
+                                   const int32_t *counts, const int32_t *idx, int n_pairs, int E, int k) {
+    __shared__ int warp_counts[PLAN_THREADS / 32];
+    __shared__ int base_s;
+    const int e = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid == 0) {
+        int o = 0;
+        for (int f = 0; f < e; f++) o += counts[f];
+        base_s = o;
+        offsets[e] = o;
+        if (e == E - 1) offsets[E] = o + counts[e];
+    }
+    __syncthreads();
+    int running = base_s;
+    for (int base = 0; base < n_pairs; base += PLAN_THREADS) {
+        int p = base + tid;
+        bool mine = p < n_pairs && moe_expert_of(idx[p], E, NULL) == e;
+        unsigned ballot = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0) warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int before = 0, total = 0;
+        for (int w = 0; w < PLAN_THREADS / 32; w++) {
+            before += w < warp ? warp_counts[w] : 0;
+            total += warp_counts[w];
+        }
+        if (mine) {
+            int row = running + before + __popc(ballot & ((1u << lane) - 1u));
+            perm[row] = p;
+            inv[p] = row;
+            row_token[row] = p / k;
+        }
+        running += total;
+        __syncthreads(); // warp_counts is rewritten by the next chunk
+    }
+}
+
+// Row tiles of OT_CUDA_MOE_TILE_ROWS rows that never straddle two experts; spare entries get expert −1.
+__global__ void moe_tiles_kernel(int32_t *tile_expert, int32_t *tile_row0, const int32_t *counts, int E,
+                                 int n_tiles) {
+    extern __shared__ int tile_start[]; // [E + 1]
+    if (threadIdx.x == 0) {
+        int s = 0;
+        for (int e = 0; e < E; e++) {
+            tile_start[e] = s;
+            s += (counts[e] + OT_CUDA_MOE_TILE_ROWS - 1) / OT_CUDA_MOE_TILE_ROWS;
+        }
+        tile_start[E] = s;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_tiles; i += blockDim.x) {
+        int e = -1, row0 = 0;
+        if (i < tile_start[E]) {
+            e = 0;
+            while (tile_start[e + 1] <= i) e++;
+            int off = 0; // the expert's first row: the pairs of all experts before it
+            for (int f = 0; f < e; f++) off += counts[f];
+            row0 = off + (i - tile_start[e]) * OT_CUDA_MOE_TILE_ROWS;
+        }
+        tile_expert[i] = e;
+        tile_row0[i] = row0;
+    }
+}
+
+void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
+    OT_REQUIRE(T > 0 && k > 0 && E > 0 && k <= E, "ot_cuda_moe_plan_alloc: bad sizes T %d k %d E %d", T, k, E);
+    OT_REQUIRE((long)T * k <= INT32_MAX / 2, "ot_cuda_moe_plan_alloc: T·k = %ld is too large", (long)T * k);
+    memset(p, 0, sizeof(*p));
+    p->T = T;
+    p->k = k;
+    p->E = E;
+    p->n_pairs = T * k;
+    p->n_tiles = (int)ot_cdiv(p->n_pairs, OT_CUDA_MOE_TILE_ROWS) + E;
+    OT_REQUIRE(p->n_tiles <= 65535, "ot_cuda_moe_plan_alloc: %d row tiles exceed one grid dimension", p->n_tiles);
+    OT_CUDA_CHECK(cudaMalloc(&p->counts, (size_t)E * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMalloc(&p->offsets, (size_t)(E + 1) * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMalloc(&p->perm, (size_t)p->n_pairs * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMalloc(&p->inv, (size_t)p->n_pairs * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMalloc(&p->row_token, (size_t)p->n_pairs * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMalloc(&p->tile_expert, (size_t)p->n_tiles * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMalloc(&p->tile_row0, (size_t)p->n_tiles * sizeof(int32_t)));
+}
+
+void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p) {
+    int32_t *bufs[] = {p->counts, p->offsets, p->perm, p->inv, p->row_token, p->tile_expert, p->tile_row0};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        if (bufs[i]) OT_CUDA_CHECK(cudaFree(bufs[i]));
+    memset(p, 0, sizeof(*p));
+}
+
+void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int32_t *idx) {
+    OT_REQUIRE(p->perm, "ot_cuda_moe_plan_build: plan not allocated (ot_cuda_moe_plan_alloc)");
+    moe_count_kernel<<<p->E, PLAN_THREADS, 0, stream>>>(p->counts, idx, p->n_pairs, p->E, ot_cuda_input_flags());
+    OT_LAUNCH_CHECK();
+    moe_scatter_kernel<<<p->E, PLAN_THREADS, 0, stream>>>(p->offsets, p->perm, p->inv, p->row_token, p->counts, idx,
+                                                          p->n_pairs, p->E, p->k);
+    OT_LAUNCH_CHECK();
+    size_t shmem = (size_t)(p->E + 1) * sizeof(int);
+    OT_REQUIRE(shmem <= 48 * 1024, "ot_cuda_moe_plan_build: %d experts is too many", p->E);
+    moe_tiles_kernel<<<1, PLAN_THREADS, shmem, stream>>>(p->tile_expert, p->tile_row0, p->counts, p->E, p->n_tiles);
+    OT_LAUNCH_CHECK();
+}
+
+// ---- combine ---------------------------------------------------------------------------------------------------
+// out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]: one block per token, each output element written once.
+__global__ void moe_combine_fwd_kernel(bf16 *out, const bf16 *y, const float *w, const int32_t *inv, int k, int H) {
+    int t = blockIdx.x;
+    for (int c = threadIdx.x; c < H; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < k; s++) {
+            size_t pair = (size_t)t * k + s;
+            acc += w[pair] * bf2f(y[(size_t)inv[pair] * H + c]);
+        }
+        out[(size_t)t * H + c] = f2bf(acc);
+    }
+}
+
+// dy[row of (t, slot)] = w · dout[t];  dw[t, slot] += dout[t] · y[row]
+__global__ void moe_combine_bwd_kernel(bf16 *dy, float *dw, const bf16 *dout, const bf16 *y, const float *w,
+                                       const int32_t *inv, int k, int H) {
+    __shared__ float scratch[32];
+    int t = blockIdx.x;
+    const bf16 *dt = dout + (size_t)t * H;
+    for (int s = 0; s < k; s++) {
+        size_t pair = (size_t)t * k + s;
+        size_t row = (size_t)inv[pair];
+        float ws = w[pair], dot = 0.0f;
+        for (int c = threadIdx.x; c < H; c += blockDim.x) {
+            float d = bf2f(dt[c]);
+            dy[row * H + c] = f2bf(ws * d);
+            dot += d * bf2f(y[row * H + c]);
+        }
+        if (dw) {
+            dot = block_sum(dot, scratch); // uniform: dw is the same pointer for the whole block
+            if (threadIdx.x == 0) dw[pair] += dot;
+        }
+    }
+}
+
+// dx[t] += Σ_slot dx_perm[inv[t·k + slot]]
+__global__ void moe_unpermute_add_kernel(bf16 *dx, const bf16 *dx_perm, const int32_t *inv, int k, int H) {
+    int t = blockIdx.x;
+    for (int c = threadIdx.x; c < H; c += blockDim.x) {
+        float acc = bf2f(dx[(size_t)t * H + c]);
+        for (int s = 0; s < k; s++) acc += bf2f(dx_perm[(size_t)inv[(size_t)t * k + s] * H + c]);
+        dx[(size_t)t * H + c] = f2bf(acc);
+    }
+}
+
+void ot_cuda_moe_combine_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *y, const float *w,
+                             const ot_cuda_moe_plan *p, int H) {
+    OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_combine_fwd: bad hidden size %d or plan not allocated", H);
+    moe_combine_fwd_kernel<<<p->T, 256, 0, stream>>>(as_bf16(out), as_bf16(y), w, p->inv, p->k, H);
+    OT_LAUNCH_CHECK();
+}
+
+void ot_cuda_moe_combine_bwd(cudaStream_t stream, ot_bf16 *dy, float *dw, const ot_bf16 *dout, const ot_bf16 *y,
+                             const float *w, const ot_cuda_moe_plan *p, int H) {
+    OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_combine_bwd: bad hidden size %d or plan not allocated", H);
+    moe_combine_bwd_kernel<<<p->T, 256, 0, stream>>>(as_bf16(dy), dw, as_bf16(dout), as_bf16(y), w, p->inv, p->k, H);
+    OT_LAUNCH_CHECK();
+}
+
+void ot_cuda_moe_unpermute_add(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dx_perm, const ot_cuda_moe_plan *p,
+                               int H) {
+    OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_unpermute_add: bad hidden size %d or plan not allocated", H);
+    moe_unpermute_add_kernel<<<p->T, 256, 0, stream>>>(as_bf16(dx), as_bf16(dx_perm), p->inv, p->k, H);
+    OT_LAUNCH_CHECK();
+}

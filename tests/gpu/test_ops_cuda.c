@@ -1,0 +1,919 @@
+// Every CUDA op against its CPU twin (kernels/ops.h, float) on fresh random inputs. Needs a GPU; not part of
+// ctest (tests/gpu/run_gpu_tests.sh runs it). Usage: test_ops_cuda [--small] [--seed N]
+//
+// How each op is checked:
+// - inputs are random (never zeros) and rounded to bf16 where the GPU stores bf16, so both sides see the same
+//   values; sizes are not powers of two and leave partial tiles everywhere;
+// - outputs the GPU overwrites are poisoned with NaN (all bits set) first, so an unwritten element fails;
+// - outputs the GPU accumulates into start from random values of the same size as the gradient itself, so both a
+//   wrong gradient and an overwrite instead of an add move the result by far more than the tolerance;
+// - ‖gpu − cpu‖ / ‖cpu‖ within 1e-2 for results that pass through bf16 (storage, or a bf16 tensor-core operand),
+//   within 1e-4 for fp32 results computed from the same values (LoRA products and gradients, statistics, AdamW);
+// - the device's bad-input flag must be clean after every good run, and set (then cleared) after a bad one.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/ot_common.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/ops.h"
+#include "tests/test_util.h"
+
+#define TOL_BF16 1e-2
+#define TOL_F32 1e-4
+#define TOL_F64 1e-12
+
+static ot_rng g_rng;
+static cudaStream_t g_s;
+static ot_cuda_blas g_blas;
+
+typedef struct {
+    int T, H, V;               // embedding / rmsnorm / matmul tokens and widths
+    int in, out, r;            // linear layers and LoRA rank
+    int aT, nh, nkv;           // attention
+    int rE, rk;                // router experts, top-k
+    int mT, mE, mk, mH, mI;    // MoE: tokens, experts, top-k, hidden, intermediate (multiples of 32)
+    int xT, xn, xH, xV;        // cross-entropy: tokens, targets, hidden, vocabulary
+    size_t n_opt;              // AdamW / sum of squares
+} sizes;
+
+// ---- host helpers ------------------------------------------------------------------------------------------------
+static float *randn(size_t n, double scale) {
+    float *x = ot_malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        x[i] = (float)(ot_rng_normal(&g_rng) * scale);
+        if (x[i] == 0.0f) x[i] = (float)(0.5 * scale); // never an exact zero
+    }
+    return x;
+}
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = ot_bf16_to_f32(ot_f32_to_bf16(x[i]));
+}
+static float *randn_bf16(size_t n, double scale) {
+    float *x = randn(n, scale);
+    round_bf16(x, n);
+    return x;
+}
+static float *copy_f(const float *x, size_t n) {
+    float *y = ot_malloc((n ? n : 1) * sizeof(float));
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+static float *zeros_f(size_t n) { return ot_calloc(n ? n : 1, sizeof(float)); }
+static int rand_int(int n) { return (int)(ot_rng_u64(&g_rng) % (uint64_t)n); }
+
+static double rms(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return n ? sqrt(s / n) : 0;
+}
+// Starting values for an accumulated output: random, with the RMS of the gradient that will be added.
+static float *init_like(const float *grad, size_t n, int bf16) {
+    double s = rms(grad, n);
+    float *x = randn(n, s > 0 ? s : 1.0);
+    if (bf16) round_bf16(x, n);
+    return x;
+}
+// What the accumulating op should produce: init + grad (rounded once to float).
+static float *plus(const float *init, const float *grad, size_t n) {
+    float *y = ot_malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) y[i] = (float)((double)init[i] + (double)grad[i]);
+    return y;
+}
+
+// ---- device helpers ----------------------------------------------------------------------------------------------
+static void *dmalloc(size_t bytes) {
+    void *d = NULL;
+    OT_CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 16));
+    return d;
+}
+static ot_bf16 *up_bf16(const float *x, size_t n) {
+    uint16_t *h = ot_malloc((n ? n : 1) * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) h[i] = ot_f32_to_bf16(x[i]);
+    ot_bf16 *d = dmalloc(n * sizeof(uint16_t));
+    OT_CUDA_CHECK(cudaMemcpy(d, h, n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+    free(h);
+    return d;
+}
+static float *up_f32(const float *x, size_t n) {
+    float *d = dmalloc(n * sizeof(float));
+    OT_CUDA_CHECK(cudaMemcpy(d, x, n * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+}
+static void *up_bytes(const void *x, size_t n) {
+    void *d = dmalloc(n);
+    OT_CUDA_CHECK(cudaMemcpy(d, x, n, cudaMemcpyHostToDevice));
+    return d;
+}
+static int32_t *up_i32(const int32_t *x, size_t n) { return up_bytes(x, n * sizeof(int32_t)); }
+// All bits set: NaN as bf16, as fp32 and as fp64, and −1 as an int.
+static void *poison(size_t bytes) {
+    void *d = dmalloc(bytes);
+    OT_CUDA_CHECK(cudaMemset(d, 0xFF, bytes ? bytes : 16));
+    return d;
+}
+static float *down_bf16(const ot_bf16 *d, size_t n) {
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    uint16_t *h = ot_malloc((n ? n : 1) * sizeof(uint16_t));
+    OT_CUDA_CHECK(cudaMemcpy(h, d, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+    float *x = ot_malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = ot_bf16_to_f32(h[i]);
+    free(h);
+    return x;
+}
+static float *down_f32(const float *d, size_t n) {
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    float *x = ot_malloc((n ? n : 1) * sizeof(float));
+    OT_CUDA_CHECK(cudaMemcpy(x, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return x;
+}
+static int32_t *down_i32(const int32_t *d, size_t n) {
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    int32_t *x = ot_malloc((n ? n : 1) * sizeof(int32_t));
+    OT_CUDA_CHECK(cudaMemcpy(x, d, n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    return x;
+}
+static void dfree(void *d) { OT_CUDA_CHECK(cudaFree(d)); }
+
+// Compare and free the downloaded GPU result.
+static void check_bf16(const char *what, const ot_bf16 *d, const float *ref, size_t n, double tol) {
+    float *g = down_bf16(d, n);
+    ot_check_close(what, ot_rel_err_f32(g, ref, n), tol);
+    free(g);
+}
+static void check_f32(const char *what, const float *d, const float *ref, size_t n, double tol) {
+    float *g = down_f32(d, n);
+    ot_check_close(what, ot_rel_err_f32(g, ref, n), tol);
+    free(g);
+}
+static void expect_clean(const char *what) {
+    ot_err err;
+    int rc = ot_cuda_check_inputs(g_s, &err);
+    CHECK(rc == 0, "%s: unexpected bad-input flag: %s", what, rc ? err.msg : "");
+}
+static void expect_flagged(const char *what) {
+    ot_err err;
+    int rc = ot_cuda_check_inputs(g_s, &err);
+    ot_test_checks++;
+    if (rc == 0) {
+        ot_test_failures++;
+        printf("FAIL %-48s bad input was not flagged\n", what);
+    } else {
+        printf("ok   %-48s flagged: %s\n", what, err.msg);
+    }
+    CHECK(ot_cuda_check_inputs(g_s, &err) == 0, "%s: the flag was not cleared", what);
+}
+
+// ---- element-wise helpers ----------------------------------------------------------------------------------------
+static void test_helpers(const sizes *z) {
+    size_t n = z->n_opt;
+    float *x = randn(n, 3.0);
+    float *xd = up_f32(x, n);
+    ot_bf16 *b = poison(n * 2);
+    ot_cuda_f32_to_bf16(g_s, b, xd, n);
+    float *g = down_bf16(b, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += g[i] != ot_bf16_to_f32(ot_f32_to_bf16(x[i]));
+    ot_test_checks++;
+    if (bad) ot_test_failures++;
+    printf("%s %-48s %zu of %zu differ from ot_f32_to_bf16\n", bad ? "FAIL" : "ok  ", "f32_to_bf16 (bit-exact)", bad, n);
+
+    float *back = poison(n * 4);
+    ot_cuda_bf16_to_f32(g_s, back, b, n);
+    check_f32("bf16_to_f32 (exact)", back, g, n, 0.0);
+
+    float *y = randn_bf16(n, 1.0), *add = randn_bf16(n, 1.0);
+    ot_bf16 *yd = up_bf16(y, n), *addd = up_bf16(add, n);
+    ot_cuda_add_bf16(g_s, yd, addd, n);
+    float *yref = plus(y, add, n);
+    check_bf16("add_bf16", yd, yref, n, TOL_BF16);
+
+    ot_cuda_scale_f32(g_s, xd, n, 0.375f);
+    for (size_t i = 0; i < n; i++) x[i] *= 0.375f;
+    check_f32("scale_f32", xd, x, n, TOL_F32);
+    expect_clean("helpers");
+    free(x), free(g), free(y), free(add), free(yref);
+    dfree(xd), dfree(b), dfree(back), dfree(yd), dfree(addd);
+}
+
+// ---- embedding ---------------------------------------------------------------------------------------------------
+static void test_embedding(const sizes *z) {
+    int T = z->T, H = z->H, V = z->V;
+    float *table = randn_bf16((size_t)V * H, 1.0);
+    int32_t *ids = ot_malloc(T * sizeof(int32_t));
+    for (int t = 0; t < T; t++) ids[t] = t % 3 ? rand_int(V) : rand_int(7); // repeated ids collide in backward
+    float *out = zeros_f((size_t)T * H);
+    ot_embedding_fwd(out, ids, table, T, H);
+    ot_bf16 *table_d = up_bf16(table, (size_t)V * H), *out_d = poison((size_t)T * H * 2);
+    int32_t *ids_d = up_i32(ids, T);
+    ot_cuda_embedding_fwd(g_s, out_d, ids_d, table_d, T, H, V);
+    check_bf16("embedding_fwd", out_d, out, (size_t)T * H, TOL_BF16);
+    expect_clean("embedding_fwd");
+
+    float *dout = randn_bf16((size_t)T * H, 1.0);
+    float *grad = zeros_f((size_t)V * H);
+    ot_embedding_bwd(grad, dout, ids, T, H);
+    float *init = init_like(grad, (size_t)V * H, 0), *ref = plus(init, grad, (size_t)V * H);
+    float *dtab_d = up_f32(init, (size_t)V * H);
+    ot_bf16 *dout_d = up_bf16(dout, (size_t)T * H);
+    ot_cuda_embedding_bwd(g_s, dtab_d, dout_d, ids_d, T, H, V);
+    check_f32("embedding_bwd dtable (fp32)", dtab_d, ref, (size_t)V * H, TOL_F32);
+    expect_clean("embedding_bwd");
+
+    int32_t bad = V + 5;
+    OT_CUDA_CHECK(cudaMemcpy(ids_d + T / 2, &bad, sizeof(bad), cudaMemcpyHostToDevice));
+    ot_cuda_embedding_fwd(g_s, out_d, ids_d, table_d, T, H, V);
+    expect_flagged("embedding_fwd with id = V + 5");
+    free(table), free(ids), free(out), free(dout), free(grad), free(init), free(ref);
+    dfree(table_d), dfree(out_d), dfree(ids_d), dfree(dtab_d), dfree(dout_d);
+}
+
+// ---- RMSNorm -----------------------------------------------------------------------------------------------------
+static void test_rmsnorm(const sizes *z) {
+    int T = z->T, H = z->H;
+    size_t n = (size_t)T * H;
+    float *x = randn_bf16(n, 1.0), *w = randn_bf16(H, 0.3);
+    for (int i = 0; i < H; i++) w[i] = ot_bf16_to_f32(ot_f32_to_bf16(1.0f + w[i]));
+    for (int t = 0; t < T; t++) // rows of different sizes
+        for (int i = 0; i < H; i++) x[(size_t)t * H + i] = ot_bf16_to_f32(ot_f32_to_bf16(x[(size_t)t * H + i] * (1 + t % 5)));
+    float *y = zeros_f(n), *rstd = zeros_f(T);
+    ot_rmsnorm_fwd(y, rstd, x, w, T, H, 1e-5f);
+    ot_bf16 *x_d = up_bf16(x, n), *w_d = up_bf16(w, H), *y_d = poison(n * 2);
+    float *rstd_d = poison(T * 4);
+    ot_cuda_rmsnorm_fwd(g_s, y_d, rstd_d, x_d, w_d, T, H, 1e-5f);
+    check_bf16("rmsnorm_fwd y", y_d, y, n, TOL_BF16);
+    check_f32("rmsnorm_fwd rstd (fp32)", rstd_d, rstd, T, TOL_F32);
+
+    float *dy = randn_bf16(n, 1.0), *gdx = zeros_f(n), *gdw = zeros_f(H);
+    ot_rmsnorm_bwd(gdx, gdw, dy, x, w, rstd, T, H);
+    float *dx0 = init_like(gdx, n, 1), *dw0 = init_like(gdw, H, 0);
+    float *dx_ref = plus(dx0, gdx, n), *dw_ref = plus(dw0, gdw, H);
+    ot_bf16 *dy_d = up_bf16(dy, n), *dx_d = up_bf16(dx0, n);
+    float *dw_d = up_f32(dw0, H), *rstd_ref_d = up_f32(rstd, T);
+    ot_cuda_rmsnorm_bwd(g_s, dx_d, dw_d, dy_d, x_d, w_d, rstd_ref_d, T, H);
+    check_bf16("rmsnorm_bwd dx", dx_d, dx_ref, n, TOL_BF16);
+    check_f32("rmsnorm_bwd dw (fp32)", dw_d, dw_ref, H, TOL_F32);
+    expect_clean("rmsnorm");
+    free(x), free(w), free(y), free(rstd), free(dy), free(gdx), free(gdw), free(dx0), free(dw0), free(dx_ref);
+    free(dw_ref);
+    dfree(x_d), dfree(w_d), dfree(y_d), dfree(rstd_d), dfree(dy_d), dfree(dx_d), dfree(dw_d), dfree(rstd_ref_d);
+}
+
+// ---- dense linear ------------------------------------------------------------------------------------------------
+static void test_matmul(const sizes *z) {
+    int T = z->T, in = z->in, out = z->out;
+    float *x = randn_bf16((size_t)T * in, 1.0), *W = randn_bf16((size_t)out * in, 1.0 / sqrt(in));
+    float *b = randn_bf16(out, 0.5);
+    ot_bf16 *x_d = up_bf16(x, (size_t)T * in), *W_d = up_bf16(W, (size_t)out * in), *b_d = up_bf16(b, out);
+    for (int with_bias = 1; with_bias >= 0; with_bias--) {
+        float *y = zeros_f((size_t)T * out);
+        ot_matmul_fwd(y, x, W, with_bias ? b : NULL, T, in, out);
+        ot_bf16 *y_d = poison((size_t)T * out * 2);
+        ot_cuda_matmul_fwd(g_s, &g_blas, y_d, x_d, W_d, with_bias ? b_d : NULL, T, in, out);
+        check_bf16(with_bias ? "matmul_fwd (bias epilogue)" : "matmul_fwd (no bias)", y_d, y, (size_t)T * out,
+                   TOL_BF16);
+        free(y);
+        dfree(y_d);
+    }
+    float *dy = randn_bf16((size_t)T * out, 1.0);
+    float *gdx = zeros_f((size_t)T * in), *gdW = zeros_f((size_t)out * in), *gdb = zeros_f(out);
+    ot_matmul_bwd(gdx, gdW, gdb, dy, x, W, T, in, out);
+    float *dx0 = init_like(gdx, (size_t)T * in, 1), *dW0 = init_like(gdW, (size_t)out * in, 0);
+    float *db0 = init_like(gdb, out, 0);
+    float *dx_ref = plus(dx0, gdx, (size_t)T * in), *dW_ref = plus(dW0, gdW, (size_t)out * in);
+    float *db_ref = plus(db0, gdb, out);
+    ot_bf16 *dy_d = up_bf16(dy, (size_t)T * out), *dx_d = up_bf16(dx0, (size_t)T * in);
+    float *dW_d = up_f32(dW0, (size_t)out * in), *db_d = up_f32(db0, out);
+    ot_cuda_matmul_bwd(g_s, &g_blas, dx_d, dW_d, db_d, dy_d, x_d, W_d, T, in, out);
+    check_bf16("matmul_bwd dx", dx_d, dx_ref, (size_t)T * in, TOL_BF16);
+    check_f32("matmul_bwd dW (fp32)", dW_d, dW_ref, (size_t)out * in, TOL_F32);
+    check_f32("matmul_bwd db (fp32)", db_d, db_ref, out, TOL_F32);
+    expect_clean("matmul");
+    free(x), free(W), free(b), free(dy), free(gdx), free(gdW), free(gdb), free(dx0), free(dW0), free(db0);
+    free(dx_ref), free(dW_ref), free(db_ref);
+    dfree(x_d), dfree(W_d), dfree(b_d), dfree(dy_d), dfree(dx_d), dfree(dW_d), dfree(db_d);
+}
+
+// ---- LoRA --------------------------------------------------------------------------------------------------------
+static void test_lora(const sizes *z) {
+    int T = z->T, in = z->in, out = z->out, r = z->r;
+    float scale = 2.0f;
+    float *x = randn_bf16((size_t)T * in, 1.0), *A = randn((size_t)r * in, 1.0 / sqrt(in));
+    float *B = randn((size_t)out * r, 0.2);
+    float *y_zero = zeros_f((size_t)T * out), *xa = zeros_f((size_t)T * r);
+    ot_lora_fwd(y_zero, xa, x, A, B, T, in, r, out, scale);
+    float *y0 = init_like(y_zero, (size_t)T * out, 1), *y_ref = plus(y0, y_zero, (size_t)T * out);
+    ot_bf16 *x_d = up_bf16(x, (size_t)T * in), *y_d = up_bf16(y0, (size_t)T * out);
+    float *A_d = up_f32(A, (size_t)r * in), *B_d = up_f32(B, (size_t)out * r), *xa_d = poison((size_t)T * r * 4);
+    ot_cuda_lora_fwd(g_s, y_d, xa_d, x_d, A_d, B_d, T, in, r, out, scale);
+    check_bf16("lora_fwd y += scale·xa·Bᵀ", y_d, y_ref, (size_t)T * out, TOL_BF16);
+    check_f32("lora_fwd xa (fp32)", xa_d, xa, (size_t)T * r, TOL_F32);
+
+    float *dy = randn_bf16((size_t)T * out, 1.0);
+    float *gdx = zeros_f((size_t)T * in), *gdA = zeros_f((size_t)r * in), *gdB = zeros_f((size_t)out * r);
+    ot_lora_bwd(gdx, gdA, gdB, dy, x, xa, A, B, T, in, r, out, scale);
+    float *dx0 = init_like(gdx, (size_t)T * in, 1), *dA0 = init_like(gdA, (size_t)r * in, 0);
+    float *dB0 = init_like(gdB, (size_t)out * r, 0);
+    float *dx_ref = plus(dx0, gdx, (size_t)T * in), *dA_ref = plus(dA0, gdA, (size_t)r * in);
+    float *dB_ref = plus(dB0, gdB, (size_t)out * r);
+    ot_bf16 *dy_d = up_bf16(dy, (size_t)T * out), *dx_d = up_bf16(dx0, (size_t)T * in);
+    float *dA_d = up_f32(dA0, (size_t)r * in), *dB_d = up_f32(dB0, (size_t)out * r), *xa_ref_d = up_f32(xa, (size_t)T * r);
+    ot_cuda_lora_bwd(g_s, dx_d, dA_d, dB_d, dy_d, x_d, xa_ref_d, A_d, B_d, T, in, r, out, scale);
+    check_bf16("lora_bwd dx", dx_d, dx_ref, (size_t)T * in, TOL_BF16);
+    check_f32("lora_bwd dA (fp32)", dA_d, dA_ref, (size_t)r * in, TOL_F32);
+    check_f32("lora_bwd dB (fp32)", dB_d, dB_ref, (size_t)out * r, TOL_F32);
+    expect_clean("lora");
+    free(x), free(A), free(B), free(y_zero), free(xa), free(y0), free(y_ref), free(dy), free(gdx), free(gdA);
+    free(gdB), free(dx0), free(dA0), free(dB0), free(dx_ref), free(dA_ref), free(dB_ref);
+    dfree(x_d), dfree(y_d), dfree(A_d), dfree(B_d), dfree(xa_d), dfree(dy_d), dfree(dx_d), dfree(dA_d), dfree(dB_d);
+    dfree(xa_ref_d);
+}
+
+// ---- RoPE --------------------------------------------------------------------------------------------------------
+static void test_rope(const sizes *z) {
+    int T = z->aT, nh = z->nh, D = 64;
+    size_t n = (size_t)T * nh * D;
+    ot_rope_params p = {150000.0, 32.0, 32.0, 1.0, 4096, 0, 0.0}; // gpt-oss (spec §1)
+    float inv_freq[32];
+    float attn_factor = ot_rope_inv_freq(inv_freq, D, &p);
+    int32_t *pos = ot_malloc(T * sizeof(int32_t));
+    for (int t = 0; t < T; t++) pos[t] = t % 4 ? rand_int(131072) : t; // large angles and small ones
+    float *x = randn_bf16(n, 1.0), *ref = copy_f(x, n);
+    ot_rope_fwd(ref, pos, inv_freq, attn_factor, T, nh, D);
+    ot_bf16 *x_d = up_bf16(x, n);
+    int32_t *pos_d = up_i32(pos, T);
+    float *if_d = up_f32(inv_freq, D / 2);
+    ot_cuda_rope_fwd(g_s, x_d, pos_d, if_d, attn_factor, T, nh, D);
+    check_bf16("rope_fwd (YaRN, NeoX halves)", x_d, ref, n, TOL_BF16);
+    float *dy = randn_bf16(n, 1.0), *dref = copy_f(dy, n);
+    ot_rope_bwd(dref, pos, inv_freq, attn_factor, T, nh, D);
+    ot_bf16 *dy_d = up_bf16(dy, n);
+    ot_cuda_rope_bwd(g_s, dy_d, pos_d, if_d, attn_factor, T, nh, D);
+    check_bf16("rope_bwd", dy_d, dref, n, TOL_BF16);
+    expect_clean("rope");
+    free(pos), free(x), free(ref), free(dy), free(dref);
+    dfree(x_d), dfree(pos_d), dfree(if_d), dfree(dy_d);
+}
+
+// ---- attention ---------------------------------------------------------------------------------------------------
+// Packed sequences of uneven lengths (one of length 1), tested with full causal attention and with a window.
+// The second sequence starts at key 63, the last key of the first 64-key tile, while its queries lie in the
+// second query tile: the edge of the backward's tile skipping.
+static void make_segments(int32_t *seg_start, int T) {
+    const int lens[] = {63, 20, 1, 77, 33, 13};
+    int t = 0, s = 0;
+    while (t < T) {
+        int len = lens[s++ % 6];
+        for (int i = 0; i < len && t < T; i++, t++) seg_start[t] = t - i;
+    }
+}
+
+static void test_attention(const sizes *z, int window) {
+    int T = z->aT, nh = z->nh, nkv = z->nkv, D = 64;
+    size_t nq = (size_t)T * nh * D, nk = (size_t)T * nkv * D, nl = (size_t)T * nh;
+    char what[96];
+    int32_t *seg = ot_malloc(T * sizeof(int32_t));
+    make_segments(seg, T);
+    float *q = randn_bf16(nq, 1.0), *k = randn_bf16(nk, 1.0), *v = randn_bf16(nk, 1.0), *sinks = randn(nh, 1.0);
+    float *out = zeros_f(nq), *lse = zeros_f(nl);
+    ot_attention_fwd(out, lse, q, k, v, sinks, seg, T, nh, nkv, D, window);
+    ot_bf16 *q_d = up_bf16(q, nq), *k_d = up_bf16(k, nk), *v_d = up_bf16(v, nk), *out_d = poison(nq * 2);
+    float *sinks_d = up_f32(sinks, nh), *lse_d = poison(nl * 4);
+    int32_t *seg_d = up_i32(seg, T);
+    ot_cuda_attention_fwd(g_s, out_d, lse_d, q_d, k_d, v_d, sinks_d, seg_d, T, nh, nkv, D, window);
+    snprintf(what, sizeof(what), "attention_fwd out (window %d)", window);
+    check_bf16(what, out_d, out, nq, TOL_BF16);
+    snprintf(what, sizeof(what), "attention_fwd lse (fp32, window %d)", window);
+    check_f32(what, lse_d, lse, nl, TOL_F32);
+    expect_clean("attention_fwd");
+
+    // Backward from the CPU forward's out/lse (out rounded to bf16 as the GPU would store it).
+    float *dout = randn_bf16(nq, 1.0), *out_b = copy_f(out, nq);
+    round_bf16(out_b, nq);
+    float *gdq = zeros_f(nq), *gdk = zeros_f(nk), *gdv = zeros_f(nk), *gds = zeros_f(nh);
+    ot_attention_bwd(gdq, gdk, gdv, gds, dout, out_b, lse, q, k, v, sinks, seg, T, nh, nkv, D, window);
+    float *dq0 = init_like(gdq, nq, 1), *dk0 = init_like(gdk, nk, 1), *dv0 = init_like(gdv, nk, 1);
+    float *ds0 = init_like(gds, nh, 0);
+    float *dq_ref = plus(dq0, gdq, nq), *dk_ref = plus(dk0, gdk, nk), *dv_ref = plus(dv0, gdv, nk);
+    float *ds_ref = plus(ds0, gds, nh);
+    ot_bf16 *dout_d = up_bf16(dout, nq), *outb_d = up_bf16(out_b, nq);
+    ot_bf16 *dq_d = up_bf16(dq0, nq), *dk_d = up_bf16(dk0, nk), *dv_d = up_bf16(dv0, nk);
+    float *lse_ref_d = up_f32(lse, nl), *ds_d = up_f32(ds0, nh);
+    ot_cuda_attention_bwd(g_s, dq_d, dk_d, dv_d, ds_d, dout_d, outb_d, lse_ref_d, q_d, k_d, v_d, sinks_d, seg_d, T, nh,
+                          nkv, D, window);
+    snprintf(what, sizeof(what), "attention_bwd dq (window %d)", window);
+    check_bf16(what, dq_d, dq_ref, nq, TOL_BF16);
+    snprintf(what, sizeof(what), "attention_bwd dk (window %d)", window);
+    check_bf16(what, dk_d, dk_ref, nk, TOL_BF16);
+    snprintf(what, sizeof(what), "attention_bwd dv (window %d)", window);
+    check_bf16(what, dv_d, dv_ref, nk, TOL_BF16);
+    // dsinks sums dO·O with O in bf16 (as the forward stored it), so it carries bf16 rounding: TOL_BF16.
+    snprintf(what, sizeof(what), "attention_bwd dsinks (window %d)", window);
+    check_f32(what, ds_d, ds_ref, nh, TOL_BF16);
+    expect_clean("attention_bwd");
+
+    if (window == 0) { // a seg_start past its own token is flagged, not read out of range
+        int32_t bad = T - 1;
+        OT_CUDA_CHECK(cudaMemcpy(seg_d + T / 3, &bad, sizeof(bad), cudaMemcpyHostToDevice));
+        ot_cuda_attention_fwd(g_s, out_d, lse_d, q_d, k_d, v_d, sinks_d, seg_d, T, nh, nkv, D, window);
+        expect_flagged("attention_fwd with seg_start[i] > i");
+    }
+    free(seg), free(q), free(k), free(v), free(sinks), free(out), free(lse), free(dout), free(out_b), free(gdq);
+    free(gdk), free(gdv), free(gds), free(dq0), free(dk0), free(dv0), free(ds0), free(dq_ref), free(dk_ref);
+    free(dv_ref), free(ds_ref);
+    dfree(q_d), dfree(k_d), dfree(v_d), dfree(out_d), dfree(sinks_d), dfree(lse_d), dfree(seg_d), dfree(dout_d);
+    dfree(outb_d), dfree(dq_d), dfree(dk_d), dfree(dv_d), dfree(lse_ref_d), dfree(ds_d);
+}
+
+// ---- router ------------------------------------------------------------------------------------------------------
+static void test_router(const sizes *z) {
+    int T = z->T, E = z->rE, k = z->rk;
+    float *logits = randn_bf16((size_t)T * E, 2.0);
+    for (int t = 0; t < T; t += 3) logits[(size_t)t * E + 5] = logits[(size_t)t * E + 2]; // ties: lower index first
+    int32_t *idx = ot_malloc((size_t)T * k * sizeof(int32_t));
+    float *w = zeros_f((size_t)T * k);
+    ot_router_topk_fwd(idx, w, logits, T, E, k);
+    ot_bf16 *lg_d = up_bf16(logits, (size_t)T * E);
+    int32_t *idx_d = poison((size_t)T * k * 4);
+    float *w_d = poison((size_t)T * k * 4);
+    ot_cuda_router_topk_fwd(g_s, idx_d, w_d, lg_d, T, E, k);
+    int32_t *gidx = down_i32(idx_d, (size_t)T * k);
+    size_t diff = 0;
+    for (size_t i = 0; i < (size_t)T * k; i++) diff += gidx[i] != idx[i];
+    ot_test_checks++;
+    if (diff) ot_test_failures++;
+    printf("%s %-48s %zu of %zu choices differ\n", diff ? "FAIL" : "ok  ", "router_topk_fwd idx (exact, ties)", diff,
+           (size_t)T * k);
+    check_f32("router_topk_fwd w (fp32)", w_d, w, (size_t)T * k, TOL_F32);
+
+    float *dw = randn((size_t)T * k, 1.0), *grad = zeros_f((size_t)T * E);
+    ot_router_topk_bwd(grad, dw, w, idx, T, E, k);
+    float *dl0 = init_like(grad, (size_t)T * E, 1), *ref = plus(dl0, grad, (size_t)T * E);
+    ot_bf16 *dl_d = up_bf16(dl0, (size_t)T * E);
+    float *dw_d = up_f32(dw, (size_t)T * k), *wref_d = up_f32(w, (size_t)T * k);
+    int32_t *idxref_d = up_i32(idx, (size_t)T * k);
+    ot_cuda_router_topk_bwd(g_s, dl_d, dw_d, wref_d, idxref_d, T, E, k);
+    check_bf16("router_topk_bwd dlogits", dl_d, ref, (size_t)T * E, TOL_BF16);
+    expect_clean("router");
+
+    int32_t bad = E;
+    OT_CUDA_CHECK(cudaMemcpy(idxref_d + 1, &bad, sizeof(bad), cudaMemcpyHostToDevice));
+    ot_cuda_router_topk_bwd(g_s, dl_d, dw_d, wref_d, idxref_d, T, E, k);
+    expect_flagged("router_topk_bwd with expert index E");
+    free(logits), free(idx), free(w), free(gidx), free(dw), free(grad), free(dl0), free(ref);
+    dfree(lg_d), dfree(idx_d), dfree(w_d), dfree(dl_d), dfree(dw_d), dfree(wref_d), dfree(idxref_d);
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------------------------------
+static void test_swiglu(const sizes *z) {
+    int n = z->T, I = z->mI;
+    float alpha = 1.702f, limit = 7.0f;
+    size_t ng = (size_t)n * 2 * I, na = (size_t)n * I;
+    float *gu = randn_bf16(ng, 4.0); // wide enough that both clamps are hit
+    for (size_t i = 0; i < ng; i += 37) gu[i] = (i / 37) % 2 ? limit : -limit; // values exactly at the limits
+    float *act = zeros_f(na);
+    ot_swiglu_fwd(act, gu, n, I, alpha, limit);
+    ot_bf16 *gu_d = up_bf16(gu, ng), *act_d = poison(na * 2);
+    ot_cuda_swiglu_fwd(g_s, act_d, gu_d, n, I, alpha, limit);
+    check_bf16("swiglu_fwd (clamped, interleaved)", act_d, act, na, TOL_BF16);
+    float *dact = randn_bf16(na, 1.0), *grad = zeros_f(ng);
+    ot_swiglu_bwd(grad, dact, gu, n, I, alpha, limit);
+    float *d0 = init_like(grad, ng, 1), *ref = plus(d0, grad, ng);
+    ot_bf16 *dact_d = up_bf16(dact, na), *dgu_d = up_bf16(d0, ng);
+    ot_cuda_swiglu_bwd(g_s, dgu_d, dact_d, gu_d, n, I, alpha, limit);
+    check_bf16("swiglu_bwd dgu", dgu_d, ref, ng, TOL_BF16);
+    expect_clean("swiglu");
+    free(gu), free(act), free(dact), free(grad), free(d0), free(ref);
+    dfree(gu_d), dfree(act_d), dfree(dact_d), dfree(dgu_d);
+}
+
+// ---- MoE ---------------------------------------------------------------------------------------------------------
+// Routing with k distinct experts per token; expert 1 is never chosen (an empty group) when there are enough.
+static int32_t *make_routes(int T, int E, int k) {
+    int32_t *idx = ot_malloc((size_t)T * k * sizeof(int32_t));
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            int e, dup;
+            do {
+                e = rand_int(E);
+                if (E > k + 1 && e == 1) e = 0;
+                dup = 0;
+                for (int jj = 0; jj < j; jj++) dup |= idx[(size_t)t * k + jj] == e;
+            } while (dup);
+            idx[(size_t)t * k + j] = e;
+        }
+    return idx;
+}
+
+// The reference plan: pairs sorted by expert, stable in pair id.
+typedef struct {
+    int *offsets, *perm, *inv;
+} ref_plan;
+static ref_plan make_ref_plan(const int32_t *idx, int n_pairs, int E) {
+    ref_plan p = {ot_calloc(E + 1, sizeof(int)), ot_malloc(n_pairs * sizeof(int)), ot_malloc(n_pairs * sizeof(int))};
+    for (int i = 0; i < n_pairs; i++) p.offsets[idx[i] + 1]++;
+    for (int e = 0; e < E; e++) p.offsets[e + 1] += p.offsets[e];
+    int *fill = ot_calloc(E, sizeof(int));
+    for (int i = 0; i < n_pairs; i++) {
+        int row = p.offsets[idx[i]] + fill[idx[i]]++;
+        p.perm[row] = i;
+        p.inv[i] = row;
+    }
+    free(fill);
+    return p;
+}
+static void free_ref_plan(ref_plan *p) { free(p->offsets), free(p->perm), free(p->inv); }
+
+static void count_check(const char *what, size_t bad, size_t n) {
+    ot_test_checks++;
+    if (bad) ot_test_failures++;
+    printf("%s %-48s %zu of %zu differ\n", bad ? "FAIL" : "ok  ", what, bad, n);
+}
+
+static void test_moe_plan(const ot_cuda_moe_plan *plan, const ref_plan *rp, int T, int k, int E) {
+    int n = T * k;
+    int32_t *off = down_i32(plan->offsets, E + 1), *perm = down_i32(plan->perm, n), *inv = down_i32(plan->inv, n);
+    int32_t *rt = down_i32(plan->row_token, n), *te = down_i32(plan->tile_expert, plan->n_tiles);
+    int32_t *tr = down_i32(plan->tile_row0, plan->n_tiles);
+    size_t bad = 0;
+    for (int e = 0; e <= E; e++) bad += off[e] != rp->offsets[e];
+    for (int i = 0; i < n; i++) bad += (perm[i] != rp->perm[i]) + (inv[i] != rp->inv[i]) + (rt[i] != rp->perm[i] / k);
+    count_check("moe_plan offsets/perm/inv/row_token (exact)", bad, (size_t)3 * n + E + 1);
+    // Every permuted row is covered by exactly one tile of its own expert.
+    int *cover = ot_calloc(n, sizeof(int));
+    bad = 0;
+    for (int i = 0; i < plan->n_tiles; i++) {
+        if (te[i] < 0) continue;
+        int e = te[i];
+        if (e >= E || tr[i] < off[e] || tr[i] >= off[e + 1]) {
+            bad++;
+            continue;
+        }
+        for (int r = tr[i]; r < tr[i] + OT_CUDA_MOE_TILE_ROWS && r < off[e + 1]; r++) cover[r]++;
+    }
+    for (int r = 0; r < n; r++) bad += cover[r] != 1;
+    count_check("moe_plan tiles cover each row once", bad, (size_t)n);
+    free(off), free(perm), free(inv), free(rt), free(te), free(tr), free(cover);
+}
+
+// Gather the rows of expert e in permuted order: dst[j] = src[row_of(perm row offsets[e] + j)].
+static float *gather_rows(const float *src, int cols, const ref_plan *rp, int e, int k, int by_token) {
+    int n = rp->offsets[e + 1] - rp->offsets[e];
+    float *dst = ot_malloc(((size_t)n * cols + 1) * sizeof(float));
+    for (int j = 0; j < n; j++) {
+        int row = rp->offsets[e] + j;
+        int srow = by_token ? rp->perm[row] / k : row;
+        memcpy(dst + (size_t)j * cols, src + (size_t)srow * cols, (size_t)cols * sizeof(float));
+    }
+    return dst;
+}
+static void scatter_rows(float *dst, const float *src, int cols, const ref_plan *rp, int e) {
+    int n = rp->offsets[e + 1] - rp->offsets[e];
+    memcpy(dst + (size_t)rp->offsets[e] * cols, src, (size_t)n * cols * sizeof(float));
+}
+
+// Random expert weights [E, rows, cols], as MXFP4 (random codes, scale bytes near 2^-4) or dense bf16; the host
+// copy for the CPU reference and the device copy.
+typedef struct {
+    ot_expert_weight cpu;
+    ot_cuda_expert_weight gpu;
+    uint8_t *blocks, *scales;
+    float *dense, *bias;
+    void *d_blocks, *d_scales, *d_dense, *d_bias;
+} test_weight;
+static test_weight make_weight(int kind, int E, int rows, int cols) {
+    test_weight w;
+    memset(&w, 0, sizeof(w));
+    size_t n = (size_t)E * rows * cols, G = cols / 32;
+    w.bias = randn_bf16((size_t)E * rows, 0.5);
+    w.d_bias = up_bf16(w.bias, (size_t)E * rows);
+    if (kind == OT_EXPERT_MXFP4) {
+        w.blocks = ot_malloc((size_t)E * rows * G * 16);
+        w.scales = ot_malloc((size_t)E * rows * G);
+        for (size_t i = 0; i < (size_t)E * rows * G * 16; i++) w.blocks[i] = (uint8_t)ot_rng_u64(&g_rng);
+        for (size_t i = 0; i < (size_t)E * rows * G; i++) w.scales[i] = (uint8_t)(121 + rand_int(4));
+        w.d_blocks = up_bytes(w.blocks, (size_t)E * rows * G * 16);
+        w.d_scales = up_bytes(w.scales, (size_t)E * rows * G);
+    } else {
+        w.dense = randn_bf16(n, 1.0 / sqrt(cols));
+        w.d_dense = up_bf16(w.dense, n);
+    }
+    w.cpu = (ot_expert_weight){kind, E, rows, cols, w.blocks, w.scales, w.dense};
+    w.gpu = (ot_cuda_expert_weight){kind, E, rows, cols, w.d_blocks, w.d_scales, w.d_dense, w.d_bias};
+    return w;
+}
+static void free_weight(test_weight *w) {
+    free(w->blocks), free(w->scales), free(w->dense), free(w->bias);
+    dfree(w->d_bias);
+    if (w->d_blocks) dfree(w->d_blocks), dfree(w->d_scales);
+    if (w->d_dense) dfree(w->d_dense);
+}
+
+// The grouped product of one projection, forward (gathered token rows or already-permuted rows) and backward
+// (overwrite and accumulate), against ot_expert_matmul_* per expert group.
+static void test_moe_matmul(const ot_cuda_moe_plan *plan, const ref_plan *rp, int kind, int rows, int cols) {
+    int T = plan->T, k = plan->k, E = plan->E, n = plan->n_pairs;
+    char what[96];
+    const char *kname = kind == OT_EXPERT_MXFP4 ? "mxfp4" : "dense";
+    test_weight w = make_weight(kind, E, rows, cols);
+    for (int gather = 1; gather >= 0; gather--) {
+        int xrows = gather ? T : n;
+        float *x = randn_bf16((size_t)xrows * cols, 1.0), *ref = zeros_f((size_t)n * rows);
+        for (int e = 0; e < E; e++) {
+            int ne = rp->offsets[e + 1] - rp->offsets[e];
+            float *xe = gather_rows(x, cols, rp, e, k, gather), *ye = zeros_f((size_t)ne * rows);
+            float *be = w.bias + (size_t)e * rows;
+            ot_expert_matmul_fwd(ye, xe, &w.cpu, e, be, ne);
+            scatter_rows(ref, ye, rows, rp, e);
+            free(xe), free(ye);
+        }
+        ot_bf16 *x_d = up_bf16(x, (size_t)xrows * cols), *y_d = poison((size_t)n * rows * 2);
+        ot_cuda_moe_matmul_fwd(g_s, y_d, x_d, gather, &w.gpu, plan);
+        snprintf(what, sizeof(what), "moe_matmul_fwd %s [%d x %d]%s", kname, rows, cols, gather ? " gather" : "");
+        check_bf16(what, y_d, ref, (size_t)n * rows, TOL_BF16);
+        free(x), free(ref);
+        dfree(x_d), dfree(y_d);
+    }
+    float *dy = randn_bf16((size_t)n * rows, 1.0), *grad = zeros_f((size_t)n * cols);
+    for (int e = 0; e < E; e++) {
+        int ne = rp->offsets[e + 1] - rp->offsets[e];
+        float *dye = gather_rows(dy, rows, rp, e, k, 0), *dxe = zeros_f((size_t)ne * cols);
+        ot_expert_matmul_bwd(dxe, dye, &w.cpu, e, ne);
+        scatter_rows(grad, dxe, cols, rp, e);
+        free(dye), free(dxe);
+    }
+    ot_bf16 *dy_d = up_bf16(dy, (size_t)n * rows), *dx_d = poison((size_t)n * cols * 2);
+    ot_cuda_moe_matmul_bwd(g_s, dx_d, dy_d, &w.gpu, plan, 0);
+    snprintf(what, sizeof(what), "moe_matmul_bwd %s [%d x %d] dx", kname, rows, cols);
+    check_bf16(what, dx_d, grad, (size_t)n * cols, TOL_BF16);
+    float *dx0 = init_like(grad, (size_t)n * cols, 1), *ref = plus(dx0, grad, (size_t)n * cols);
+    ot_bf16 *dxa_d = up_bf16(dx0, (size_t)n * cols);
+    ot_cuda_moe_matmul_bwd(g_s, dxa_d, dy_d, &w.gpu, plan, 1);
+    snprintf(what, sizeof(what), "moe_matmul_bwd %s [%d x %d] dx +=", kname, rows, cols);
+    check_bf16(what, dxa_d, ref, (size_t)n * cols, TOL_BF16);
+    expect_clean("moe_matmul");
+    free(dy), free(grad), free(dx0), free(ref);
+    dfree(dy_d), dfree(dx_d), dfree(dxa_d);
+    free_weight(&w);
+}
+
+// Combine (weighted sum of a token's expert outputs), its backward, and the un-permutation of input gradients,
+// against plain loops.
+static void test_moe_combine(const ot_cuda_moe_plan *plan, const ref_plan *rp, int H) {
+    int T = plan->T, k = plan->k, n = plan->n_pairs;
+    float *y = randn_bf16((size_t)n * H, 1.0), *w = randn((size_t)T * k, 0.5), *ref = zeros_f((size_t)T * H);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < H; c++) {
+            double acc = 0;
+            for (int s = 0; s < k; s++) acc += (double)w[t * k + s] * y[(size_t)rp->inv[t * k + s] * H + c];
+            ref[(size_t)t * H + c] = (float)acc;
+        }
+    ot_bf16 *y_d = up_bf16(y, (size_t)n * H), *out_d = poison((size_t)T * H * 2);
+    float *w_d = up_f32(w, (size_t)T * k);
+    ot_cuda_moe_combine_fwd(g_s, out_d, y_d, w_d, plan, H);
+    check_bf16("moe_combine_fwd", out_d, ref, (size_t)T * H, TOL_BF16);
+
+    float *dout = randn_bf16((size_t)T * H, 1.0), *dy_ref = zeros_f((size_t)n * H), *gdw = zeros_f((size_t)T * k);
+    for (int t = 0; t < T; t++)
+        for (int s = 0; s < k; s++) {
+            int row = rp->inv[t * k + s];
+            double dot = 0;
+            for (int c = 0; c < H; c++) {
+                dy_ref[(size_t)row * H + c] = (float)((double)w[t * k + s] * dout[(size_t)t * H + c]);
+                dot += (double)dout[(size_t)t * H + c] * y[(size_t)row * H + c];
+            }
+            gdw[t * k + s] = (float)dot;
+        }
+    float *dw0 = init_like(gdw, (size_t)T * k, 0), *dw_ref = plus(dw0, gdw, (size_t)T * k);
+    ot_bf16 *dout_d = up_bf16(dout, (size_t)T * H), *dy_d = poison((size_t)n * H * 2);
+    float *dw_d = up_f32(dw0, (size_t)T * k);
+    ot_cuda_moe_combine_bwd(g_s, dy_d, dw_d, dout_d, y_d, w_d, plan, H);
+    check_bf16("moe_combine_bwd dy", dy_d, dy_ref, (size_t)n * H, TOL_BF16);
+    check_f32("moe_combine_bwd dw (fp32)", dw_d, dw_ref, (size_t)T * k, TOL_F32);
+
+    float *dxp = randn_bf16((size_t)n * H, 1.0), *gx = zeros_f((size_t)T * H);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < H; c++) {
+            double acc = 0;
+            for (int s = 0; s < k; s++) acc += dxp[(size_t)rp->inv[t * k + s] * H + c];
+            gx[(size_t)t * H + c] = (float)acc;
+        }
+    float *dx0 = init_like(gx, (size_t)T * H, 1), *dx_ref = plus(dx0, gx, (size_t)T * H);
+    ot_bf16 *dxp_d = up_bf16(dxp, (size_t)n * H), *dx_d = up_bf16(dx0, (size_t)T * H);
+    ot_cuda_moe_unpermute_add(g_s, dx_d, dxp_d, plan, H);
+    check_bf16("moe_unpermute_add", dx_d, dx_ref, (size_t)T * H, TOL_BF16);
+    expect_clean("moe_combine");
+    free(y), free(w), free(ref), free(dout), free(dy_ref), free(gdw), free(dw0), free(dw_ref), free(dxp), free(gx);
+    free(dx0), free(dx_ref);
+    dfree(y_d), dfree(out_d), dfree(w_d), dfree(dout_d), dfree(dy_d), dfree(dw_d), dfree(dxp_d), dfree(dx_d);
+}
+
+// Expert LoRA on the permuted groups against ot_lora_fwd / ot_lora_bwd per expert.
+static void test_moe_lora(const ot_cuda_moe_plan *plan, const ref_plan *rp, int in, int out, int r, int gather) {
+    int T = plan->T, k = plan->k, E = plan->E, n = plan->n_pairs, xrows = gather ? T : n;
+    float scale = 1.5f;
+    char what[96];
+    const char *g = gather ? " gather" : "";
+    float *x = randn_bf16((size_t)xrows * in, 1.0), *A = randn((size_t)E * r * in, 1.0 / sqrt(in));
+    float *B = randn((size_t)E * out * r, 0.2);
+    float *gy = zeros_f((size_t)n * out), *xa = zeros_f((size_t)n * r);
+    for (int e = 0; e < E; e++) {
+        int ne = rp->offsets[e + 1] - rp->offsets[e];
+        float *xe = gather_rows(x, in, rp, e, k, gather), *ye = zeros_f((size_t)ne * out), *xae = zeros_f((size_t)ne * r);
+        ot_lora_fwd(ye, xae, xe, A + (size_t)e * r * in, B + (size_t)e * out * r, ne, in, r, out, scale);
+        scatter_rows(gy, ye, out, rp, e);
+        scatter_rows(xa, xae, r, rp, e);
+        free(xe), free(ye), free(xae);
+    }
+    float *y0 = init_like(gy, (size_t)n * out, 1), *y_ref = plus(y0, gy, (size_t)n * out);
+    ot_bf16 *x_d = up_bf16(x, (size_t)xrows * in), *y_d = up_bf16(y0, (size_t)n * out);
+    float *A_d = up_f32(A, (size_t)E * r * in), *B_d = up_f32(B, (size_t)E * out * r), *xa_d = poison((size_t)n * r * 4);
+    ot_cuda_moe_lora_fwd(g_s, y_d, xa_d, x_d, gather, A_d, B_d, plan, in, r, out, scale);
+    snprintf(what, sizeof(what), "moe_lora_fwd y%s", g);
+    check_bf16(what, y_d, y_ref, (size_t)n * out, TOL_BF16);
+    snprintf(what, sizeof(what), "moe_lora_fwd xa (fp32)%s", g);
+    check_f32(what, xa_d, xa, (size_t)n * r, TOL_F32);
+
+    float *dy = randn_bf16((size_t)n * out, 1.0), *gdx = zeros_f((size_t)n * in);
+    float *gdA = zeros_f((size_t)E * r * in), *gdB = zeros_f((size_t)E * out * r);
+    for (int e = 0; e < E; e++) {
+        int ne = rp->offsets[e + 1] - rp->offsets[e];
+        float *xe = gather_rows(x, in, rp, e, k, gather), *dye = gather_rows(dy, out, rp, e, k, 0);
+        float *xae = gather_rows(xa, r, rp, e, k, 0), *dxe = zeros_f((size_t)ne * in);
+        ot_lora_bwd(dxe, gdA + (size_t)e * r * in, gdB + (size_t)e * out * r, dye, xe, xae, A + (size_t)e * r * in,
+                    B + (size_t)e * out * r, ne, in, r, out, scale);
+        scatter_rows(gdx, dxe, in, rp, e);
+        free(xe), free(dye), free(xae), free(dxe);
+    }
+    float *dx0 = init_like(gdx, (size_t)n * in, 1), *dA0 = init_like(gdA, (size_t)E * r * in, 0);
+    float *dB0 = init_like(gdB, (size_t)E * out * r, 0);
+    float *dx_ref = plus(dx0, gdx, (size_t)n * in), *dA_ref = plus(dA0, gdA, (size_t)E * r * in);
+    float *dB_ref = plus(dB0, gdB, (size_t)E * out * r);
+    ot_bf16 *dy_d = up_bf16(dy, (size_t)n * out), *dx_d = up_bf16(dx0, (size_t)n * in);
+    float *dA_d = up_f32(dA0, (size_t)E * r * in), *dB_d = up_f32(dB0, (size_t)E * out * r);
+    float *xa_ref_d = up_f32(xa, (size_t)n * r);
+    ot_cuda_moe_lora_bwd(g_s, dx_d, dA_d, dB_d, dy_d, x_d, gather, xa_ref_d, A_d, B_d, plan, in, r, out, scale);
+    snprintf(what, sizeof(what), "moe_lora_bwd dx_perm%s", g);
+    check_bf16(what, dx_d, dx_ref, (size_t)n * in, TOL_BF16);
+    snprintf(what, sizeof(what), "moe_lora_bwd dA (fp32)%s", g);
+    check_f32(what, dA_d, dA_ref, (size_t)E * r * in, TOL_F32);
+    snprintf(what, sizeof(what), "moe_lora_bwd dB (fp32)%s", g);
+    check_f32(what, dB_d, dB_ref, (size_t)E * out * r, TOL_F32);
+    expect_clean("moe_lora");
+    free(x), free(A), free(B), free(gy), free(xa), free(y0), free(y_ref), free(dy), free(gdx), free(gdA), free(gdB);
+    free(dx0), free(dA0), free(dB0), free(dx_ref), free(dA_ref), free(dB_ref);
+    dfree(x_d), dfree(y_d), dfree(A_d), dfree(B_d), dfree(xa_d), dfree(dy_d), dfree(dx_d), dfree(dA_d), dfree(dB_d);
+    dfree(xa_ref_d);
+}
+
+static void test_moe(const sizes *z) {
+    int T = z->mT, E = z->mE, k = z->mk, H = z->mH, I = z->mI;
+    int32_t *idx = make_routes(T, E, k);
+    ref_plan rp = make_ref_plan(idx, T * k, E);
+    ot_cuda_moe_plan plan;
+    ot_cuda_moe_plan_alloc(&plan, T, k, E);
+    int32_t *idx_d = up_i32(idx, (size_t)T * k);
+    ot_cuda_moe_plan_build(g_s, &plan, idx_d);
+    test_moe_plan(&plan, &rp, T, k, E);
+    expect_clean("moe_plan_build");
+
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H); // gate_up shape
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I);     // down shape
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96);   // rows not a multiple of the 32-row k step
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96);
+    test_moe_combine(&plan, &rp, H);
+    test_moe_lora(&plan, &rp, H, 2 * I, 6, 1); // gate_up: token rows gathered
+    test_moe_lora(&plan, &rp, I, H, 6, 0);     // down: rows already permuted
+
+    int32_t bad = -3;
+    OT_CUDA_CHECK(cudaMemcpy(idx_d + 2, &bad, sizeof(bad), cudaMemcpyHostToDevice));
+    ot_cuda_moe_plan_build(g_s, &plan, idx_d);
+    expect_flagged("moe_plan_build with expert index -3");
+    ot_cuda_moe_plan_free(&plan);
+    free_ref_plan(&rp);
+    free(idx);
+    dfree(idx_d);
+}
+
+// ---- cross-entropy through the head --------------------------------------------------------------------------------
+static void test_xent(const sizes *z) {
+    int T = z->xT, n = z->xn, H = z->xH, V = z->xV;
+    float grad_scale = 1.0f / n;
+    float *h = randn_bf16((size_t)T * H, 1.0), *W = randn_bf16((size_t)V * H, 3.0 / sqrt(H));
+    int32_t *pos = ot_malloc(n * sizeof(int32_t)), *label = ot_malloc(n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) {
+        pos[i] = (int32_t)((long)i * T / n); // distinct, spread over the sequence ...
+        label[i] = rand_int(V);
+    }
+    pos[n - 1] = pos[0]; // ... except one repeated position, whose gradients must add
+    float *gdh = zeros_f((size_t)T * H), *gdW = zeros_f((size_t)V * H);
+    double loss = ot_lmhead_xent(gdh, gdW, h, W, pos, label, n, H, V, grad_scale);
+    float *dh0 = init_like(gdh, (size_t)T * H, 1), *dW0 = init_like(gdW, (size_t)V * H, 0);
+    float *dh_ref = plus(dh0, gdh, (size_t)T * H), *dW_ref = plus(dW0, gdW, (size_t)V * H);
+    ot_bf16 *h_d = up_bf16(h, (size_t)T * H), *W_d = up_bf16(W, (size_t)V * H), *dh_d = up_bf16(dh0, (size_t)T * H);
+    float *dW_d = up_f32(dW0, (size_t)V * H);
+    int32_t *pos_d = up_i32(pos, n), *label_d = up_i32(label, n);
+    double start = 0.75, got = 0;
+    double *loss_d = up_bytes(&start, sizeof(double));
+    ot_cuda_lmhead_xent(g_s, &g_blas, loss_d, dh_d, dW_d, h_d, W_d, pos_d, label_d, n, T, H, V, grad_scale);
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    OT_CUDA_CHECK(cudaMemcpy(&got, loss_d, sizeof(double), cudaMemcpyDeviceToHost));
+    char what[96];
+    snprintf(what, sizeof(what), "lmhead_xent loss sum (V %d)", V);
+    ot_check_close(what, fabs((got - start) - loss) / fabs(loss), TOL_F32);
+    check_bf16("lmhead_xent dh (repeated position)", dh_d, dh_ref, (size_t)T * H, TOL_BF16);
+    // dWlm is fp32 but built from bf16 dlogits (the operand of a bf16 product): TOL_BF16.
+    check_f32("lmhead_xent dWlm", dW_d, dW_ref, (size_t)V * H, TOL_BF16);
+    // Loss only: no gradient buffers touched.
+    OT_CUDA_CHECK(cudaMemcpy(loss_d, &start, sizeof(double), cudaMemcpyHostToDevice));
+    ot_cuda_lmhead_xent(g_s, &g_blas, loss_d, NULL, NULL, h_d, W_d, pos_d, label_d, n, T, H, V, grad_scale);
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    OT_CUDA_CHECK(cudaMemcpy(&got, loss_d, sizeof(double), cudaMemcpyDeviceToHost));
+    ot_check_close("lmhead_xent loss only", fabs((got - start) - loss) / fabs(loss), TOL_F32);
+    expect_clean("lmhead_xent");
+
+    int32_t bad = V;
+    OT_CUDA_CHECK(cudaMemcpy(label_d + 1, &bad, sizeof(bad), cudaMemcpyHostToDevice));
+    ot_cuda_lmhead_xent(g_s, &g_blas, loss_d, NULL, NULL, h_d, W_d, pos_d, label_d, n, T, H, V, grad_scale);
+    expect_flagged("lmhead_xent with label V");
+    free(h), free(W), free(pos), free(label), free(gdh), free(gdW), free(dh0), free(dW0), free(dh_ref), free(dW_ref);
+    dfree(h_d), dfree(W_d), dfree(dh_d), dfree(dW_d), dfree(pos_d), dfree(label_d), dfree(loss_d);
+}
+
+// ---- optimizer ---------------------------------------------------------------------------------------------------
+static void test_optim(const sizes *z) {
+    size_t n = z->n_opt;
+    float *p = randn(n, 0.1), *m = randn(n, 0.01), *v = randn(n, 0.001);
+    for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+    float *p_d = up_f32(p, n), *m_d = up_f32(m, n), *v_d = up_f32(v, n);
+    for (long step = 1; step <= 3; step++) {
+        float *g = randn(n, 0.05);
+        float *g_d = up_f32(g, n);
+        float wd = step == 2 ? 0.0f : 0.01f; // one step without weight decay
+        ot_adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, wd, step);
+        ot_cuda_adamw_step(g_s, p_d, g_d, m_d, v_d, n, 1e-3f, 0.9f, 0.999f, 1e-8f, wd, step);
+        free(g);
+        dfree(g_d);
+    }
+    check_f32("adamw param after 3 steps (fp32)", p_d, p, n, TOL_F32);
+    check_f32("adamw m (fp32)", m_d, m, n, TOL_F32);
+    check_f32("adamw v (fp32)", v_d, v, n, TOL_F32);
+
+    float *g = randn(n, 2.0);
+    float *g_d = up_f32(g, n);
+    double start = 1.25, got = 0, ref = start + ot_sum_squares(g, n);
+    double *s_d = up_bytes(&start, sizeof(double));
+    ot_cuda_sum_squares(g_s, s_d, g_d, n);
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    OT_CUDA_CHECK(cudaMemcpy(&got, s_d, sizeof(double), cudaMemcpyDeviceToHost));
+    ot_check_close("sum_squares (fp64)", fabs(got - ref) / ref, TOL_F64);
+    expect_clean("optim");
+    free(p), free(m), free(v), free(g);
+    dfree(p_d), dfree(m_d), dfree(v_d), dfree(g_d), dfree(s_d);
+}
+
+int main(int argc, char **argv) {
+    int small = 0;
+    uint64_t seed = 20260101;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--small")) small = 1;
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
+        else {
+            fprintf(stderr, "usage: %s [--small] [--seed N]\n", argv[0]);
+            return 2;
+        }
+    }
+    // Full sizes: real vocabulary for the head (two vocabulary chunks), attention long enough for many tiles.
+    // Small sizes: the same code paths, quick enough for compute-sanitizer. In both, the LoRA widths are large
+    // enough (K >= 512) that the K-split products run split.
+    sizes full = {301, 200, 1000, 600, 520, 12, 301, 12, 3, 20, 4, 150, 6, 4, 160, 96, 301, 90, 64, 201088, 100003};
+    sizes tiny = {67, 72, 100, 520, 264, 4, 150, 4, 2, 9, 3, 140, 4, 2, 64, 32, 40, 8, 32, 3000, 1031};
+    const sizes *z = small ? &tiny : &full;
+    ot_rng_seed(&g_rng, seed);
+    printf("test_ops_cuda: seed %llu, %s sizes\n", (unsigned long long)seed, small ? "small" : "full");
+
+    ot_cuda_init(0);
+    ot_cuda_blas_init(&g_blas);
+    OT_CUDA_CHECK(cudaStreamCreate(&g_s));
+
+    test_helpers(z);
+    test_embedding(z);
+    test_rmsnorm(z);
+    test_matmul(z);
+    test_lora(z);
+    test_rope(z);
+    test_attention(z, 0);
+    test_attention(z, 37);
+    test_router(z);
+    test_swiglu(z);
+    test_moe(z);
+    test_xent(z);
+    test_optim(z);
+
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    OT_CUDA_CHECK(cudaStreamDestroy(g_s));
+    ot_cuda_blas_free(&g_blas);
+    return ot_test_finish("test_ops_cuda");
+}
