@@ -31,7 +31,7 @@ def main():
         return 77
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "logits.f32")
-        res = subprocess.run([tool, "--model", model_dir, "--adapter", adapter_dir, "--tokens", tokens, "--out", out],
+        res = subprocess.run([tool, "--backend", "cpu", "--model", model_dir, "--adapter", adapter_dir, "--tokens", tokens, "--out", out],
                              capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr)
