@@ -10,10 +10,13 @@
 #include <unistd.h>
 
 #include "trainer/gptoss_cpu.h"
+#ifdef OT_HAVE_CUDA
+#include "trainer/gptoss_cuda.h"
+#endif
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: osstune-logits --model DIR --tokens ID,ID,... --out FILE [--adapter PEFT_DIR] [--backend cpu]\n"
+            "usage: osstune-logits --model DIR --tokens ID,ID,... --out FILE [--adapter PEFT_DIR] [--backend cpu|cuda]\n"
             "\n"
             "Runs the gpt-oss model in DIR (HF layout: config.json + safetensors shards) on the given token ids and\n"
             "writes float32 little-endian logits [T, vocab] to FILE. Prints one JSON line: {\"loss\": mean next-token\n"
@@ -23,7 +26,8 @@ static void usage(FILE *f) {
             "  --adapter DIR      PEFT adapter directory (adapter_config.json + adapter_model.safetensors)\n"
             "  --tokens LIST      comma-separated token ids (at least 1)\n"
             "  --out FILE         where to write the logits ('-' = do not write)\n"
-            "  --backend cpu      compute backend (cpu: the float32 reference)\n"
+            "  --backend B        cpu (the float32 reference) or cuda (bf16 activations on the GPU); default: cuda\n"
+            "                     when this build has CUDA and a GPU is visible, else cpu\n"
             "  -h, --help         this text\n");
 }
 
@@ -53,7 +57,7 @@ static int parse_tokens(const char *s, int32_t **out, int vocab_hint) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *adapter_dir = NULL, *tokens = NULL, *out_path = NULL, *backend = "cpu";
+    const char *model_dir = NULL, *adapter_dir = NULL, *tokens = NULL, *out_path = NULL, *backend = NULL;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},   {"adapter", required_argument, 0, 'a'},
                                          {"tokens", required_argument, 0, 't'},  {"out", required_argument, 0, 'o'},
                                          {"backend", required_argument, 0, 'b'}, {"help", no_argument, 0, 'h'},
@@ -78,14 +82,42 @@ int main(int argc, char **argv) {
         fprintf(stderr, "osstune-logits: --model, --tokens and --out are required (see --help)\n");
         return 2;
     }
-    if (strcmp(backend, "cpu") != 0) {
-        fprintf(stderr, "osstune-logits: backend '%s' is not available in this program (use --backend cpu)\n", backend);
+#ifdef OT_HAVE_CUDA
+    if (!backend) backend = ot_cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+    if (!backend) backend = "cpu";
+#endif
+    if (strcmp(backend, "cpu") != 0 && strcmp(backend, "cuda") != 0) {
+        fprintf(stderr, "osstune-logits: --backend must be cpu or cuda, not '%s'\n", backend);
         return 2;
     }
+    const int use_cuda = strcmp(backend, "cuda") == 0;
+#ifndef OT_HAVE_CUDA
+    if (use_cuda) {
+        fprintf(stderr, "osstune-logits: --backend cuda: this build has no CUDA (no nvcc at build time); use --backend cpu\n");
+        return 2;
+    }
+#endif
     double t0 = ot_now_seconds();
     ot_err err;
     ot_model m;
-    if (ot_model_load(&m, model_dir, &err)) {
+    memset(&m, 0, sizeof m);
+#ifdef OT_HAVE_CUDA
+    ot_cuda_model cm;
+    memset(&cm, 0, sizeof cm);
+    if (use_cuda) {
+        if (ot_cuda_device_count() < 1) {
+            fprintf(stderr, "osstune-logits: --backend cuda: no CUDA device is visible\n");
+            return 1;
+        }
+        if (ot_cuda_model_load(&cm, model_dir, 0, &err)) {
+            fprintf(stderr, "osstune-logits: %s\n", err.msg);
+            return 1;
+        }
+        m.cfg = cm.cfg; // the adapter's layout needs only the config
+    }
+#endif
+    if (!use_cuda && ot_model_load(&m, model_dir, &err)) {
         fprintf(stderr, "osstune-logits: %s\n", err.msg);
         return 1;
     }
@@ -114,7 +146,20 @@ int main(int argc, char **argv) {
     ot_batch_add_sample(&b, ids, T, 0);
     float *logits = ot_malloc(sizeof(float) * (size_t)T * V);
     ot_cpu_workspace *ws = ot_cpu_workspace_new();
-    ot_cpu_logits(&m, lop, &b, logits, ws);
+    if (use_cuda) {
+#ifdef OT_HAVE_CUDA
+        ot_cuda_run_options ro = {0, 0};
+        ot_cuda_ctx *ctx = ot_cuda_ctx_new(&cm, lop, &ro, T, b.n_targets);
+        int rc = ot_cuda_logits(ctx, &b, logits, &err);
+        ot_cuda_ctx_free(ctx);
+        if (rc) {
+            fprintf(stderr, "osstune-logits: %s\n", err.msg);
+            return 1;
+        }
+#endif
+    } else {
+        ot_cpu_logits(&m, lop, &b, logits, ws);
+    }
 
     // Mean next-token cross-entropy over the T-1 positions, from the logits themselves (double precision).
     double loss = 0;
@@ -148,13 +193,16 @@ int main(int argc, char **argv) {
     char loss_text[64];
     if (T > 1) snprintf(loss_text, sizeof loss_text, "%.8f", loss);
     else snprintf(loss_text, sizeof loss_text, "null"); // no next-token position to score
-    printf("{\"loss\": %s, \"tokens\": %d, \"vocab\": %d, \"adapter\": %s, \"seconds\": %.3f}\n", loss_text, T, V,
-           adapter_dir ? "true" : "false", ot_now_seconds() - t0);
+    printf("{\"loss\": %s, \"tokens\": %d, \"vocab\": %d, \"adapter\": %s, \"backend\": \"%s\", \"seconds\": %.3f}\n",
+           loss_text, T, V, adapter_dir ? "true" : "false", backend, ot_now_seconds() - t0);
     free(logits);
     free(ids);
     ot_batch_free(&b);
     ot_cpu_workspace_free(ws);
     if (lop) ot_lora_free(lop);
     ot_model_free(&m);
+#ifdef OT_HAVE_CUDA
+    if (cm.arena) ot_cuda_model_free(&cm);
+#endif
     return 0;
 }

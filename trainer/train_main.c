@@ -21,6 +21,9 @@
 #include "trainer/evaluate.h"
 #include "trainer/gptoss_cpu.h"
 #include "trainer/train_options.h"
+#ifdef OT_HAVE_CUDA
+#include "trainer/gptoss_cuda.h"
+#endif
 
 #define EXIT_PREEMPTED 75 // EX_TEMPFAIL: stopped on request after checkpointing; start again to resume
 #define EXIT_ABORTED 130
@@ -66,6 +69,27 @@ static double rss_mib(void) {
     return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
 }
 
+// Whether the command line names --backend (getopt_long also takes an unambiguous prefix such as --back).
+static int backend_given(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) break;
+        if (strncmp(a, "--", 2) != 0) continue;
+        size_t n = strcspn(a + 2, "=");
+        if (n >= 2 && n <= strlen("backend") && strncmp(a + 2, "backend", n) == 0) return 1;
+    }
+    return 0;
+}
+
+// A GPU this build can drive (CUDA built in and a device visible).
+static int cuda_available(void) {
+#ifdef OT_HAVE_CUDA
+    return ot_cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}
+
 #define FAIL(...)                                                                                                \
     do {                                                                                                         \
         fprintf(stderr, "osstune-train: rank %d: ", comm ? comm->rank : 0);                                      \
@@ -79,6 +103,9 @@ int main(int argc, char **argv) {
     ot_train_options o;
     int rc = ot_train_options_parse(&o, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
+    // Without --backend: the GPU when this build has CUDA and the machine has a GPU, else the CPU reference.
+    if (!backend_given(argc, argv) && cuda_available()) o.backend = "cuda";
+    const int use_cuda = strcmp(o.backend, "cuda") == 0;
     int exit_code = 0;
     ot_err err;
     ot_comm *comm = NULL;
@@ -101,20 +128,37 @@ int main(int argc, char **argv) {
     char *config_json = NULL;
     ot_pairs_h5 eval_pairs;
     int eval_open = 0;
+#ifdef OT_HAVE_CUDA
+    ot_cuda_model cm;
+    memset(&cm, 0, sizeof cm);
+    ot_cuda_ctx *cctx = NULL;
+#endif
 
     if (ot_comm_mpi_init(&comm, &argc, &argv, NULL, &err)) {
         fprintf(stderr, "osstune-train: %s\n", err.msg);
         return 1;
     }
     const int rank = comm->rank, world = comm->size;
-    if (strcmp(o.backend, "cpu") != 0) FAIL("backend '%s' is not built into osstune-train yet; use --backend cpu", o.backend);
+#ifndef OT_HAVE_CUDA
+    if (use_cuda) FAIL("--backend cuda: this osstune-train was built without CUDA (no nvcc at build time); use --backend cpu");
+#endif
     if (o.rows_per_step < world)
         FAIL("--rows-per-step %d is smaller than the number of ranks %d: every rank needs at least one row per step",
              o.rows_per_step, world);
     install_signals();
 
     // ---- model, adapter, optimizer -------------------------------------------------------------------------------
-    if (ot_model_load(&m, o.model_dir, &err)) FAIL("%s", err.msg);
+    if (use_cuda) {
+#ifdef OT_HAVE_CUDA
+        // One GPU per rank: the node-local rank picks it.
+        int n_dev = ot_cuda_device_count();
+        if (n_dev < 1) FAIL("--backend cuda: no CUDA device is visible to this process");
+        if (ot_cuda_model_load(&cm, o.model_dir, comm->local_rank % n_dev, &err)) FAIL("%s", err.msg);
+        m.cfg = cm.cfg; // the adapter layout, its files and the checkpoints need only the config
+#endif
+    } else if (ot_model_load(&m, o.model_dir, &err)) {
+        FAIL("%s", err.msg);
+    }
     if (o.init_adapter) {
         if (ot_lora_load_peft(&lo, &m, o.init_adapter, &err)) FAIL("%s", err.msg);
     } else {
@@ -192,12 +236,27 @@ int main(int argc, char **argv) {
                 lo.n_params, o.rows_per_step, o.seq_len, (long long)st.step, o.steps);
     }
     ws = ot_cpu_workspace_new();
+#ifdef OT_HAVE_CUDA
+    if (use_cuda) {
+        // Keep every layer's activations when they fit; otherwise recompute each layer in backward.
+        int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank;
+        ot_cuda_run_options ro = {0, 0};
+        ro.recompute = ot_cuda_need_recompute(&cm, &lo, max_tokens, max_tokens);
+        cctx = ot_cuda_ctx_new(&cm, &lo, &ro, max_tokens, max_tokens); // uploads lo.params (resumed or fresh)
+        ot_cuda_optimizer_set(cctx, &opt);                              // the AdamW moments likewise
+        if (rank == 0)
+            fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), %.1f GiB of weights, "
+                    "activation recomputation %s\n", cm.device, (double)cm.arena_bytes / (1u << 30),
+                    ro.recompute ? "on" : "off");
+    }
+#endif
     if (o.eval_data) {
         if (ot_pairs_h5_open(&eval_pairs, o.eval_data, &err)) FAIL("%s", err.msg);
         eval_open = 1;
     }
     const int max_rows = (o.rows_per_step + world - 1) / world;
-    slots = ot_malloc(sizeof(float) * lo.n_params * (size_t)(max_rows + 1));
+    // CPU: one gradient slot per row; GPU: one per rank (its rows run as one batch), summed in rank order.
+    slots = ot_malloc(sizeof(float) * lo.n_params * (size_t)(use_cuda ? 1 : max_rows + 1));
     grad_sum = ot_malloc(sizeof(float) * lo.n_params);
     row_loss = ot_malloc(sizeof(double) * (size_t)(max_rows + 1));
     float *loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
@@ -211,25 +270,49 @@ int main(int argc, char **argv) {
     while (st.step < o.steps) {
         ot_data_cursor after;
         if (ot_loader_next(loader, &batch, &after, &err)) FAIL("%s", err.msg);
-        // Each row alone, into its own gradient slot: the slots are then summed in global row order.
-        float *grads_keep = lo.grads;
-        for (int i = 0; i < batch.n_rows; i++) {
-            ot_batch_extract_row(&batch, i, &row);
-            lo.grads = slots + (size_t)i * lo.n_params;
-            memset(lo.grads, 0, sizeof(float) * lo.n_params);
-            float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
-            row_loss[i] = ot_cpu_forward_backward(&m, &lo, &row, scale, 1, ws);
-            // loss as a (hi, lo) float pair so the ordered float sum keeps double precision
-            loss_slots[2 * i] = (float)row_loss[i];
-            loss_slots[2 * i + 1] = (float)(row_loss[i] - (double)(float)row_loss[i]);
-        }
-        lo.grads = grads_keep;
-        if (ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
-        if (ot_comm_all_reduce_ordered(comm, loss_slots, batch.n_rows, 2, loss_out, &err)) FAIL("%s", err.msg);
-        double loss = batch.global_targets > 0 ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
-                                               : 0.0;
+        double loss = 0, gnorm = 0;
         float lr = 0;
-        double gnorm = ot_optimizer_step(&opt, lo.params, lo.grads, &lr);
+        if (use_cuda) {
+#ifdef OT_HAVE_CUDA
+            // This rank's rows as one batch on the GPU; the ranks' gradients are summed in rank order (ordered
+            // sum through host memory: exact, and small next to a step for LoRA-sized gradients).
+            float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
+            double rank_loss = 0;
+            ot_cuda_lora_zero_grads(cctx);
+            if (ot_cuda_forward_backward(cctx, &batch, scale, 1, &err) || ot_cuda_take_loss(cctx, &rank_loss, &err))
+                FAIL("%s", err.msg);
+            loss_slots[0] = (float)rank_loss;
+            loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
+            if (world > 1) {
+                ot_cuda_lora_get_grads(cctx, slots);
+                if (ot_comm_all_reduce_ordered(comm, slots, 1, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
+                ot_cuda_lora_set_grads(cctx, lo.grads);
+            }
+            if (ot_comm_all_reduce_ordered(comm, loss_slots, 1, 2, loss_out, &err)) FAIL("%s", err.msg);
+            loss = batch.global_targets > 0 ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
+                                            : 0.0;
+            gnorm = ot_cuda_optimizer_step(cctx, &opt, &lr);
+#endif
+        } else {
+            // Each row alone, into its own gradient slot: the slots are then summed in global row order.
+            float *grads_keep = lo.grads;
+            for (int i = 0; i < batch.n_rows; i++) {
+                ot_batch_extract_row(&batch, i, &row);
+                lo.grads = slots + (size_t)i * lo.n_params;
+                memset(lo.grads, 0, sizeof(float) * lo.n_params);
+                float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
+                row_loss[i] = ot_cpu_forward_backward(&m, &lo, &row, scale, 1, ws);
+                // loss as a (hi, lo) float pair so the ordered float sum keeps double precision
+                loss_slots[2 * i] = (float)row_loss[i];
+                loss_slots[2 * i + 1] = (float)(row_loss[i] - (double)(float)row_loss[i]);
+            }
+            lo.grads = grads_keep;
+            if (ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
+            if (ot_comm_all_reduce_ordered(comm, loss_slots, batch.n_rows, 2, loss_out, &err)) FAIL("%s", err.msg);
+            loss = batch.global_targets > 0 ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
+                                            : 0.0;
+            gnorm = ot_optimizer_step(&opt, lo.params, lo.grads, &lr);
+        }
         st.step++;
         st.data_seed = after.seed;
         st.data_epoch = after.epoch;
@@ -275,8 +358,16 @@ int main(int argc, char **argv) {
         if (eval_open && (st.step == o.steps || stopping || (o.eval_every > 0 && st.step % o.eval_every == 0))) {
             double eval_loss = 0, t_eval = ot_now_seconds();
             int64_t eval_targets = 0;
-            if (ot_eval_loss(&m, &lo, &eval_pairs, comm, o.eval_samples, ws, &eval_loss, &eval_targets, &err))
-                FAIL("validation on %s: %s", o.eval_data, err.msg);
+            int eval_rc;
+#ifdef OT_HAVE_CUDA
+            if (use_cuda)
+                eval_rc = ot_cuda_eval_loss(cctx, &eval_pairs, comm, o.eval_samples,
+                                            ot_loader_get_stats(loader).max_tokens_per_rank, &eval_loss, &eval_targets,
+                                            &err);
+            else
+#endif
+                eval_rc = ot_eval_loss(&m, &lo, &eval_pairs, comm, o.eval_samples, ws, &eval_loss, &eval_targets, &err);
+            if (eval_rc) FAIL("validation on %s: %s", o.eval_data, err.msg);
             if (rank == 0) {
                 fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_targets\": %lld, \"eval_seconds\": %.3f}\n",
                         (long long)st.step, eval_loss, (long long)eval_targets, ot_now_seconds() - t_eval);
@@ -289,6 +380,12 @@ int main(int argc, char **argv) {
         int save_now = st.step == o.steps || stopping || (o.save_every > 0 && st.step % o.save_every == 0);
         if (save_now) {
             int save_rc = 0;
+#ifdef OT_HAVE_CUDA
+            if (use_cuda && rank == 0) { // the adapter and AdamW state live on the GPU: bring them back to save
+                ot_cuda_lora_get_params(cctx, lo.params);
+                ot_cuda_optimizer_get(cctx, &opt);
+            }
+#endif
             if (rank == 0) {
                 save_rc = ot_ckpt_save(o.run_dir, &st, &lo, &m, &opt, o.keep_last, &err);
                 if (save_rc) fprintf(stderr, "osstune-train: checkpoint at step %lld failed: %s\n", (long long)st.step, err.msg);
@@ -322,6 +419,10 @@ done:
     ot_batch_free(&batch);
     ot_batch_free(&row);
     ot_cpu_workspace_free(ws);
+#ifdef OT_HAVE_CUDA
+    ot_cuda_ctx_free(cctx);
+    if (cm.arena) ot_cuda_model_free(&cm);
+#endif
     free(slots);
     free(grad_sum);
     free(row_loss);

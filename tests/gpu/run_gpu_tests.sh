@@ -48,5 +48,35 @@ else
     failed=1
 fi
 
+# ---- the training path (trainer/gptoss_cuda.c, docs/cuda-backend.md "Training path") ----------------------------
+#   4. test_train_cuda: the CUDA layer graph against the CPU reference on a small model with head_dim 64 (the
+#      golden fixtures have head_dim 20, which the CUDA attention does not take): logits, loss, every LoRA
+#      gradient, recomputation against kept activations, a 50-step AdamW loss curve;
+#   5. compute-sanitizer memcheck on test_train_cuda without the loss curve;
+#   6. osstune-train / osstune-logits --backend cuda against --backend cpu end to end (tests/gpu/train_cuda_e2e.sh).
+if [ "$do_build" = 1 ]; then
+    cmake --build "$build" -j"$(nproc)" --target test_train_cuda osstune-init-model osstune-prep osstune-train \
+        osstune-logits || { echo "run_gpu_tests: building the training path failed" >&2; failed=1; }
+fi
+train_work="$build/gpu_train"
+train_model="$train_work/model_hd64"
+mkdir -p "$train_work"
+if [ ! -f "$train_model/config.json" ]; then
+    "$build/bin/osstune-init-model" --preset tiny --seed 3 --out "$train_model" --set head_dim=64 --set hidden_size=256 \
+        --set num_hidden_layers=2 --set vocab_size=8192 --set pad_token_id=0 --set eos_token_id=1 --set bos_token_id=2 \
+        > /dev/null || { echo "run_gpu_tests: osstune-init-model failed" >&2; failed=1; }
+fi
+echo "== test_train_cuda (the CUDA layer graph against the CPU reference)"
+"$build/bin/test_train_cuda" "$train_model" 50 || { echo "run_gpu_tests: test_train_cuda FAILED" >&2; failed=1; }
+echo "== compute-sanitizer memcheck: test_train_cuda (no loss curve)"
+if command -v compute-sanitizer > /dev/null; then
+    compute-sanitizer --tool memcheck --error-exitcode 99 "$build/bin/test_train_cuda" "$train_model" 0 > \
+        "$train_work/memcheck.log" 2>&1 || { tail -40 "$train_work/memcheck.log"; echo "run_gpu_tests: memcheck of test_train_cuda FAILED (log: $train_work/memcheck.log)" >&2; failed=1; }
+    tail -2 "$train_work/memcheck.log"
+fi
+echo "== osstune-train / osstune-logits: --backend cuda against --backend cpu"
+bash "$root/tests/gpu/train_cuda_e2e.sh" "$build/bin" "$train_work/e2e" ||
+    { echo "run_gpu_tests: train_cuda_e2e FAILED" >&2; failed=1; }
+
 [ "$failed" = 0 ] && echo "run_gpu_tests: all passed"
 exit "$failed"

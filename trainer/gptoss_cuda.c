@@ -1,0 +1,774 @@
+// One gpt-oss decoder layer after another on the GPU, the same op order as trainer/gptoss_cpu.c (spec §2), composed
+// from kernels/cuda/ops_cuda.h. Activations are bf16; LoRA factors, their gradients and AdamW state are fp32.
+//
+// Nothing in a step waits for the host: the MoE plan stays on the device (the grouped kernels read the expert
+// offsets there), the cross-entropy sum accumulates in device memory, and temporaries come from the stream-ordered
+// pool. The host waits once per step, for the gradient norm that clipping needs (and for the loss, read then too).
+#ifdef OT_HAVE_CUDA
+
+#include "trainer/gptoss_cuda.h"
+
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+const char *const ot_cuda_prof_names[OT_CUDA_PROF_N] = {
+    "attention", "moe_matmul", "moe_lora", "moe_routing", "dense_matmul", "lora", "lm_head", "norm_rope_other",
+    "optimizer"};
+
+#define WS_ALIGN 256
+
+// What one layer's backward needs: kept per layer, or one set reused when recomputing. The two norm outputs and
+// the SwiGLU output are never kept per layer (they point at shared scratch): backward redoes them from x, h and
+// gu for the price of one RMSNorm / SwiGLU pass, which saves a quarter of the kept bytes.
+typedef struct {
+    ot_bf16 *x;          // [T, H] layer input (the residual stream)
+    ot_bf16 *xn1;        // [T, H] input_layernorm(x)                     (shared scratch)
+    float *rstd1;        // [T]
+    ot_bf16 *q, *k, *v;  // [T, Q], [T, KV], [T, KV]; q and k after RoPE
+    float *xa[4];        // [T, r] LoRA x·Aᵀ of q, k, v, o
+    ot_bf16 *att;        // [T, Q] attention output, before o_proj
+    float *lse;          // [T, nh]
+    ot_bf16 *h;          // [T, H] after the attention residual
+    ot_bf16 *xn2;        // [T, H] post_attention_layernorm(h)            (shared scratch)
+    float *rstd2;        // [T]
+    int32_t *topk_idx;   // [T, k]
+    float *topk_w;       // [T, k]
+    ot_cuda_moe_plan plan; // allocated for the capacity; plan_view() narrows it to a batch
+    ot_bf16 *gu, *act, *y; // [P, 2I], [P, I] (shared scratch), [P, H] in permuted order (P = T·k)
+    float *xa_gu, *xa_d;   // [P, r]
+} layer_acts;
+
+typedef struct {
+    cudaEvent_t *ev;
+    int *cls; // class that starts at ev[i]; -1 closes the tally
+    int n, cap;
+} prof_state;
+
+struct ot_cuda_ctx {
+    const ot_cuda_model *m;
+    ot_cuda_run_options opt;
+    cudaStream_t stream;
+    ot_cuda_blas blas;
+    // LoRA layout (a copy of the host adapter's) and its device state
+    int has_lora, r, n_layers;
+    float scale;
+    ot_lora_slot (*slots)[OT_LORA_N_TARGETS];
+    size_t n_params;
+    float *params, *grads, *adam_m, *adam_v;
+    // workspace
+    int T_cap, n_cap;
+    void *ws;
+    size_t ws_bytes;
+    layer_acts *acts; // [L] (recompute: acts[0] is the one reused set)
+    int n_acts;
+    ot_bf16 **xin;    // [L + 1]: layer inputs, xin[L] = the final residual
+    int scratch_layer; // recompute: the layer whose activations acts[0] holds (-1: none)
+    ot_bf16 *router_logits, *hf, *dx, *dxn, *dhf, *datt, *dq, *dk, *dv, *dbuf, *dact, *dgu, *dlogits;
+    float *rstd_f, *dw;
+    int32_t *batch_dev; // ids | pos | seg_start | tgt_pos | tgt_label for the current batch
+    int32_t *batch_host; // pinned staging of the same
+    cudaEvent_t upload_done;
+    double *loss_dev, *norm_dev; // device accumulators
+    double *host_pair;           // pinned [2]: loss and squared norm read back
+    prof_state prof;
+};
+
+// ---- profiling ------------------------------------------------------------------------------------------------
+// An event is recorded where the op class changes; the time between consecutive events belongs to the class that
+// started at the first (launch gaps included: that is time the class costs).
+static void mark(ot_cuda_ctx *c, int cls) {
+    if (!c->opt.profile) return;
+    prof_state *p = &c->prof;
+    if (p->n > 0 && p->cls[p->n - 1] == cls) return;
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 1024;
+        p->ev = ot_realloc(p->ev, sizeof(cudaEvent_t) * (size_t)cap);
+        p->cls = ot_realloc(p->cls, sizeof(int) * (size_t)cap);
+        for (int i = p->cap; i < cap; i++) OT_CUDA_CHECK(cudaEventCreate(&p->ev[i]));
+        p->cap = cap;
+    }
+    OT_CUDA_CHECK(cudaEventRecord(p->ev[p->n], c->stream));
+    p->cls[p->n++] = cls;
+}
+
+void ot_cuda_prof_enable(ot_cuda_ctx *c, int on) {
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->prof.n = 0; // a tally starts at the next op
+    c->opt.profile = on;
+}
+
+void ot_cuda_ctx_sync(ot_cuda_ctx *c) { OT_CUDA_CHECK(cudaStreamSynchronize(c->stream)); }
+
+void ot_cuda_prof_collect(ot_cuda_ctx *c, double ms[OT_CUDA_PROF_N]) {
+    if (!c->opt.profile) return;
+    mark(c, -1);
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    prof_state *p = &c->prof;
+    for (int i = 0; i + 1 < p->n; i++) {
+        if (p->cls[i] < 0) continue;
+        float t = 0;
+        OT_CUDA_CHECK(cudaEventElapsedTime(&t, p->ev[i], p->ev[i + 1]));
+        ms[p->cls[i]] += t;
+    }
+    p->n = 0;
+}
+
+// ---- workspace ------------------------------------------------------------------------------------------------
+typedef struct {
+    char *base; // NULL while measuring
+    size_t off;
+} ws_cursor;
+
+static void *ws_take(ws_cursor *w, size_t bytes) {
+    size_t o = (w->off + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
+    w->off = o + bytes;
+    return w->base ? w->base + o : NULL;
+}
+#define BF(n) ((ot_bf16 *)ws_take(w, (size_t)(n) * sizeof(ot_bf16)))
+#define F32(n) ((float *)ws_take(w, (size_t)(n) * sizeof(float)))
+#define I32(n) ((int32_t *)ws_take(w, (size_t)(n) * sizeof(int32_t)))
+
+// Lays the workspace out for T tokens and n targets (pointers stay NULL while measuring). Returns its bytes.
+static size_t ws_layout(ws_cursor *w, const ot_model_config *cfg, int T, int n, int r, int recompute, layer_acts *acts,
+                        ot_bf16 **xin, ot_cuda_ctx *c) {
+    const size_t H = cfg->hidden_size, Q = (size_t)cfg->num_attention_heads * cfg->head_dim,
+                 KV = (size_t)cfg->num_key_value_heads * cfg->head_dim, E = cfg->num_local_experts,
+                 K = cfg->num_experts_per_tok, I = cfg->intermediate_size, nh = cfg->num_attention_heads;
+    const int L = cfg->num_hidden_layers;
+    const size_t Tz = (size_t)T, P = Tz * K, R = (size_t)r;
+    const int n_sets = recompute ? 1 : L;
+    ot_bf16 *xn1 = BF(Tz * H), *xn2 = BF(Tz * H), *act = BF(P * I); // shared by every set
+    for (int s = 0; s < n_sets; s++) {
+        layer_acts tmp, *a = acts ? &acts[s] : &tmp;
+        if (!acts) memset(&tmp, 0, sizeof tmp);
+        ot_cuda_moe_plan keep = a->plan; // allocated separately (cudaMalloc inside the op library)
+        memset(a, 0, sizeof *a);
+        a->plan = keep;
+        if (!recompute) a->x = BF(Tz * H);
+        a->xn1 = xn1;
+        a->rstd1 = F32(Tz);
+        a->q = BF(Tz * Q);
+        a->k = BF(Tz * KV);
+        a->v = BF(Tz * KV);
+        if (R)
+            for (int i = 0; i < 4; i++) a->xa[i] = F32(Tz * R);
+        a->att = BF(Tz * Q);
+        a->lse = F32(Tz * nh);
+        a->h = BF(Tz * H);
+        a->xn2 = xn2;
+        a->rstd2 = F32(Tz);
+        a->topk_idx = I32(Tz * K);
+        a->topk_w = F32(Tz * K);
+        a->gu = BF(P * 2 * I);
+        a->act = act;
+        a->y = BF(P * H);
+        if (R) {
+            a->xa_gu = F32(P * R);
+            a->xa_d = F32(P * R);
+        }
+        if (xin && !recompute) xin[s] = a->x;
+    }
+    for (int l = 0; l <= L; l++) {
+        ot_bf16 *p = (recompute || l == L) ? BF(Tz * H) : NULL;
+        if (xin && p) xin[l] = p;
+    }
+    ot_bf16 *router_logits = BF(Tz * E), *hf = BF(Tz * H), *dx = BF(Tz * H), *dxn = BF(Tz * H), *dhf = BF(Tz * H);
+    ot_bf16 *datt = BF(Tz * Q), *dq = BF(Tz * Q), *dk = BF(Tz * KV), *dv = BF(Tz * KV);
+    ot_bf16 *dbuf = BF(P * H), *dact = BF(P * I), *dgu = BF(P * 2 * I), *dlogits = BF(Tz * E);
+    float *rstd_f = F32(Tz), *dw = F32(Tz * K);
+    int32_t *batch_dev = I32(3 * Tz + 2 * (size_t)n);
+    if (c) {
+        c->router_logits = router_logits;
+        c->hf = hf;
+        c->dx = dx;
+        c->dxn = dxn;
+        c->dhf = dhf;
+        c->datt = datt;
+        c->dq = dq;
+        c->dk = dk;
+        c->dv = dv;
+        c->dbuf = dbuf;
+        c->dact = dact;
+        c->dgu = dgu;
+        c->dlogits = dlogits;
+        c->rstd_f = rstd_f;
+        c->dw = dw;
+        c->batch_dev = batch_dev;
+    }
+    return w->off;
+}
+#undef BF
+#undef F32
+#undef I32
+
+// Bytes of the MoE plan the op library allocates for T tokens (ot_cuda_moe_plan_alloc).
+static size_t plan_bytes(const ot_model_config *cfg, int T) {
+    size_t E = cfg->num_local_experts, P = (size_t)T * cfg->num_experts_per_tok;
+    size_t tiles = (P + OT_CUDA_MOE_TILE_ROWS - 1) / OT_CUDA_MOE_TILE_ROWS + E;
+    return sizeof(int32_t) * (E + E + 1 + 3 * P + 2 * tiles);
+}
+
+size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets, int r, int recompute) {
+    ws_cursor w = {NULL, 0};
+    size_t bytes = ws_layout(&w, cfg, T, n_targets, r, recompute, NULL, NULL, NULL);
+    bytes += (size_t)(recompute ? 1 : cfg->num_hidden_layers) * plan_bytes(cfg, T);
+    // The largest temporaries the ops take from the pool: the lm head's vocabulary chunk (2^24 fp32 logits, their
+    // bf16 gradient, the selected rows and their fp32 gradient) and the attention backward's fp32 dq.
+    size_t H = cfg->hidden_size, Q = (size_t)cfg->num_attention_heads * cfg->head_dim;
+    size_t lm = ((size_t)1 << 24) * 6 + (size_t)n_targets * H * 6 + (size_t)n_targets * 24;
+    size_t att = (size_t)T * Q * 4 + (size_t)T * cfg->num_attention_heads * 4;
+    return bytes + (lm > att ? lm : att);
+}
+
+static void free_workspace(ot_cuda_ctx *c) {
+    if (c->ws) OT_CUDA_CHECK(cudaFree(c->ws));
+    if (c->batch_host) OT_CUDA_CHECK(cudaFreeHost(c->batch_host));
+    for (int s = 0; s < c->n_acts; s++)
+        if (c->acts[s].plan.perm) ot_cuda_moe_plan_free(&c->acts[s].plan);
+    free(c->acts);
+    free(c->xin);
+    c->ws = NULL;
+    c->batch_host = NULL;
+    c->acts = NULL;
+    c->xin = NULL;
+    c->n_acts = 0;
+    c->ws_bytes = 0;
+    c->T_cap = c->n_cap = 0;
+}
+
+// (Re)allocates the workspace for at least T tokens and n targets. Growing waits for the device (rare: the
+// capacity is set from the largest batch up front).
+static void reserve(ot_cuda_ctx *c, int T, int n) {
+    if (T <= c->T_cap && n <= c->n_cap) return;
+    if (T < c->T_cap) T = c->T_cap;
+    if (n < c->n_cap) n = c->n_cap;
+    if (T < 1) T = 1;
+    if (n < 1) n = 1;
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    free_workspace(c);
+    const ot_model_config *cfg = &c->m->cfg;
+    const int L = cfg->num_hidden_layers;
+    c->n_acts = c->opt.recompute ? 1 : L;
+    c->acts = ot_calloc((size_t)c->n_acts, sizeof(layer_acts));
+    c->xin = ot_calloc((size_t)L + 1, sizeof(ot_bf16 *));
+    ws_cursor measure = {NULL, 0};
+    c->ws_bytes = ws_layout(&measure, cfg, T, n, c->r, c->opt.recompute, c->acts, NULL, NULL);
+    cudaError_t e = cudaMalloc(&c->ws, c->ws_bytes);
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        (void)cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        ot_die("the activation workspace for %d tokens needs %.2f GiB of GPU memory, %.2f GiB are free%s", T,
+               (double)c->ws_bytes / (1u << 30), (double)free_b / (1u << 30),
+               c->opt.recompute ? "" : " (activation recomputation would need far less)");
+    }
+    ws_cursor place = {c->ws, 0};
+    ws_layout(&place, cfg, T, n, c->r, c->opt.recompute, c->acts, c->xin, c);
+    for (int s = 0; s < c->n_acts; s++)
+        ot_cuda_moe_plan_alloc(&c->acts[s].plan, T, cfg->num_experts_per_tok, cfg->num_local_experts);
+    OT_CUDA_CHECK(cudaMallocHost((void **)&c->batch_host, sizeof(int32_t) * (3 * (size_t)T + 2 * (size_t)n)));
+    c->T_cap = T;
+    c->n_cap = n;
+    c->scratch_layer = -1;
+}
+
+// The plan allocated for the capacity, narrowed to a batch of T tokens (the arrays are large enough; the kernels
+// read T, n_pairs and n_tiles from the struct).
+static ot_cuda_moe_plan plan_view(const ot_cuda_moe_plan *cap, int T) {
+    ot_cuda_moe_plan p = *cap;
+    p.T = T;
+    p.n_pairs = T * p.k;
+    p.n_tiles = (p.n_pairs + OT_CUDA_MOE_TILE_ROWS - 1) / OT_CUDA_MOE_TILE_ROWS + p.E;
+    return p;
+}
+
+// ---- context --------------------------------------------------------------------------------------------------
+static float *dev_alloc_f32(size_t n) {
+    float *p = NULL;
+    OT_CUDA_CHECK(cudaMalloc((void **)&p, (n ? n : 1) * sizeof(float)));
+    return p;
+}
+
+ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot_cuda_run_options *opt,
+                             int max_tokens, int max_targets) {
+    ot_cuda_ctx *c = ot_calloc(1, sizeof *c);
+    c->m = m;
+    if (opt) c->opt = *opt;
+    OT_CUDA_CHECK(cudaSetDevice(m->device));
+    OT_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    ot_cuda_blas_init(&c->blas);
+    OT_CUDA_CHECK(cudaEventCreateWithFlags(&c->upload_done, cudaEventDisableTiming));
+    OT_CUDA_CHECK(cudaMallocHost((void **)&c->host_pair, 2 * sizeof(double)));
+    // The loss and norm accumulators live outside the workspace, so growing it never loses a pending loss.
+    OT_CUDA_CHECK(cudaMalloc((void **)&c->loss_dev, 2 * sizeof(double)));
+    OT_CUDA_CHECK(cudaMemsetAsync(c->loss_dev, 0, 2 * sizeof(double), c->stream));
+    c->norm_dev = c->loss_dev + 1;
+    c->n_layers = m->cfg.num_hidden_layers;
+    if (lo && lo->n_params > 0) {
+        if (lo->n_layers != c->n_layers)
+            ot_die("the LoRA adapter has %d layers, the model %d", lo->n_layers, c->n_layers);
+        c->has_lora = 1;
+        c->r = lo->r;
+        c->scale = lo->scale;
+        c->slots = ot_malloc(sizeof *c->slots * (size_t)c->n_layers);
+        memcpy(c->slots, lo->slots, sizeof *c->slots * (size_t)c->n_layers);
+        c->n_params = lo->n_params;
+        c->params = dev_alloc_f32(c->n_params);
+        c->grads = dev_alloc_f32(c->n_params);
+        // Everything on the context's stream (a non-blocking stream does not order against the legacy one).
+        ot_cuda_lora_set_params(c, lo->params);
+        ot_cuda_lora_zero_grads(c);
+    }
+    reserve(c, max_tokens, max_targets);
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return c;
+}
+
+void ot_cuda_ctx_free(ot_cuda_ctx *c) {
+    if (!c) return;
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    free_workspace(c);
+    if (c->params) OT_CUDA_CHECK(cudaFree(c->params));
+    if (c->grads) OT_CUDA_CHECK(cudaFree(c->grads));
+    if (c->adam_m) OT_CUDA_CHECK(cudaFree(c->adam_m));
+    if (c->adam_v) OT_CUDA_CHECK(cudaFree(c->adam_v));
+    for (int i = 0; i < c->prof.cap; i++) OT_CUDA_CHECK(cudaEventDestroy(c->prof.ev[i]));
+    free(c->prof.ev);
+    free(c->prof.cls);
+    free(c->slots);
+    OT_CUDA_CHECK(cudaFreeHost(c->host_pair));
+    OT_CUDA_CHECK(cudaFree(c->loss_dev));
+    OT_CUDA_CHECK(cudaEventDestroy(c->upload_done));
+    ot_cuda_blas_free(&c->blas);
+    OT_CUDA_CHECK(cudaStreamDestroy(c->stream));
+    free(c);
+}
+
+int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_tokens, int max_targets) {
+    size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, lo ? lo->r : 0, 0);
+    need += (lo ? lo->n_params : 0) * 4 * sizeof(float); // parameters, gradients, two AdamW moments
+    need += (size_t)1 << 30; // margin: cuBLAS workspaces, the pool's fragmentation, the CUDA context's growth
+    size_t free_b = 0, total_b = 0;
+    OT_CUDA_CHECK(cudaSetDevice(m->device));
+    OT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return need > free_b;
+}
+
+size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c) {
+    size_t plans = (size_t)c->n_acts * plan_bytes(&c->m->cfg, c->T_cap);
+    size_t lora = c->n_params * sizeof(float) * (2 + (c->adam_m ? 2 : 0));
+    return c->ws_bytes + plans + lora + c->blas.workspace_size;
+}
+
+// ---- LoRA transfers -------------------------------------------------------------------------------------------
+// One LoRA-sized buffer between host and device, on the context's stream, waited for.
+static void lora_copy(ot_cuda_ctx *c, void *dst, const void *src, int to_device) {
+    if (!c->n_params) return;
+    OT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * c->n_params,
+                                  to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, c->stream));
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+void ot_cuda_lora_set_params(ot_cuda_ctx *c, const float *host) { lora_copy(c, c->params, host, 1); }
+void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->params, 0); }
+void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host) { lora_copy(c, c->grads, host, 1); }
+void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->grads, 0); }
+void ot_cuda_lora_zero_grads(ot_cuda_ctx *c) {
+    if (c->n_params) OT_CUDA_CHECK(cudaMemsetAsync(c->grads, 0, sizeof(float) * c->n_params, c->stream));
+}
+
+static const ot_lora_slot *slot_of(const ot_cuda_ctx *c, int l, int t) {
+    if (!c->has_lora || !c->slots[l][t].present) return NULL;
+    return &c->slots[l][t];
+}
+static float *lora_A(const ot_cuda_ctx *c, const ot_lora_slot *s) { return c->params + s->a_off; }
+static float *lora_B(const ot_cuda_ctx *c, const ot_lora_slot *s) { return c->params + s->b_off; }
+static float *lora_dA(const ot_cuda_ctx *c, const ot_lora_slot *s) { return c->grads + s->a_off; }
+static float *lora_dB(const ot_cuda_ctx *c, const ot_lora_slot *s) { return c->grads + s->b_off; }
+
+// ---- batch ----------------------------------------------------------------------------------------------------
+typedef struct {
+    int T, n;
+    const int32_t *ids, *pos, *seg, *tgt_pos, *tgt_label; // device
+} dev_batch;
+
+static dev_batch upload_batch(ot_cuda_ctx *c, const ot_batch *b) {
+    const size_t T = (size_t)b->T, n = (size_t)b->n_targets;
+    // The previous upload must have left the pinned buffer before it is rewritten.
+    OT_CUDA_CHECK(cudaEventSynchronize(c->upload_done));
+    int32_t *h = c->batch_host;
+    memcpy(h, b->ids, T * sizeof(int32_t));
+    memcpy(h + T, b->pos, T * sizeof(int32_t));
+    memcpy(h + 2 * T, b->seg_start, T * sizeof(int32_t));
+    if (n) {
+        memcpy(h + 3 * T, b->tgt_pos, n * sizeof(int32_t));
+        memcpy(h + 3 * T + n, b->tgt_label, n * sizeof(int32_t));
+    }
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    OT_CUDA_CHECK(cudaMemcpyAsync(c->batch_dev, h, (3 * T + 2 * n) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                  c->stream));
+    OT_CUDA_CHECK(cudaEventRecord(c->upload_done, c->stream));
+    dev_batch d = {(int)T, (int)n, c->batch_dev, c->batch_dev + T, c->batch_dev + 2 * T, c->batch_dev + 3 * T,
+                   c->batch_dev + 3 * T + n};
+    return d;
+}
+
+static void zero_bf16(ot_cuda_ctx *c, ot_bf16 *p, size_t n) {
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    OT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(ot_bf16), c->stream));
+}
+
+// ---- one attention projection ---------------------------------------------------------------------------------
+static void projection_fwd(ot_cuda_ctx *c, ot_bf16 *y, float *xa, const ot_bf16 *x, const ot_bf16 *W,
+                           const ot_bf16 *b, const ot_lora_slot *s, int T, int in, int out) {
+    mark(c, OT_CUDA_PROF_DENSE_MATMUL);
+    ot_cuda_matmul_fwd(c->stream, &c->blas, y, x, W, b, T, in, out);
+    if (s) {
+        mark(c, OT_CUDA_PROF_LORA);
+        ot_cuda_lora_fwd(c->stream, y, xa, x, lora_A(c, s), lora_B(c, s), T, in, c->r, out, c->scale);
+    }
+}
+
+static void projection_bwd(ot_cuda_ctx *c, ot_bf16 *dx, const ot_bf16 *dy, const ot_bf16 *x, const float *xa,
+                           const ot_bf16 *W, const ot_lora_slot *s, int T, int in, int out) {
+    mark(c, OT_CUDA_PROF_DENSE_MATMUL);
+    ot_cuda_matmul_bwd(c->stream, &c->blas, dx, NULL, NULL, dy, x, W, T, in, out);
+    if (s) {
+        mark(c, OT_CUDA_PROF_LORA);
+        ot_cuda_lora_bwd(c->stream, dx, lora_dA(c, s), lora_dB(c, s), dy, x, xa, lora_A(c, s), lora_B(c, s), T, in,
+                         c->r, out, c->scale);
+    }
+}
+
+// ---- one layer forward ----------------------------------------------------------------------------------------
+// Writes layer l's activations into a (a->x holds its input) and, when x_next is given, its output there.
+static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next, const dev_batch *d) {
+    const ot_model_config *cfg = &c->m->cfg;
+    const ot_cuda_layer_weights *w = &c->m->layers[l];
+    const int T = d->T, H = cfg->hidden_size, nh = cfg->num_attention_heads, nkv = cfg->num_key_value_heads,
+              D = cfg->head_dim, E = cfg->num_local_experts, K = cfg->num_experts_per_tok, I = cfg->intermediate_size;
+    const int Q = nh * D, KV = nkv * D;
+    const size_t TH = (size_t)T * H;
+    cudaStream_t s = c->stream;
+
+    // attention block
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
+    projection_fwd(c, a->q, a->xa[0], a->xn1, w->q_w, w->q_b, slot_of(c, l, OT_LORA_Q), T, H, Q);
+    projection_fwd(c, a->k, a->xa[1], a->xn1, w->k_w, w->k_b, slot_of(c, l, OT_LORA_K), T, H, KV);
+    projection_fwd(c, a->v, a->xa[2], a->xn1, w->v_w, w->v_b, slot_of(c, l, OT_LORA_V), T, H, KV);
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_rope_fwd(s, a->q, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, D);
+    ot_cuda_rope_fwd(s, a->k, d->pos, c->m->inv_freq, c->m->attn_factor, T, nkv, D);
+    mark(c, OT_CUDA_PROF_ATTENTION);
+    ot_cuda_attention_fwd(s, a->att, a->lse, a->q, a->k, a->v, w->sinks, d->seg, T, nh, nkv, D,
+                          w->sliding ? cfg->sliding_window : 0);
+    projection_fwd(c, a->h, a->xa[3], a->att, w->o_w, w->o_b, slot_of(c, l, OT_LORA_O), T, Q, H);
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_add_bf16(s, a->h, a->x, TH);
+
+    // MoE block
+    ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
+    mark(c, OT_CUDA_PROF_DENSE_MATMUL);
+    ot_cuda_matmul_fwd(s, &c->blas, c->router_logits, a->xn2, w->router_w, w->router_b, T, H, E);
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_router_topk_fwd(s, a->topk_idx, a->topk_w, c->router_logits, T, E, K);
+    ot_cuda_moe_plan plan = plan_view(&a->plan, T);
+    ot_cuda_moe_plan_build(s, &plan, a->topk_idx);
+    const ot_lora_slot *s_gu = slot_of(c, l, OT_LORA_GATE_UP), *s_d = slot_of(c, l, OT_LORA_DOWN);
+    ot_bf16 *act = a->act;
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    ot_cuda_moe_matmul_fwd(s, a->gu, a->xn2, 1, &w->gate_up, &plan);
+    if (s_gu) {
+        mark(c, OT_CUDA_PROF_MOE_LORA);
+        ot_cuda_moe_lora_fwd(s, a->gu, a->xa_gu, a->xn2, 1, lora_A(c, s_gu), lora_B(c, s_gu), &plan, H, c->r, 2 * I,
+                             c->scale);
+    }
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_swiglu_fwd(s, act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    ot_cuda_moe_matmul_fwd(s, a->y, act, 0, &w->down, &plan);
+    if (s_d) {
+        mark(c, OT_CUDA_PROF_MOE_LORA);
+        ot_cuda_moe_lora_fwd(s, a->y, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H, c->scale);
+    }
+    if (x_next) { // recomputation for backward skips the layer output: backward has it already
+        mark(c, OT_CUDA_PROF_MOE_ROUTING);
+        ot_cuda_moe_combine_fwd(s, x_next, a->y, a->topk_w, &plan, H);
+        mark(c, OT_CUDA_PROF_NORM_ROPE);
+        ot_cuda_add_bf16(s, x_next, a->h, TH);
+    }
+}
+
+// ---- one layer backward ---------------------------------------------------------------------------------------
+// c->dx holds d loss / d (output of layer l) on entry and d loss / d (input of layer l) on return.
+static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch *d) {
+    const ot_model_config *cfg = &c->m->cfg;
+    const ot_cuda_layer_weights *w = &c->m->layers[l];
+    const int T = d->T, H = cfg->hidden_size, nh = cfg->num_attention_heads, nkv = cfg->num_key_value_heads,
+              D = cfg->head_dim, E = cfg->num_local_experts, K = cfg->num_experts_per_tok, I = cfg->intermediate_size;
+    const int Q = nh * D, KV = nkv * D;
+    cudaStream_t s = c->stream;
+    ot_cuda_moe_plan plan = plan_view(&a->plan, T);
+    const size_t P = (size_t)plan.n_pairs;
+    const ot_lora_slot *s_gu = slot_of(c, l, OT_LORA_GATE_UP), *s_d = slot_of(c, l, OT_LORA_DOWN);
+    const int q_lora = slot_of(c, l, OT_LORA_Q) || slot_of(c, l, OT_LORA_K) || slot_of(c, l, OT_LORA_V);
+    // Kept activations: the shared xn1, xn2 and act hold a later layer's values; redo this layer's where a LoRA
+    // gradient reads them (the frozen products' input gradients do not). Recomputing: the set holds layer l's.
+    const int redo = !c->opt.recompute;
+    if (redo && s_gu) {
+        mark(c, OT_CUDA_PROF_NORM_ROPE);
+        ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
+    }
+    if (redo && s_d) {
+        mark(c, OT_CUDA_PROF_MOE_ROUTING);
+        ot_cuda_swiglu_fwd(s, a->act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
+    }
+
+    // MoE block: x_next = h + moe(xn2(h)); dx flows to h unchanged (residual) plus through the MoE.
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    OT_CUDA_CHECK(cudaMemsetAsync(c->dw, 0, sizeof(float) * (size_t)T * K, s));
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_bf16 *dY = c->dbuf; // [P, H]; reused for the permuted input gradient once dY is consumed
+    ot_cuda_moe_combine_bwd(s, dY, c->dw, c->dx, a->y, a->topk_w, &plan, H);
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0);
+    if (s_d) {
+        mark(c, OT_CUDA_PROF_MOE_LORA);
+        ot_cuda_moe_lora_bwd(s, c->dact, lora_dA(c, s_d), lora_dB(c, s_d), dY, a->act, 0, a->xa_d, lora_A(c, s_d),
+                             lora_B(c, s_d), &plan, I, c->r, H, c->scale);
+    }
+    zero_bf16(c, c->dgu, P * 2 * I);
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
+    ot_bf16 *dXp = c->dbuf;
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    ot_cuda_moe_matmul_bwd(s, dXp, c->dgu, &w->gate_up, &plan, 0);
+    if (s_gu) {
+        mark(c, OT_CUDA_PROF_MOE_LORA);
+        ot_cuda_moe_lora_bwd(s, dXp, lora_dA(c, s_gu), lora_dB(c, s_gu), c->dgu, a->xn2, 1, a->xa_gu,
+                             lora_A(c, s_gu), lora_B(c, s_gu), &plan, H, c->r, 2 * I, c->scale);
+    }
+    zero_bf16(c, c->dxn, (size_t)T * H);
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_moe_unpermute_add(s, c->dxn, dXp, &plan, H);
+    // Through the routing weights into the router logits, then the (frozen) router into xn2.
+    zero_bf16(c, c->dlogits, (size_t)T * E);
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_router_topk_bwd(s, c->dlogits, c->dw, a->topk_w, a->topk_idx, T, E, K);
+    mark(c, OT_CUDA_PROF_DENSE_MATMUL);
+    ot_cuda_matmul_bwd(s, &c->blas, c->dxn, NULL, NULL, c->dlogits, a->xn2, w->router_w, T, H, E);
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_rmsnorm_bwd(s, c->dx, NULL, c->dxn, a->h, w->ln2_w, a->rstd2, T, H);
+
+    // attention block: h = x + o_proj(attention(...))
+    zero_bf16(c, c->datt, (size_t)T * Q);
+    projection_bwd(c, c->datt, c->dx, a->att, a->xa[3], w->o_w, slot_of(c, l, OT_LORA_O), T, Q, H);
+    zero_bf16(c, c->dq, (size_t)T * Q);
+    zero_bf16(c, c->dk, (size_t)T * KV);
+    zero_bf16(c, c->dv, (size_t)T * KV);
+    mark(c, OT_CUDA_PROF_ATTENTION);
+    ot_cuda_attention_bwd(s, c->dq, c->dk, c->dv, NULL, c->datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, d->seg, T,
+                          nh, nkv, D, w->sliding ? cfg->sliding_window : 0);
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_rope_bwd(s, c->dq, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, D);
+    ot_cuda_rope_bwd(s, c->dk, d->pos, c->m->inv_freq, c->m->attn_factor, T, nkv, D);
+    if (redo && q_lora) ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
+    zero_bf16(c, c->dxn, (size_t)T * H);
+    projection_bwd(c, c->dxn, c->dq, a->xn1, a->xa[0], w->q_w, slot_of(c, l, OT_LORA_Q), T, H, Q);
+    projection_bwd(c, c->dxn, c->dk, a->xn1, a->xa[1], w->k_w, slot_of(c, l, OT_LORA_K), T, H, KV);
+    projection_bwd(c, c->dxn, c->dv, a->xn1, a->xa[2], w->v_w, slot_of(c, l, OT_LORA_V), T, H, KV);
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_rmsnorm_bwd(s, c->dx, NULL, c->dxn, a->x, w->ln1_w, a->rstd1, T, H);
+}
+
+// The activation set layer l uses, with its input pointer in place.
+static layer_acts *acts_of(ot_cuda_ctx *c, int l) {
+    if (!c->opt.recompute) return &c->acts[l];
+    c->acts[0].x = c->xin[l];
+    return &c->acts[0];
+}
+
+// Forward of all layers and the final norm (into c->hf).
+static void forward_layers(ot_cuda_ctx *c, const dev_batch *d) {
+    const ot_model_config *cfg = &c->m->cfg;
+    const int L = cfg->num_hidden_layers, H = cfg->hidden_size;
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_embedding_fwd(c->stream, c->xin[0], d->ids, c->m->embed, d->T, H, cfg->vocab_size);
+    for (int l = 0; l < L; l++) layer_forward(c, l, acts_of(c, l), c->xin[l + 1], d);
+    c->scratch_layer = c->opt.recompute ? L - 1 : -1;
+    mark(c, OT_CUDA_PROF_NORM_ROPE);
+    ot_cuda_rmsnorm_fwd(c->stream, c->hf, c->rstd_f, c->xin[L], c->m->norm_w, d->T, H, cfg->rms_norm_eps);
+}
+
+static void backward_layers(ot_cuda_ctx *c, const dev_batch *d) {
+    const ot_model_config *cfg = &c->m->cfg;
+    const int L = cfg->num_hidden_layers, H = cfg->hidden_size;
+    zero_bf16(c, c->dx, (size_t)d->T * H);
+    ot_cuda_rmsnorm_bwd(c->stream, c->dx, NULL, c->dhf, c->xin[L], c->m->norm_w, c->rstd_f, d->T, H);
+    for (int l = L - 1; l >= 0; l--) {
+        layer_acts *a = acts_of(c, l);
+        if (c->opt.recompute && c->scratch_layer != l) {
+            layer_forward(c, l, a, NULL, d); // the same kernels on the same input: the same activations
+            c->scratch_layer = l;
+        }
+        layer_backward(c, l, a, d);
+    }
+}
+
+int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale, int backward, ot_err *err) {
+    if (b->T == 0) return 0;
+    if (b->T < 0 || b->n_targets < 0) return ot_fail(err, "ot_cuda_forward_backward: bad batch (T %d, %d targets)",
+                                                     b->T, b->n_targets);
+    const ot_model_config *cfg = &c->m->cfg;
+    reserve(c, b->T, b->n_targets);
+    dev_batch d = upload_batch(c, b);
+    forward_layers(c, &d);
+    const int want_grad = backward && c->has_lora && d.n > 0;
+    if (want_grad) zero_bf16(c, c->dhf, (size_t)d.T * cfg->hidden_size);
+    mark(c, OT_CUDA_PROF_LM_HEAD);
+    ot_cuda_lmhead_xent(c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL, NULL, c->hf, c->m->lm_head,
+                        d.tgt_pos, d.tgt_label, d.n, d.T, cfg->hidden_size, cfg->vocab_size, grad_scale);
+    if (want_grad) backward_layers(c, &d);
+    return 0;
+}
+
+int ot_cuda_take_loss(ot_cuda_ctx *c, double *loss_sum, ot_err *err) {
+    OT_CUDA_CHECK(cudaMemcpyAsync(c->host_pair, c->loss_dev, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+    OT_CUDA_CHECK(cudaMemsetAsync(c->loss_dev, 0, sizeof(double), c->stream));
+    if (ot_cuda_check_inputs(c->stream, err)) return -1; // waits for the stream
+    *loss_sum = c->host_pair[0];
+    return 0;
+}
+
+int ot_cuda_logits(ot_cuda_ctx *c, const ot_batch *b, float *logits, ot_err *err) {
+    if (b->T == 0) return 0;
+    const ot_model_config *cfg = &c->m->cfg;
+    const int H = cfg->hidden_size, V = cfg->vocab_size;
+    reserve(c, b->T, b->n_targets);
+    dev_batch d = upload_batch(c, b);
+    forward_layers(c, &d);
+    // fp32 logits straight from the bf16 head (cuBLAS, fp32 accumulation and output), a block of rows at a time
+    // so the device buffer stays bounded whatever T is.
+    int rows = (int)(((size_t)64 << 20) / ((size_t)V * sizeof(float)));
+    if (rows < 1) rows = 1;
+    if (rows > b->T) rows = b->T;
+    float *buf = NULL;
+    OT_CUDA_CHECK(cudaMallocAsync((void **)&buf, (size_t)rows * V * sizeof(float), c->stream));
+    cublasHandle_t hb = (cublasHandle_t)c->blas.blas;
+    OT_CUBLAS_CHECK(cublasSetStream(hb, c->stream));
+    const float one = 1.0f, zero = 0.0f;
+    for (int t0 = 0; t0 < b->T; t0 += rows) {
+        int n = b->T - t0 < rows ? b->T - t0 : rows;
+        // logits[n, V] row-major = column-major [V, n] = lm_head_cmᵀ (V × H) · hf_cm (H × n)
+        OT_CUBLAS_CHECK(cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, V, n, H, &one, c->m->lm_head, CUDA_R_16BF, H,
+                                     c->hf + (size_t)t0 * H, CUDA_R_16BF, H, &zero, buf, CUDA_R_32F, V,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        OT_CUDA_CHECK(cudaMemcpyAsync(logits + (size_t)t0 * V, buf, (size_t)n * V * sizeof(float),
+                                      cudaMemcpyDeviceToHost, c->stream));
+    }
+    OT_CUDA_CHECK(cudaFreeAsync(buf, c->stream));
+    return ot_cuda_check_inputs(c->stream, err);
+}
+
+// ---- optimizer ------------------------------------------------------------------------------------------------
+static void ensure_moments(ot_cuda_ctx *c) {
+    if (c->adam_m || !c->n_params) return;
+    c->adam_m = dev_alloc_f32(c->n_params);
+    c->adam_v = dev_alloc_f32(c->n_params);
+    OT_CUDA_CHECK(cudaMemsetAsync(c->adam_m, 0, sizeof(float) * c->n_params, c->stream));
+    OT_CUDA_CHECK(cudaMemsetAsync(c->adam_v, 0, sizeof(float) * c->n_params, c->stream));
+}
+
+double ot_cuda_optimizer_step(ot_cuda_ctx *c, ot_optimizer *o, float *lr_used) {
+    if (o->n != c->n_params) ot_die("ot_cuda_optimizer_step: optimizer for %zu values, adapter has %zu", o->n, c->n_params);
+    const ot_optim_config *cfg = &o->cfg;
+    float lr = ot_lr_at(o->step, cfg->warmup_steps, cfg->total_steps, cfg->lr, cfg->min_lr);
+    if (lr_used) *lr_used = lr;
+    if (!c->n_params) {
+        o->step++;
+        return 0.0;
+    }
+    ensure_moments(c);
+    mark(c, OT_CUDA_PROF_OPTIMIZER);
+    OT_CUDA_CHECK(cudaMemsetAsync(c->norm_dev, 0, sizeof(double), c->stream));
+    ot_cuda_sum_squares(c->stream, c->norm_dev, c->grads, c->n_params);
+    OT_CUDA_CHECK(cudaMemcpyAsync(c->host_pair + 1, c->norm_dev, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+    OT_CUDA_CHECK(cudaStreamSynchronize(c->stream)); // clipping needs the norm on the host
+    double norm = sqrt(c->host_pair[1]);
+    float coef = ot_clip_coef(norm, cfg->max_grad_norm);
+    if (coef < 1.0f) ot_cuda_scale_f32(c->stream, c->grads, c->n_params, coef);
+    o->step++;
+    ot_cuda_adamw_step(c->stream, c->params, c->grads, c->adam_m, c->adam_v, c->n_params, lr, cfg->beta1, cfg->beta2,
+                       cfg->eps, cfg->weight_decay, o->step);
+    return norm;
+}
+
+void ot_cuda_optimizer_get(ot_cuda_ctx *c, ot_optimizer *o) {
+    if (!c->n_params) return;
+    if (o->n != c->n_params) ot_die("ot_cuda_optimizer_get: optimizer for %zu values, adapter has %zu", o->n, c->n_params);
+    ensure_moments(c);
+    lora_copy(c, o->m, c->adam_m, 0);
+    lora_copy(c, o->v, c->adam_v, 0);
+}
+
+void ot_cuda_optimizer_set(ot_cuda_ctx *c, const ot_optimizer *o) {
+    if (!c->n_params) return;
+    if (o->n != c->n_params) ot_die("ot_cuda_optimizer_set: optimizer for %zu values, adapter has %zu", o->n, c->n_params);
+    ensure_moments(c);
+    lora_copy(c, c->adam_m, o->m, 1);
+    lora_copy(c, c->adam_v, o->v, 1);
+}
+
+// ---- validation -----------------------------------------------------------------------------------------------
+int ot_cuda_eval_loss(ot_cuda_ctx *c, ot_pairs_h5 *pairs, ot_comm *comm, int64_t max_samples, int pack_tokens,
+                      double *mean_loss, int64_t *n_targets, ot_err *err) {
+    int64_t N = pairs->n_samples;
+    if (max_samples > 0 && max_samples < N) N = max_samples;
+    const int W = comm->size, rk = comm->rank;
+    int64_t begin = N * rk / W, end = N * (rk + 1) / W;
+    if (pack_tokens < 1) pack_tokens = 1;
+    // One slot per forward pass: (loss hi, loss lo, targets) as floats, summed in pass order over the ranks.
+    float *slots = ot_calloc((size_t)(end - begin) * 3 + 3, sizeof(float));
+    int32_t *ids = ot_malloc(sizeof(int32_t) * (size_t)(pairs->max_sample_len + 1));
+    ot_batch b;
+    ot_batch_init(&b);
+    int rc = 0, n_slots = 0;
+    for (int64_t i = begin; i < end && !rc;) {
+        ot_batch_clear(&b);
+        // Pack whole samples up to pack_tokens (a longer sample goes alone).
+        while (i < end) {
+            int len = ot_pairs_h5_sample_len(pairs, i);
+            if (b.T > 0 && b.T + len > pack_tokens) break;
+            if (ot_pairs_h5_read(pairs, i, ids, err)) {
+                rc = -1;
+                break;
+            }
+            ot_batch_add_sample(&b, ids, len, (int)pairs->loss_start[i]);
+            i++;
+        }
+        if (rc) break;
+        double loss = 0;
+        if (ot_cuda_forward_backward(c, &b, 0.0f, 0, err) || ot_cuda_take_loss(c, &loss, err)) {
+            rc = -1;
+            break;
+        }
+        float *s = slots + 3 * n_slots++;
+        s[0] = (float)loss;
+        s[1] = (float)(loss - (double)s[0]);
+        s[2] = (float)b.n_targets; // exact: a pass has far fewer than 2^24 targets
+    }
+    // Every rank enters the collective even after a local failure, or its peers would wait for the watchdog.
+    float total[3] = {0, 0, 0};
+    if (ot_comm_all_reduce_ordered(comm, slots, rc ? 0 : n_slots, 3, total, rc ? NULL : err)) rc = -1;
+    ot_batch_free(&b);
+    free(ids);
+    free(slots);
+    if (rc) return -1;
+    *n_targets = (int64_t)total[2];
+    *mean_loss = total[2] > 0 ? ((double)total[0] + (double)total[1]) / (double)total[2] : 0.0;
+    return 0;
+}
+
+#endif // OT_HAVE_CUDA

@@ -1,0 +1,106 @@
+// The gpt-oss layer graph on the CUDA kernels (kernels/cuda/ops_cuda.h): the GPU twin of trainer/gptoss_cpu.h,
+// op for op in the same order, with bf16 activations, fp32 LoRA factors, gradients and AdamW state on the device.
+//
+// One context owns a CUDA stream, the cuBLAS handles, the device copy of one LoRA adapter (parameters, gradients,
+// AdamW moments) and the activation workspace. Work is queued on the stream; the host waits only where a number
+// must come back (ot_cuda_take_loss, the gradient norm inside ot_cuda_optimizer_step) or data must cross
+// (parameter / gradient transfers).
+//
+// Memory (docs/cuda-backend.md, "training path", has the arithmetic): by default every layer keeps what its
+// backward needs except what one RMSNorm or SwiGLU pass gives back (98 KiB per token per layer on the 20b shape).
+// With `recompute` only each layer's input is kept (5.6 KiB per token per layer on the 20b) and backward runs the
+// layer's forward again first.
+#ifndef OT_TRAINER_GPTOSS_CUDA_H
+#define OT_TRAINER_GPTOSS_CUDA_H
+
+#ifdef OT_HAVE_CUDA
+
+#include "comm/comm.h"
+#include "formats/pairs_h5.h"
+#include "trainer/batch.h"
+#include "trainer/lora.h"
+#include "trainer/model_cuda.h"
+#include "trainer/optimizer.h"
+
+typedef struct {
+    int recompute; // keep only each layer's input in forward; recompute the layer before its backward
+    int profile;   // time the op classes below with CUDA events (a little slower; for benchmarks)
+} ot_cuda_run_options;
+
+// Op classes of the per-op time breakdown.
+enum {
+    OT_CUDA_PROF_ATTENTION,     // flash attention forward and backward
+    OT_CUDA_PROF_MOE_MATMUL,    // grouped MXFP4 expert products
+    OT_CUDA_PROF_MOE_LORA,      // expert LoRA on the permuted rows
+    OT_CUDA_PROF_MOE_ROUTING,   // router top-k, the MoE plan, SwiGLU, combine / un-permute
+    OT_CUDA_PROF_DENSE_MATMUL,  // q/k/v/o and router projections (cuBLAS)
+    OT_CUDA_PROF_LORA,          // attention LoRA
+    OT_CUDA_PROF_LM_HEAD,       // output head + cross-entropy at the loss positions
+    OT_CUDA_PROF_NORM_ROPE,     // RMSNorm, RoPE, embedding, residual adds, zeroing, batch upload
+    OT_CUDA_PROF_OPTIMIZER,     // gradient norm, clipping, AdamW
+    OT_CUDA_PROF_N
+};
+extern const char *const ot_cuda_prof_names[OT_CUDA_PROF_N];
+
+typedef struct ot_cuda_ctx ot_cuda_ctx;
+
+// lo may be NULL (the base model alone). Its layout (slots, rank, scale) is copied; its parameters are uploaded.
+// max_tokens / max_targets size the workspace (a larger batch later grows it, with a device synchronisation).
+ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot_cuda_run_options *opt,
+                             int max_tokens, int max_targets);
+void ot_cuda_ctx_free(ot_cuda_ctx *c);
+
+// Device bytes the activation workspace takes for T tokens, n targets, LoRA rank r (0: none), with or without
+// recomputation (the MoE plan, lm-head and attention temporaries included; the model and LoRA state excluded).
+size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets, int r, int recompute);
+// Device bytes of the context's own allocations now (workspace + LoRA state), for memory reports.
+size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c);
+// 1 when keeping every layer's activations for batches of max_tokens would not fit in the device memory free now
+// (with the LoRA state and a safety margin), so recomputation is needed; 0 when it fits.
+int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_tokens, int max_targets);
+
+// ---- LoRA state transfers (synchronous) ------------------------------------------------------------------------
+void ot_cuda_lora_set_params(ot_cuda_ctx *c, const float *host);
+void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host);
+void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host);
+void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host);
+void ot_cuda_lora_zero_grads(ot_cuda_ctx *c); // queued
+
+// ---- the model ------------------------------------------------------------------------------------------------
+// Queues the forward of batch b and, with backward != 0 (and an adapter), the backward that ACCUMULATES the LoRA
+// gradients of Σ_i grad_scale · CE_i into the device gradients. Σ CE_i is added to a device accumulator that
+// ot_cuda_take_loss reads. Returns -1 with a message only for a batch the workspace cannot describe.
+int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale, int backward, ot_err *err);
+// Waits for the queued work, returns the loss sum accumulated since the last call (and resets it), and turns bad
+// input seen by the kernels (token ids, positions, ...) into an error.
+int ot_cuda_take_loss(ot_cuda_ctx *c, double *loss_sum, ot_err *err);
+// Logits [b->T, vocab] in fp32 for every position, into host memory (what osstune-logits writes).
+int ot_cuda_logits(ot_cuda_ctx *c, const ot_batch *b, float *logits, ot_err *err);
+
+// ---- optimizer on the device ----------------------------------------------------------------------------------
+// As ot_optimizer_step on the device gradients and parameters: global norm (returned; read back, the one host
+// wait of a step), clipping, the LR schedule of o->cfg at o->step, AdamW; o->step advances. The moments live on
+// the device: o->m / o->v are not touched (ot_cuda_optimizer_get / _set move them for checkpoints).
+double ot_cuda_optimizer_step(ot_cuda_ctx *c, ot_optimizer *o, float *lr_used);
+void ot_cuda_optimizer_get(ot_cuda_ctx *c, ot_optimizer *o);       // device moments -> o->m, o->v
+void ot_cuda_optimizer_set(ot_cuda_ctx *c, const ot_optimizer *o); // o->m, o->v -> device
+
+// ---- validation -----------------------------------------------------------------------------------------------
+// As ot_eval_loss (trainer/evaluate.h) on the GPU: the first max_samples samples (all when <= 0) split over the
+// ranks in contiguous blocks, each rank's samples packed into forward passes of up to `pack_tokens` tokens (each
+// sample its own sequence), the per-pass sums added in global order by the ordered all-reduce.
+int ot_cuda_eval_loss(ot_cuda_ctx *c, ot_pairs_h5 *pairs, ot_comm *comm, int64_t max_samples, int pack_tokens,
+                      double *mean_loss, int64_t *n_targets, ot_err *err);
+
+// Waits for everything queued on the context's stream.
+void ot_cuda_ctx_sync(ot_cuda_ctx *c);
+
+// ---- per-op time breakdown ------------------------------------------------------------------------------------
+// With profiling on (options.profile, or switched here), CUDA events mark every change of op class on the
+// stream. ot_cuda_prof_collect waits for the stream, adds the milliseconds spent in each class since the last
+// call into ms[OT_CUDA_PROF_N] (not cleared here) and starts a new tally.
+void ot_cuda_prof_enable(ot_cuda_ctx *c, int on);
+void ot_cuda_prof_collect(ot_cuda_ctx *c, double ms[OT_CUDA_PROF_N]);
+
+#endif // OT_HAVE_CUDA
+#endif

@@ -1,0 +1,48 @@
+// The gpt-oss base model in GPU memory, as the CUDA kernels (kernels/cuda/ops_cuda.h) want it: dense weights in
+// bf16, MXFP4 expert blocks and scales copied byte for byte (never dequantized whole), sinks and the RoPE
+// frequencies in fp32. Loaded tensor by tensor straight from the mapped checkpoint, so host memory holds at most
+// one staging buffer, never a float32 copy of the model (the 20b's dense part alone would be 12 GB in fp32).
+//
+// Everything lives in one device allocation (`arena`); the pointers below point into it.
+#ifndef OT_TRAINER_MODEL_CUDA_H
+#define OT_TRAINER_MODEL_CUDA_H
+
+#ifdef OT_HAVE_CUDA
+
+#include "formats/checkpoint.h"
+#include "kernels/cuda/ops_cuda.h"
+
+typedef struct {
+    ot_bf16 *ln1_w, *ln2_w;                                 // [H]
+    ot_bf16 *q_w, *k_w, *v_w, *o_w;                         // [out, in]
+    ot_bf16 *q_b, *k_b, *v_b, *o_b;                         // [out], NULL when attention_bias is off
+    float *sinks;                                           // [nh]
+    ot_bf16 *router_w, *router_b;                           // [E, H], [E]
+    ot_cuda_expert_weight gate_up;                          // rows 2I (interleaved gate/up), cols H; bias [E, 2I]
+    ot_cuda_expert_weight down;                             // rows H, cols I; bias [E, H]
+    int sliding;                                            // 1: sliding-window layer
+} ot_cuda_layer_weights;
+
+typedef struct {
+    ot_model_config cfg;
+    int device;
+    ot_bf16 *embed;   // [V, H]
+    ot_bf16 *lm_head; // [V, H] (== embed when tie_word_embeddings)
+    ot_bf16 *norm_w;  // [H]
+    ot_cuda_layer_weights *layers; // host array of device pointers
+    float *inv_freq;  // [head_dim / 2], device
+    float attn_factor;
+    void *arena;      // the one device allocation
+    size_t arena_bytes;
+    size_t expert_bytes; // of arena_bytes, the expert projections (MXFP4 bytes or dense bf16)
+} ot_cuda_model;
+
+// Selects `device` (ot_cuda_init) and uploads the checkpoint in dir. 0, or -1 with a message naming the tensor.
+int ot_cuda_model_load(ot_cuda_model *m, const char *dir, int device, ot_err *err);
+void ot_cuda_model_free(ot_cuda_model *m);
+
+// Number of CUDA devices this process can use; 0 when there is no GPU or no driver (never an error).
+int ot_cuda_device_count(void);
+
+#endif // OT_HAVE_CUDA
+#endif
