@@ -37,7 +37,7 @@ say "4/7 tokenize the sample pairs (both directions, harmony format)"
 
 say "5/7 train a LoRA adapter on the CPU ($RANKS ranks, $STEPS steps)"
 set +e
-mpirun --oversubscribe -np "$RANKS" "$BIN/osstune-train" --model "$OUT/model" --data "$OUT/train.h5" \
+mpirun --oversubscribe -np "$RANKS" "$BIN/osstune-train" --backend cpu --model "$OUT/model" --data "$OUT/train.h5" \
   --run-dir "$OUT/run" --steps "$STEPS" --seq-len 512 --rows-per-step 4 --lora-r 8 --lora-alpha 16 \
   --lr 2e-3 --warmup 4 --save-every 20 --log-every 5 --eval-data "$OUT/dev.h5" --eval-every 20 --eval-samples 64
 status=$?

@@ -44,8 +44,8 @@ build() {
     exit 1
   fi
   grep -q "CUDA backend ON" "$WORK/cmake.log" || { echo "run_gpu_bench: cmake found no nvcc: no CUDA backend"; exit 1; }
-  cmake --build "$BUILD" -j"$(nproc)" --target bench_train test_train_cuda osstune-init-model osstune-prep \
-    osstune-train osstune-logits >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+  cmake --build "$BUILD" -j"$(nproc)" --target bench_train test_train_cuda test_ops_cuda osstune-init-model \
+    osstune-prep osstune-train osstune-logits >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
   BIN=$ROOT/$BUILD/bin
 }
 
@@ -55,13 +55,15 @@ if [ "${1:-}" = "--bundle" ]; then
   build
   DEST=$(mkdir -p "$2" && cd "$2" && pwd)
   mkdir -p "$DEST/bin" "$DEST/lib"
-  cp "$BIN"/bench_train "$BIN"/test_train_cuda "$BIN"/osstune-* "$DEST/bin/"
+  cp "$BIN"/bench_train "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/osstune-* "$DEST/bin/"
   # every shared library the programs load, except glibc's, the C++ runtime's and CUDA's (the GPU machine's own)
   for p in "$DEST"/bin/*; do ldd "$p"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
     grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*)\.so' |
     while read -r lib; do cp -L "$lib" "$DEST/lib/"; done
   du -sh "$DEST"
-  echo "bundle ready: carry it and run with OSSTUNE_BUNDLE=$2 (MPI programs may still need Open MPI there)"
+  echo "bundle ready: carry it; run this script with OSSTUNE_BUNDLE=$2, and the GPU tests with"
+  echo "  LD_LIBRARY_PATH=$2/lib:/usr/local/cuda/lib64 tests/gpu/run_gpu_tests.sh --no-build --build-dir $2"
+  echo "  (osstune-train starts MPI: without Open MPI on the GPU machine its end-to-end check cannot run)"
   exit 0
 fi
 

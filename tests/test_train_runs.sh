@@ -33,7 +33,7 @@ if [ ! -f "$WORK/eval.h5" ]; then
   "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/eval.tsv" --out "$WORK/eval.h5" >/dev/null
 fi
 STEPS=6
-ARGS=(--model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6 --lora-r 4
+ARGS=(--backend cpu --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6 --lora-r 4
       --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100
       --eval-data "$WORK/eval.h5" --eval-every 3)
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The CUDA training path without a GPU: trainer/gptoss_cuda.c, trainer/model_cuda.c, tests/gpu/test_train_cuda.c,
+# osstune-train and osstune-logits built against emu_ops.c (the CUDA runtime and the ops of kernels/cuda/ops_cuda.h
+# emulated on the host with the CPU reference ops), then:
+#   1. test_train_cuda in exact mode (EMU_EXACT=1: activations kept in fp32) for several LoRA target sets — the
+#      composition must match the CPU reference to fp32 rounding;
+#   2. test_train_cuda with bf16 storage, against the GPU bounds (how those bounds were set);
+#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu.
+# What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
+#
+# usage: tests/gpu/train_emu/run.sh [BUILD_DIR]     (default: build-train-emu in the repository root)
+# Needs the CUDA toolkit's headers (for the runtime's types; nothing of CUDA runs), MPI's mpicc and the build
+# dependencies of osstune. A few minutes on two cores, most of them building the CPU libraries.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+build=${1:-$root/build-train-emu}
+cuda_inc=""
+for d in "${CUDA_HOME:-}/include" "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")/include" \
+         /usr/local/cuda/include; do
+    if [ -f "$d/cuda_runtime_api.h" ] && [ -f "$d/cublas_v2.h" ]; then cuda_inc=$d; break; fi
+done
+[ -n "$cuda_inc" ] || { echo "train_emu: the CUDA toolkit headers (cuda_runtime_api.h, cublas_v2.h) were not found" >&2; exit 1; }
+
+# the CPU libraries and tools (a build without CUDA, so no real kernels are linked)
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DOT_WITH_CUDA=OFF > "$build.cmake.log" 2>&1 ||
+    { cat "$build.cmake.log"; exit 1; }
+cmake --build "$build" -j"$(nproc)" --target ot_trainer osstune-init-model osstune-prep > "$build.build.log" 2>&1 ||
+    { tail -30 "$build.build.log"; exit 1; }
+hdf5=$(pkg-config --libs hdf5-serial 2>/dev/null || pkg-config --libs hdf5)
+hdf5_inc=$(pkg-config --cflags hdf5-serial 2>/dev/null || pkg-config --cflags hdf5)
+hdf5_dir=$(echo "$hdf5" | sed -n 's/.*-L\([^ ]*\).*/\1/p')
+emu="$build/emu"
+mkdir -p "$emu/bin"
+flags="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -DOT_HAVE_CUDA=1 -I$root -I$build $hdf5_inc -I$cuda_inc"
+objs=()
+for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/tests/gpu/train_emu/emu_ops.c" \
+         "$root/tests/test_util.c"; do
+    o="$emu/$(basename "$f" .c).o"
+    mpicc $flags -c "$f" -o "$o"
+    objs+=("$o")
+done
+libs=("$build/libot_trainer.a" "$build/libot_formats.a" "$build/libot_comm.a" "$build/libot_kernels.a"
+      "$build/libot_common.a" -ljansson -lpcre2-8 -lprotobuf-c $hdf5 ${hdf5_dir:+-Wl,-rpath,$hdf5_dir} -lpthread -lm)
+link() { # output, main source
+    mpicc $flags -c "$2" -o "$emu/main_$1.o"
+    mpicc -o "$emu/bin/$1" "$emu/main_$1.o" "${objs[@]}" "${libs[@]}"
+}
+link test_train_cuda "$root/tests/gpu/test_train_cuda.c"
+link osstune-train "$root/trainer/train_main.c"
+link osstune-logits "$root/tools/osstune-logits.c"
+ln -sf "$build/bin/osstune-init-model" "$build/bin/osstune-prep" "$emu/bin/"
+
+model="$emu/model_hd64"
+[ -f "$model/config.json" ] || "$build/bin/osstune-init-model" --preset tiny --seed 3 --out "$model" --set head_dim=64 \
+    --set hidden_size=256 --set num_hidden_layers=2 --set vocab_size=8192 --set pad_token_id=0 --set eos_token_id=1 \
+    --set bos_token_id=2 > /dev/null
+cd "$root"
+failed=0
+# every LoRA target on, with the 50-step loss curve (the optimizer), then subsets without it (which parts of the
+# backward are skipped and which recomputed inputs are redone depends on the targets)
+for targets in all attn o,down q,gate_up experts; do
+    steps=0
+    [ "$targets" = all ] && steps=50
+    echo "== exact (fp32 activations), LoRA on $targets, $steps AdamW steps"
+    EMU_EXACT=1 "$emu/bin/test_train_cuda" "$model" "$steps" "$targets" exact > "$emu/exact_$targets.log" 2>&1 ||
+        { cat "$emu/exact_$targets.log"; failed=1; }
+    tail -1 "$emu/exact_$targets.log"
+done
+echo "== bf16 storage, the GPU bounds"
+"$emu/bin/test_train_cuda" "$model" 50 > "$emu/bf16.log" 2>&1 || { cat "$emu/bf16.log"; failed=1; }
+grep -E "^info (logits|loss:|loss curve)|passed" "$emu/bf16.log"
+echo "== osstune-train / osstune-logits, --backend cuda (emulated) against --backend cpu"
+bash "$root/tests/gpu/train_cuda_e2e.sh" "$emu/bin" "$emu/e2e" || failed=1
+[ "$failed" = 0 ] && echo "train_emu: all passed"
+exit "$failed"
