@@ -11,7 +11,10 @@
 // backward's 128 output columns are 4 groups. Weight tiles are dequantized into shared memory as bf16 (exact: FP4
 // values have 2 significant bits and the scale is a power of two). The next tile's global loads are issued into
 // registers before the current tile's products, so memory latency overlaps the math.
-#include "kernels/cuda/cuda_common.cuh"
+//
+// These kernels serve small calls only (fewer than MM_LIBRARY_MIN_PAIRS rows, e.g. decoding); larger ones take
+// the cuBLAS path of moe_gemm.cu, which has the same contract.
+#include "kernels/cuda/moe_gemm.cuh" // MXFP4 decode, the cuBLAS path
 
 #include "kernels/ops.h" // OT_EXPERT_MXFP4, OT_EXPERT_DENSE
 
@@ -20,6 +23,10 @@
 #define MM_BK 32
 #define MM_PAD 8
 #define MM_THREADS 256
+// From this many (token, slot) pairs on, the products go through cuBLAS one expert at a time (moe_gemm.cu):
+// there each expert's MXFP4 matrix is dequantized whole, which pays off once the rows are many (training
+// batches); below it (decoding a few tokens) the fused kernels here read each weight once and win.
+#define MM_LIBRARY_MIN_PAIRS 64
 
 typedef struct {
     const uint8_t *blocks, *scales; // MXFP4
@@ -27,28 +34,6 @@ typedef struct {
     const bf16 *bias;               // [E, rows] or NULL
     int rows, cols;                 // N (out) and K (in) of one expert
 } MoeW;
-
-// The FP4 E2M1 code table (spec §3.4), for a block's shared-memory copy.
-__device__ __forceinline__ float fp4_value(int code) {
-    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-    return (code & 8) ? -mag[code & 7] : mag[code & 7];
-}
-
-// 16 elements of an MXFP4 group (8 bytes: element 2j in the low nibble of byte j, 2j+1 in the high nibble) times
-// 2^(s − 127), as 8 registers of bf16 pairs (lower element in the low half). The scale is applied as ldexp does,
-// exactly: 2^(s−127) is a float for s <= 254 (s = 0 is the subnormal 2^−127), and s = 255 multiplies by 2^127
-// and then by 2, so 0 stays 0 (no 0·inf) and only values that ldexp overflows become inf.
-__device__ __forceinline__ void mx_dequant16(uint32_t out[8], uint2 q, unsigned s, const float *lut) {
-    const float f1 = __uint_as_float(s == 0 ? 0x00400000u : (min(s, 254u) << 23));
-    const float f2 = s == 255 ? 2.0f : 1.0f;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        unsigned byte = ((j < 4 ? q.x : q.y) >> ((j & 3) * 8)) & 0xffu;
-        float lo = lut[byte & 15u] * f1 * f2;
-        float hi = lut[byte >> 4] * f1 * f2;
-        out[j] = pack_bf16x2(lo, hi);
-    }
-}
 
 // 8 bf16 from global memory as a 16-byte vector when it is in bounds and aligned, element by element otherwise
 // (zeros past `limit`).
@@ -306,6 +291,10 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
                             const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_fwd");
     OT_REQUIRE((uintptr_t)x % 16 == 0, "ot_cuda_moe_matmul_fwd: x must be 16-byte aligned");
+    if (p->n_pairs >= MM_LIBRARY_MIN_PAIRS) {
+        ot_cuda_moe_gemm_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p);
+        return;
+    }
     dim3 grid(ot_cdiv(w.rows, MM_BN), p->n_tiles);
     const int32_t *rt = gather ? p->row_token : NULL;
     if (W->kind == OT_EXPERT_MXFP4)
@@ -320,6 +309,10 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
                             const ot_cuda_moe_plan *p, int accumulate) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_bwd");
+    if (p->n_pairs >= MM_LIBRARY_MIN_PAIRS) {
+        ot_cuda_moe_gemm_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate);
+        return;
+    }
     dim3 grid(ot_cdiv(w.cols, MM_BN), p->n_tiles);
     if (W->kind == OT_EXPERT_MXFP4)
         moe_matmul_bwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,

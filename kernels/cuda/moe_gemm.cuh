@@ -1,0 +1,38 @@
+// Private to kernels/cuda/: the MXFP4 decode shared by the fused grouped-product kernels (moe_matmul.cu) and the
+// per-expert dequantization of the library path (moe_gemm.cu), so both produce bit-identical bf16 weights, and the
+// entry points of that library path.
+#ifndef OT_KERNELS_CUDA_MOE_GEMM_CUH
+#define OT_KERNELS_CUDA_MOE_GEMM_CUH
+
+#include "kernels/cuda/cuda_common.cuh"
+
+// The FP4 E2M1 code table (spec §3.4), for a block's shared-memory copy.
+__device__ __forceinline__ float fp4_value(int code) {
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    return (code & 8) ? -mag[code & 7] : mag[code & 7];
+}
+
+// 16 elements of an MXFP4 group (8 bytes: element 2j in the low nibble of byte j, 2j+1 in the high nibble) times
+// 2^(s − 127), as 8 registers of bf16 pairs (lower element in the low half). The scale is applied as ldexp does,
+// exactly: 2^(s−127) is a float for s <= 254 (s = 0 is the subnormal 2^−127), and s = 255 multiplies by 2^127
+// and then by 2, so 0 stays 0 (no 0·inf) and only values that ldexp overflows become inf.
+__device__ __forceinline__ void mx_dequant16(uint32_t out[8], uint2 q, unsigned s, const float *lut) {
+    const float f1 = __uint_as_float(s == 0 ? 0x00400000u : (min(s, 254u) << 23));
+    const float f2 = s == 255 ? 2.0f : 1.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        unsigned byte = ((j < 4 ? q.x : q.y) >> ((j & 3) * 8)) & 0xffu;
+        float lo = lut[byte & 15u] * f1 * f2;
+        float hi = lut[byte >> 4] * f1 * f2;
+        out[j] = pack_bf16x2(lo, hi);
+    }
+}
+
+// The grouped products through cuBLAS, one expert at a time (moe_gemm.cu): same contract as
+// ot_cuda_moe_matmul_fwd / ot_cuda_moe_matmul_bwd, whose argument checks have already run.
+void ot_cuda_moe_gemm_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,
+                          const ot_cuda_moe_plan *p);
+void ot_cuda_moe_gemm_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
+                          const ot_cuda_moe_plan *p, int accumulate);
+
+#endif
