@@ -69,18 +69,6 @@ static double rss_mib(void) {
     return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
 }
 
-// Whether the command line names --backend (getopt_long also takes an unambiguous prefix such as --back).
-static int backend_given(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--") == 0) break;
-        if (strncmp(a, "--", 2) != 0) continue;
-        size_t n = strcspn(a + 2, "=");
-        if (n >= 2 && n <= strlen("backend") && strncmp(a + 2, "backend", n) == 0) return 1;
-    }
-    return 0;
-}
-
 // A GPU this build can drive (CUDA built in and a device visible).
 static int cuda_available(void) {
 #ifdef OT_HAVE_CUDA
@@ -103,8 +91,8 @@ int main(int argc, char **argv) {
     ot_train_options o;
     int rc = ot_train_options_parse(&o, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
-    // Without --backend: the GPU when this build has CUDA and the machine has a GPU, else the CPU reference.
-    if (!backend_given(argc, argv) && cuda_available()) o.backend = "cuda";
+    // auto: the GPU when this build has CUDA and the machine has a GPU, else the CPU reference.
+    if (!strcmp(o.backend, "auto")) o.backend = cuda_available() ? "cuda" : "cpu";
     const int use_cuda = strcmp(o.backend, "cuda") == 0;
     int exit_code = 0;
     ot_err err;
@@ -241,7 +229,7 @@ int main(int argc, char **argv) {
         // Keep every layer's activations when they fit; otherwise recompute each layer in backward.
         int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank;
         ot_cuda_run_options ro = {0, 0};
-        ro.recompute = ot_cuda_need_recompute(&cm, &lo, max_tokens, max_tokens);
+        ro.recompute = o.recompute >= 0 ? o.recompute : ot_cuda_need_recompute(&cm, &lo, max_tokens, max_tokens);
         cctx = ot_cuda_ctx_new(&cm, &lo, &ro, max_tokens, max_tokens); // uploads lo.params (resumed or fresh)
         ot_cuda_optimizer_set(cctx, &opt);                              // the AdamW moments likewise
         if (rank == 0)

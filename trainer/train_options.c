@@ -19,7 +19,10 @@ static void usage(FILE *f) {
         "  --data FILE.h5         tokenized pairs from osstune-prep\n"
         "  --run-dir DIR          where checkpoints, metrics and the config go (created if missing)\n"
         "  --steps N              optimizer steps in total (the LR schedule's length)\n"
-        "  --backend cpu|cuda     compute backend (default cpu)\n"
+        "  --backend auto|cpu|cuda  compute backend (default auto: cuda when this build has CUDA and a GPU is\n"
+        "                         visible, else cpu, the float32 reference)\n"
+        "  --recompute auto|on|off  GPU: keep only each layer's input and recompute the layer in backward\n"
+        "                         (default auto: only when keeping every activation would not fit)\n"
         "  --seed S               seed for LoRA initialisation and data order (default 0)\n"
         "  --seq-len N            tokens per packed row (default 1024)\n"
         "  --rows-per-step N      rows per global step, whatever the number of ranks (default 8)\n"
@@ -74,7 +77,8 @@ static int parse_float(const char *flag, const char *s, float *out) {
 
 int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
-    o->backend = "cpu";
+    o->backend = "auto";
+    o->recompute = -1;
     o->resume = "auto";
     o->seq_len = 1024;
     o->rows_per_step = 8;
@@ -86,7 +90,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     ot_optim_config_default(&o->optim);
     enum { O_MODEL = 256, O_DATA, O_RUN, O_STEPS, O_BACKEND, O_SEED, O_SEQ, O_ROWS, O_LOSSALL, O_R, O_ALPHA, O_RSLORA,
            O_TARGETS, O_ELAYERS, O_INIT, O_LR, O_MINLR, O_WARMUP, O_WD, O_B1, O_B2, O_EPS, O_CLIP, O_SAVE, O_KEEP,
-           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES };
+           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"run-dir", 1, 0, O_RUN}, {"steps", 1, 0, O_STEPS},
         {"backend", 1, 0, O_BACKEND}, {"seed", 1, 0, O_SEED}, {"seq-len", 1, 0, O_SEQ},
@@ -97,7 +101,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         {"beta2", 1, 0, O_B2}, {"eps", 1, 0, O_EPS}, {"max-grad-norm", 1, 0, O_CLIP}, {"save-every", 1, 0, O_SAVE},
         {"keep-last", 1, 0, O_KEEP}, {"resume", 1, 0, O_RESUME}, {"force-resume", 0, 0, O_FORCE},
         {"log-every", 1, 0, O_LOG}, {"eval-data", 1, 0, O_EVAL}, {"eval-every", 1, 0, O_EVAL_EVERY},
-        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"recompute", 1, 0, O_RECOMPUTE}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     long v;
     ot_err err;
@@ -149,6 +153,15 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         case O_EVAL: o->eval_data = optarg; break;
         case O_EVAL_EVERY: if (parse_long("--eval-every", optarg, 0, &v)) return 2; o->eval_every = (int)v; break;
         case O_EVAL_SAMPLES: if (parse_long("--eval-samples", optarg, 0, &o->eval_samples)) return 2; break;
+        case O_RECOMPUTE:
+            if (!strcmp(optarg, "auto")) o->recompute = -1;
+            else if (!strcmp(optarg, "on")) o->recompute = 1;
+            else if (!strcmp(optarg, "off")) o->recompute = 0;
+            else {
+                fprintf(stderr, "osstune-train: --recompute must be auto, on or off, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -161,8 +174,8 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         fprintf(stderr, "osstune-train: --model, --data, --run-dir and --steps are required (see --help)\n");
         return 2;
     }
-    if (strcmp(o->backend, "cpu") && strcmp(o->backend, "cuda")) {
-        fprintf(stderr, "osstune-train: --backend must be cpu or cuda, not '%s'\n", o->backend);
+    if (strcmp(o->backend, "auto") && strcmp(o->backend, "cpu") && strcmp(o->backend, "cuda")) {
+        fprintf(stderr, "osstune-train: --backend must be auto, cpu or cuda, not '%s'\n", o->backend);
         return 2;
     }
     if (o->optim.beta1 >= 1 || o->optim.beta2 >= 1) {

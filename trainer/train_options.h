@@ -11,7 +11,8 @@ typedef struct {
     const char *model_dir;
     const char *data_path;
     const char *run_dir;
-    const char *backend;        // "cpu" (the reference) or "cuda"
+    const char *backend;        // "auto" (default: cuda when built with CUDA and a GPU is visible), "cpu", "cuda"
+    int recompute;              // GPU activation recomputation: -1 auto (when keeping them would not fit), 0 off, 1 on
     const char *resume;         // "auto" (default), "never", or a checkpoint directory
     const char *init_adapter;   // start from this PEFT adapter instead of PEFT's initialisation
     int force_resume;           // resume even if model/data/config fingerprints differ
