@@ -34,26 +34,8 @@ void OT_FN(ot_attention_fwd)(real *out, real *lse, const real *q, const real *k,
         for (int h = 0; h < nh; h++) {
             int g = h / group;
             const real *qi = q + ((size_t)i * nh + h) * D;
-            // Row maximum over the visible scores and the sink, as HF subtracts it before the softmax.
-            double sink = (double)sinks[h], m = sink;
-            for (int j = lo; j <= i; j++) {
-                double s = ot_dot_rr(qi, k + ((size_t)j * nkv + g) * D, D) * scale;
-                score[j - lo] = s;
-                if (s > m)
-                    m = s;
-            }
-            // The sink is a key whose value vector is zero: it adds to the normaliser only.
-            double Z = exp(sink - m);
-            memset(acc, 0, (size_t)D * sizeof(double));
-            for (int j = lo; j <= i; j++) {
-                double p = exp(score[j - lo] - m);
-                Z += p;
-                ot_axpy_r(acc, p, v + ((size_t)j * nkv + g) * D, D);
-            }
-            real *oi = out + ((size_t)i * nh + h) * D;
-            for (int d = 0; d < D; d++)
-                oi[d] = (real)(acc[d] / Z);
-            lse[(size_t)i * nh + h] = (real)(m + log(Z));
+            lse[(size_t)i * nh + h] = (real)ot_attend_row(out + ((size_t)i * nh + h) * D, qi, k, v, nkv, g, D, lo, i,
+                                                           (double)sinks[h], scale, score, acc);
         }
     }
     free(acc);

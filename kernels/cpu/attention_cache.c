@@ -27,24 +27,8 @@ void OT_FN(ot_attention_cache_fwd)(real *out, const real *q, const real *k_cache
         for (int h = 0; h < nh; h++) {
             int g = h / group;
             const real *qi = q + ((size_t)i * nh + h) * D;
-            double sink = (double)sinks[h], m = sink;
-            for (int j = lo; j <= p; j++) {
-                double s = ot_dot_rr(qi, k_cache + ((size_t)j * nkv + g) * D, D) * scale;
-                score[j - lo] = s;
-                if (s > m)
-                    m = s;
-            }
-            // The sink is a key whose value vector is zero: it adds to the normaliser only.
-            double Z = exp(sink - m);
-            memset(acc, 0, (size_t)D * sizeof(double));
-            for (int j = lo; j <= p; j++) {
-                double pj = exp(score[j - lo] - m);
-                Z += pj;
-                ot_axpy_r(acc, pj, v_cache + ((size_t)j * nkv + g) * D, D);
-            }
-            real *oi = out + ((size_t)i * nh + h) * D;
-            for (int d = 0; d < D; d++)
-                oi[d] = (real)(acc[d] / Z);
+            ot_attend_row(out + ((size_t)i * nh + h) * D, qi, k_cache, v_cache, nkv, g, D, lo, p, (double)sinks[h], scale,
+                          score, acc);
         }
     }
     free(acc);

@@ -7,6 +7,7 @@
 #ifndef OT_KERNELS_CPU_MATH_H
 #define OT_KERNELS_CPU_MATH_H
 
+#include <math.h>
 #include <stddef.h>
 
 #include "kernels/cpu/real.h"
@@ -59,6 +60,31 @@ static inline void ot_axpy_d(double *acc, double alpha, const double *x, int n) 
 static inline void ot_add_acc(real *dst, const double *acc, size_t n) {
     for (size_t i = 0; i < n; i++)
         dst[i] = (real)((double)dst[i] + acc[i]);
+}
+
+// One query row of attention with a sink, over keys lo..hi of kv head g (k and v rows are nkv·D apart):
+// softmax over the scaled scores and the sink logit, the sink column dropped. Writes out_row[D] and returns
+// log Σ exp over the row including the sink. score (hi − lo + 1 doubles) and acc (D doubles) are scratch.
+// Shared by the training forward and the KV-cache decoder so the two compute the same bits.
+static inline double ot_attend_row(real *out_row, const real *qi, const real *k, const real *v, int nkv, int g,
+                                   int D, int lo, int hi, double sink, double scale, double *score, double *acc) {
+    // Row maximum over the visible scores and the sink, as HF subtracts it before the softmax.
+    double m = sink;
+    for (int j = lo; j <= hi; j++) {
+        double s = ot_dot_rr(qi, k + ((size_t)j * nkv + g) * D, D) * scale;
+        score[j - lo] = s;
+        if (s > m) m = s;
+    }
+    // The sink is a key whose value vector is zero: it adds to the normaliser only.
+    double Z = exp(sink - m);
+    for (int d = 0; d < D; d++) acc[d] = 0.0;
+    for (int j = lo; j <= hi; j++) {
+        double p = exp(score[j - lo] - m);
+        Z += p;
+        ot_axpy_r(acc, p, v + ((size_t)j * nkv + g) * D, D);
+    }
+    for (int d = 0; d < D; d++) out_row[d] = (real)(acc[d] / Z);
+    return m + log(Z);
 }
 
 #endif
