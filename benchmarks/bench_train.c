@@ -309,16 +309,13 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     }
 
     // adapter, context, optimizer
-    ot_model shell; // the adapter code needs only the config
-    memset(&shell, 0, sizeof shell);
-    shell.cfg = *cfg;
     ot_lora_spec spec;
     memset(&spec, 0, sizeof spec);
     spec.r = o->lora_r;
     spec.alpha = o->lora_alpha;
     if (ot_lora_parse_targets(&spec, c->targets, err)) return -1;
     ot_lora lo;
-    ot_lora_init(&lo, &shell, &spec, 7);
+    ot_lora_init(&lo, cfg, &spec, 7);
     size_t used_before = device_used();
     ot_cuda_run_options ro = {c->recompute, 0};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(cm, &lo, &ro, max_T, max_n);

@@ -64,7 +64,7 @@ static void make_run(run_state *r, uint64_t seed, int64_t step) {
     char dir[4096];
     ot_err err;
     pathf(dir, "%s/adapter", g_fixtures);
-    if (ot_lora_load_peft(&r->lo, &g_model, dir, &err)) ot_die("%s", err.msg);
+    if (ot_lora_load_peft(&r->lo, &g_model.cfg, dir, &err)) ot_die("%s", err.msg);
     ot_optim_config cfg;
     ot_optim_config_default(&cfg);
     cfg.lr = 3e-4f, cfg.warmup_steps = 5, cfg.total_steps = 300, cfg.min_lr = 1e-6f;
@@ -242,7 +242,7 @@ static void test_roundtrip(void) {
     ot_lora peft;
     char dir[4096];
     pathf(dir, "%s/step-000007", ckpt);
-    CHECK(ot_lora_load_peft(&peft, &g_model, dir, &err) == 0, "PEFT read of the checkpoint: %s", err.msg);
+    CHECK(ot_lora_load_peft(&peft, &g_model.cfg, dir, &err) == 0, "PEFT read of the checkpoint: %s", err.msg);
     CHECK(peft.n_params == a.lo.n_params && !memcmp(peft.params, a.lo.params, peft.n_params * sizeof(float)),
           "PEFT read differs");
     ot_lora_free(&peft);
@@ -292,7 +292,7 @@ static void test_roundtrip(void) {
     // start, and not "damaged".
     run_state other;
     ot_lora_spec spec = {.r = 2, .alpha = 4, .targets = 1u << OT_LORA_Q};
-    ot_lora_init(&other.lo, &g_model, &spec, 5);
+    ot_lora_init(&other.lo, &g_model.cfg, &spec, 5);
     ot_optim_config cfg;
     ot_optim_config_default(&cfg);
     ot_optimizer_init(&other.opt, other.lo.n_params, &cfg);
@@ -507,7 +507,7 @@ static void test_damage(void) {
         // The writer refuses mismatched sizes, so build the bad file from a run whose adapter is smaller.
         ot_lora_spec spec = {.r = 4, .alpha = 8, .targets = 1u << OT_LORA_Q};
         ot_lora_free(&small.lo);
-        ot_lora_init(&small.lo, &g_model, &spec, 1);
+        ot_lora_init(&small.lo, &g_model.cfg, &spec, 1);
         ot_optimizer_init(&small.opt, small.lo.n_params, &cfg);
         CHECK(save(tmp_run, &small, 1) == 0, "save the small run");
         char from[4096], to[4096];

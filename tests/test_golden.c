@@ -68,12 +68,12 @@ static void compare_adapter_file(const char *file, const ot_safetensors *exp, co
 }
 
 // Writes lo's gradients (or parameters) as a PEFT adapter file, so names and layouts match peft's.
-static void save_as_peft(ot_lora *lo, const ot_model *m, int grads, const char *dir) {
+static void save_as_peft(ot_lora *lo, int grads, const char *dir) {
     ot_err err;
     mkdir(dir, 0755);
     float *keep = lo->params;
     if (grads) lo->params = lo->grads;
-    if (ot_lora_save_peft(lo, m, dir, &err)) ot_die("%s", err.msg);
+    if (ot_lora_save_peft(lo, dir, &err)) ot_die("%s", err.msg);
     lo->params = keep;
 }
 
@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
     if (ot_model_load(&m, path, &err)) ot_die("%s", err.msg);
     ot_lora lo;
     snprintf(path, sizeof path, "%s/adapter", fx);
-    if (ot_lora_load_peft(&lo, &m, path, &err)) ot_die("%s", err.msg);
+    if (ot_lora_load_peft(&lo, &m.cfg, path, &err)) ot_die("%s", err.msg);
     ot_safetensors exp;
     snprintf(path, sizeof path, "%s/expected.safetensors", fx);
     if (ot_safetensors_open(&exp, path, &err)) ot_die("%s", err.msg);
@@ -121,7 +121,7 @@ int main(int argc, char **argv) {
     double loss_err = (loss - want_loss) / want_loss;
     ot_check_close("loss", loss_err < 0 ? -loss_err : loss_err, TOL_LOSS);
     snprintf(path, sizeof path, "%s/grads", tmp);
-    save_as_peft(&lo, &m, 1, path);
+    save_as_peft(&lo, 1, path);
     snprintf(path, sizeof path, "%s/grads/adapter_model.safetensors", tmp);
     compare_adapter_file(path, &exp, "grad.", TOL_GRAD, "grad");
 
@@ -150,12 +150,12 @@ int main(int argc, char **argv) {
         printf("info step %d: grad norm before clipping %.6f\n", s + 1, gnorm);
     }
     snprintf(path, sizeof path, "%s/after3", tmp);
-    save_as_peft(&lo, &m, 0, path);
+    save_as_peft(&lo, 0, path);
     // The comparison only means something if the steps moved the adapter far beyond the tolerance.
     {
         ot_lora start;
         snprintf(path, sizeof path, "%s/adapter", fx);
-        if (ot_lora_load_peft(&start, &m, path, &err)) ot_die("%s", err.msg);
+        if (ot_lora_load_peft(&start, &m.cfg, path, &err)) ot_die("%s", err.msg);
         double moved = ot_rel_err_f32(lo.params, start.params, lo.n_params);
         printf("info the 3 steps moved the adapter by %.3e (relative)\n", moved);
         CHECK(moved > 100 * TOL_AFTER3, "the optimizer steps barely moved the adapter (%.3e)", moved);

@@ -203,7 +203,7 @@ int main(int argc, char **argv) {
     if (ot_model_load(&m, path, &err)) ot_die("%s", err.msg);
     ot_lora lo;
     snprintf(path, sizeof path, "%s/adapter", fx);
-    if (ot_lora_load_peft(&lo, &m, path, &err)) ot_die("%s", err.msg);
+    if (ot_lora_load_peft(&lo, &m.cfg, path, &err)) ot_die("%s", err.msg);
     CHECK(m.cfg.sliding_window < T_SEQ, "the fixture's sliding window %d is not exercised", m.cfg.sliding_window);
 
     int32_t ids[T_SEQ];

@@ -824,10 +824,7 @@ static int run(const options *o, const char *stage, int *committed, ot_err *err)
         if (!rc) {
             // ot_lora_load_peft reads only the model's configuration; the exporter never converts the base model to
             // float32 (4.6 GB of embeddings alone for the 20b), so it hands over a model that holds just that.
-            ot_model shell;
-            memset(&shell, 0, sizeof shell);
-            shell.cfg = *c;
-            rc = ot_lora_load_peft(&lo, &shell, o->adapter_dir, err);
+            rc = ot_lora_load_peft(&lo, c, o->adapter_dir, err);
             have_lora = rc == 0;
             if (!rc && lo.n_params == 0) rc = ot_fail(err, "%s: the adapter holds no LoRA factors", o->adapter_dir);
         }
@@ -893,10 +890,7 @@ static int run(const options *o, const char *stage, int *committed, ot_err *err)
     if (!rc && (o->outputs & OUT_PEFT)) {
         char *p = path_join(stage, "peft");
         if (mkdir(p, 0755) != 0) rc = ot_fail(err, "cannot create %s: %s", p, strerror(errno));
-        ot_model shell;
-        memset(&shell, 0, sizeof shell);
-        shell.cfg = *c;
-        if (!rc) rc = ot_lora_save_peft(&lo, &shell, p, err);
+        if (!rc) rc = ot_lora_save_peft(&lo, p, err);
         free(p);
     }
     if (!rc) {

@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
     }
     ot_lora lo, *lop = NULL;
     if (adapter_dir) {
-        if (ot_lora_load_peft(&lo, &m, adapter_dir, &err)) {
+        if (ot_lora_load_peft(&lo, &m.cfg, adapter_dir, &err)) {
             fprintf(stderr, "osstune-logits: %s\n", err.msg);
             return 1;
         }

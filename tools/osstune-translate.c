@@ -410,7 +410,7 @@ static text_list translate_all(const options *o, const text_list *src, const cha
             "tokenizer must agree", o->model, m.cfg.vocab_size, ot_tokenizer_file(tok), ot_tokenizer_vocab_size(tok));
     ot_lora lo, *lop = NULL;
     if (o->adapter) {
-        if (ot_lora_load_peft(&lo, &m, o->adapter, &err)) die("%s", err.msg);
+        if (ot_lora_load_peft(&lo, &m.cfg, o->adapter, &err)) die("%s", err.msg);
         lop = &lo;
     }
     ot_decoder dec;

@@ -502,7 +502,7 @@ int ot_ckpt_save(const char *run_dir, const ot_train_state *st, const ot_lora *l
     if (mkdir(tmp, 0755) != 0) return ot_fail(err, "cannot create %s: %s", tmp, strerror(errno));
 
     // Every writer below writes "<file>.tmp", fsyncs it, renames it and fsyncs the directory.
-    int rc = ot_lora_save_peft(lo, m, tmp, err);
+    int rc = ot_lora_save_peft(lo, tmp, err);
     if (!rc) rc = write_optimizer(tmp, opt, err);
     if (!rc) test_pause(tmp);
     if (!rc) {
@@ -595,7 +595,7 @@ static int load_one(const char *dir, int64_t dir_step, ot_train_state *st, ot_lo
     // or this run's LoRA layout is a mismatch of runs, not damage.
     ot_lora saved;
     ot_err why;
-    if (ot_lora_load_peft(&saved, m, dir, &why)) {
+    if (ot_lora_load_peft(&saved, &m->cfg, dir, &why)) {
         ot_fail(err, "its adapter does not fit this model: %s (the checkpoint was written for the model with "
                 "fingerprint %.16s...)", why.msg, got.model_fingerprint[0] ? got.model_fingerprint : "(none)");
         ot_train_state_free(&got);

@@ -101,9 +101,8 @@ static void fill_peft_config(ot_lora *lo, const ot_model_config *c, float alpha,
     (void)c;
 }
 
-void ot_lora_init(ot_lora *lo, const ot_model *m, const ot_lora_spec *spec, uint64_t seed) {
+void ot_lora_init(ot_lora *lo, const ot_model_config *c, const ot_lora_spec *spec, uint64_t seed) {
     memset(lo, 0, sizeof *lo);
-    const ot_model_config *c = &m->cfg;
     lo->r = spec->r;
     unsigned char (*present)[OT_LORA_N_TARGETS] = ot_calloc((size_t)c->num_hidden_layers, sizeof *present);
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -154,9 +153,8 @@ static int param_order(const ot_peft_config *p, int t) {
     return 1 << 20;
 }
 
-int ot_lora_load_peft(ot_lora *lo, const ot_model *m, const char *dir, ot_err *err) {
+int ot_lora_load_peft(ot_lora *lo, const ot_model_config *c, const char *dir, ot_err *err) {
     memset(lo, 0, sizeof *lo);
-    const ot_model_config *c = &m->cfg;
     char path[4096], key[256];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     if (ot_peft_config_read(&lo->peft, path, err)) return -1;
@@ -272,7 +270,7 @@ int ot_lora_load_peft(ot_lora *lo, const ot_model *m, const char *dir, ot_err *e
     return rc;
 }
 
-int ot_lora_save_peft(const ot_lora *lo, const ot_model *m, const char *dir, ot_err *err) {
+int ot_lora_save_peft(const ot_lora *lo, const char *dir, ot_err *err) {
     const int L = lo->n_layers, r = lo->r;
     ot_st_writer *w = ot_st_writer_new();
     // The transposed expert B factors need their own storage until the writer finishes.
@@ -319,7 +317,6 @@ int ot_lora_save_peft(const ot_lora *lo, const ot_model *m, const char *dir, ot_
     free(names);
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    (void)m;
     return ot_peft_config_write(&lo->peft, path, err);
 }
 

@@ -45,11 +45,11 @@ typedef struct {
 // Parse "q,k,v,o,gate_up,down" (also "attn" = q,k,v,o, "experts" = gate_up,down, "all") into spec->targets.
 int ot_lora_parse_targets(ot_lora_spec *spec, const char *list, ot_err *err);
 // Allocate with PEFT's initialisation: A ~ U(−1/√in, 1/√in) (kaiming_uniform with a = √5), B = 0.
-void ot_lora_init(ot_lora *lo, const ot_model *m, const ot_lora_spec *spec, uint64_t seed);
-// Read a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) for model m.
-int ot_lora_load_peft(ot_lora *lo, const ot_model *m, const char *dir, ot_err *err);
+void ot_lora_init(ot_lora *lo, const ot_model_config *c, const ot_lora_spec *spec, uint64_t seed);
+// Read a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) for a model with config c.
+int ot_lora_load_peft(ot_lora *lo, const ot_model_config *c, const char *dir, ot_err *err);
 // Write a PEFT adapter directory (atomic per file; the directory must exist).
-int ot_lora_save_peft(const ot_lora *lo, const ot_model *m, const char *dir, ot_err *err);
+int ot_lora_save_peft(const ot_lora *lo, const char *dir, ot_err *err);
 void ot_lora_free(ot_lora *lo);
 
 static inline float *ot_lora_A(const ot_lora *lo, const ot_lora_slot *s, int e) {

@@ -148,9 +148,9 @@ int main(int argc, char **argv) {
         FAIL("%s", err.msg);
     }
     if (o.init_adapter) {
-        if (ot_lora_load_peft(&lo, &m, o.init_adapter, &err)) FAIL("%s", err.msg);
+        if (ot_lora_load_peft(&lo, &m.cfg, o.init_adapter, &err)) FAIL("%s", err.msg);
     } else {
-        ot_lora_init(&lo, &m, &o.lora, o.seed);
+        ot_lora_init(&lo, &m.cfg, &o.lora, o.seed);
     }
     ot_optimizer_init(&opt, lo.n_params, &o.optim);
 

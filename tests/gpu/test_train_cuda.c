@@ -135,7 +135,7 @@ static void compare_loss_curves(const ot_model *m, ot_lora *lo, const ot_lora_sp
     oc.lr = oc.min_lr = 5e-4f; // the loss falls by half in 50 steps and stays far from 0
     oc.total_steps = steps;
     ot_lora lo_gpu; // the GPU's adapter starts from the same values
-    ot_lora_init(&lo_gpu, m, spec, 11);
+    ot_lora_init(&lo_gpu, &m->cfg, spec, 11);
     memcpy(lo_gpu.params, lo->params, sizeof(float) * lo->n_params);
     ot_cuda_lora_set_params(ctx, lo->params);
     ot_optimizer opt_cpu, opt_gpu;
@@ -201,7 +201,7 @@ int main(int argc, char **argv) {
     spec.alpha = 16;
     if (ot_lora_parse_targets(&spec, targets, &err)) ot_die("%s", err.msg);
     ot_lora lo;
-    ot_lora_init(&lo, &m, &spec, 11);
+    ot_lora_init(&lo, &m.cfg, &spec, 11);
     ot_rng rng;
     ot_rng_seed(&rng, 12345);
     for (int l = 0; l < lo.n_layers; l++)
