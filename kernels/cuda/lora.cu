@@ -8,20 +8,7 @@ static SgOperand sg_operand(const void *ptr, long ld, int trans) {
 }
 
 static SgArgs sg_plain(SgOperand a, SgOperand b, void *c, long ldc, int M, int N, int K, float alpha, int accumulate) {
-    SgArgs g;
-    memset(&g, 0, sizeof(g));
-    g.a = a;
-    g.b = b;
-    g.c = c;
-    g.ldc = ldc;
-    g.M = M;
-    g.N = N;
-    g.K = K;
-    g.alpha = alpha;
-    g.accumulate = accumulate;
-    g.ksplit = 1;
-    g.mode = SG_PLAIN;
-    return g;
+    return sg_args(SG_PLAIN, a, b, c, ldc, M, N, K, alpha, accumulate);
 }
 
 void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, const float *A, const float *B,

@@ -11,19 +11,7 @@ static SgOperand op(const void *ptr, long ld, int trans, const int32_t *rowmap, 
 // C rows are the permuted rows; per-expert B; the plan's tiles.
 static SgArgs grouped_m(const ot_cuda_moe_plan *p, SgOperand a, SgOperand b, void *c, long ldc, int N, int K,
                         float alpha, int accumulate) {
-    SgArgs g;
-    memset(&g, 0, sizeof(g));
-    g.a = a;
-    g.b = b;
-    g.c = c;
-    g.ldc = ldc;
-    g.M = p->n_pairs;
-    g.N = N;
-    g.K = K;
-    g.alpha = alpha;
-    g.accumulate = accumulate;
-    g.ksplit = 1;
-    g.mode = SG_GROUP_M;
+    SgArgs g = sg_args(SG_GROUP_M, a, b, c, ldc, p->n_pairs, N, K, alpha, accumulate);
     g.offsets = p->offsets;
     g.tile_expert = p->tile_expert;
     g.tile_row0 = p->tile_row0;
@@ -33,19 +21,8 @@ static SgArgs grouped_m(const ot_cuda_moe_plan *p, SgOperand a, SgOperand b, voi
 // One M × N product per expert summed over that expert's permuted rows; C offset c_batch per expert.
 static SgArgs grouped_k(const ot_cuda_moe_plan *p, SgOperand a, SgOperand b, void *c, long ldc, long c_batch, int M,
                         int N, float alpha) {
-    SgArgs g;
-    memset(&g, 0, sizeof(g));
-    g.a = a;
-    g.b = b;
-    g.c = c;
-    g.ldc = ldc;
+    SgArgs g = sg_args(SG_GROUP_K, a, b, c, ldc, M, N, 0, alpha, 1);
     g.c_batch = c_batch;
-    g.M = M;
-    g.N = N;
-    g.alpha = alpha;
-    g.accumulate = 1;
-    g.ksplit = 1;
-    g.mode = SG_GROUP_K;
     g.offsets = p->offsets;
     return g;
 }

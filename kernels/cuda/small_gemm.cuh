@@ -43,6 +43,25 @@ typedef struct {
     const int32_t *offsets, *tile_expert, *tile_row0; // the MoE plan, for the grouped modes
 } SgArgs;
 
+// The fields every product sets (no K split, no plan); the grouped modes fill in their plan fields after.
+static inline SgArgs sg_args(int mode, SgOperand a, SgOperand b, void *c, long ldc, int M, int N, int K, float alpha,
+                             int accumulate) {
+    SgArgs g;
+    memset(&g, 0, sizeof(g));
+    g.a = a;
+    g.b = b;
+    g.c = c;
+    g.ldc = ldc;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.alpha = alpha;
+    g.accumulate = accumulate;
+    g.ksplit = 1;
+    g.mode = mode;
+    return g;
+}
+
 template <typename T> __device__ __forceinline__ float sg_load(const T *p);
 template <> __device__ __forceinline__ float sg_load<float>(const float *p) { return *p; }
 template <> __device__ __forceinline__ float sg_load<bf16>(const bf16 *p) { return bf2f(*p); }
