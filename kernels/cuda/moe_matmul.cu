@@ -78,6 +78,33 @@ __device__ __forceinline__ void mm_warp_step(float acc[2][4][4], const bf16 (*As
     }
 }
 
+// Write a warp's 32 × 32 accumulator tile (mma.sync fragment layout) to out[row][col] (row stride ld) for rows
+// below m_end and columns below ncols, adding bias[col] when given and the old value when accumulating.
+__device__ __forceinline__ void mm_store_tile(const float (&acc)[2][4][4], bf16 *out, int ld, int m0, int m_end,
+                                              int col0, int ncols, const bf16 *bias, int accumulate, int wm, int wn,
+                                              int gi, int ti) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                int row = m0 + wm * 32 + mt * 16 + gi + half * 8;
+                if (row >= m_end) continue;
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int col = col0 + wn * 32 + nt * 8 + ti * 2 + c;
+                    if (col >= ncols) continue;
+                    float v = acc[mt][nt][half * 2 + c];
+                    if (bias) v += bf2f(bias[col]);
+                    bf16 *d = out + (size_t)row * ld + col;
+                    *d = f2bf(accumulate ? bf2f(*d) + v : v);
+                }
+            }
+        }
+    }
+}
+
 // ---- forward: y = x · W_eᵀ + b_e ------------------------------------------------------------------------------
 template <bool MX>
 __global__ void __launch_bounds__(MM_THREADS)
@@ -148,25 +175,7 @@ __global__ void __launch_bounds__(MM_THREADS)
     }
 #undef MM_FWD_LOAD
 
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++) {
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                int row = m0 + wm * 32 + mt * 16 + gi + half * 8;
-                if (row >= m_end) continue;
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int n = n0 + wn * 32 + nt * 8 + ti * 2 + c;
-                    if (n >= N) continue;
-                    float v = acc[mt][nt][half * 2 + c];
-                    if (w.bias) v += bf2f(w.bias[(size_t)e * N + n]);
-                    y[(size_t)row * N + n] = f2bf(v);
-                }
-            }
-        }
-    }
+    mm_store_tile(acc, y, N, m0, m_end, n0, N, w.bias ? w.bias + (size_t)e * N : NULL, 0, wm, wn, gi, ti);
 }
 
 // ---- backward (input gradient): dx = dy · W_e -------------------------------------------------------------------
@@ -248,25 +257,7 @@ __global__ void __launch_bounds__(MM_THREADS)
     }
 #undef MM_BWD_LOAD
 
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++) {
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                int row = m0 + wm * 32 + mt * 16 + gi + half * 8;
-                if (row >= m_end) continue;
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int col = c0 + wn * 32 + nt * 8 + ti * 2 + c;
-                    if (col >= K) continue;
-                    float v = acc[mt][nt][half * 2 + c];
-                    bf16 *d = dx + (size_t)row * K + col;
-                    *d = f2bf(accumulate ? bf2f(*d) + v : v);
-                }
-            }
-        }
-    }
+    mm_store_tile(acc, dx, K, m0, m_end, c0, K, NULL, accumulate, wm, wn, gi, ti);
 }
 
 static MoeW moe_weight_args(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const char *op) {

@@ -795,6 +795,23 @@ static void test_moe(const sizes *z) {
     free_ref_plan(&rp);
     free(idx);
     dfree(idx_d);
+
+    // A plan under 64 (token, slot) rows (decoding-sized) takes the fused tensor-core kernels instead of cuBLAS.
+    int Ts = 20, ks = k < 2 ? k : 2;
+    int32_t *idx_s = make_routes(Ts, E, ks);
+    ref_plan rps = make_ref_plan(idx_s, Ts * ks, E);
+    ot_cuda_moe_plan small;
+    ot_cuda_moe_plan_alloc(&small, Ts, ks, E);
+    int32_t *idx_sd = up_i32(idx_s, (size_t)Ts * ks);
+    ot_cuda_moe_plan_build(g_s, &small, idx_sd);
+    test_moe_plan(&small, &rps, Ts, ks, E);
+    test_moe_matmul(&small, &rps, OT_EXPERT_MXFP4, 2 * I, H);
+    test_moe_matmul(&small, &rps, OT_EXPERT_MXFP4, 70, 96);
+    test_moe_matmul(&small, &rps, OT_EXPERT_DENSE, 70, 96);
+    ot_cuda_moe_plan_free(&small);
+    free_ref_plan(&rps);
+    free(idx_s);
+    dfree(idx_sd);
 }
 
 // ---- cross-entropy through the head --------------------------------------------------------------------------------
