@@ -246,11 +246,6 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
-__global__ void add_f32_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = f2bf(bf2f(dst[i]) + src[i]);
-}
-
 void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf16 *dv, float *dsinks,
                            const ot_bf16 *dout, const ot_bf16 *out, const float *lse, const ot_bf16 *q,
                            const ot_bf16 *k, const ot_bf16 *v, const float *sinks, const int32_t *seg_start, int T,
@@ -283,8 +278,7 @@ void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf1
     }
     if (dq) {
         size_t n = (size_t)T * nh * D;
-        add_f32_to_bf16_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(as_bf16(dq), dq_acc, n);
-        OT_LAUNCH_CHECK();
+        ot_cuda_add_f32_to_bf16(stream, dq, dq_acc, n);
         ot_cuda_tmp_free(dq_acc, stream);
     }
     ot_cuda_tmp_free(tile_kmin, stream);

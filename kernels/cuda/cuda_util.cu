@@ -89,6 +89,10 @@ __global__ void add_bf16_kernel(bf16 *y, const bf16 *x, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         y[i] = f2bf(bf2f(y[i]) + bf2f(x[i]));
 }
+__global__ void add_f32_to_bf16_kernel(bf16 *y, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = f2bf(bf2f(y[i]) + x[i]);
+}
 __global__ void scale_f32_kernel(float *x, size_t n, float factor) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] *= factor;
@@ -102,6 +106,11 @@ void ot_cuda_f32_to_bf16(cudaStream_t stream, ot_bf16 *dst, const float *src, si
 void ot_cuda_bf16_to_f32(cudaStream_t stream, float *dst, const ot_bf16 *src, size_t n) {
     if (!n) return;
     bf16_to_f32_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(dst, as_bf16(src), n);
+    OT_LAUNCH_CHECK();
+}
+void ot_cuda_add_f32_to_bf16(cudaStream_t stream, ot_bf16 *y, const float *x, size_t n) {
+    if (!n) return;
+    add_f32_to_bf16_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(as_bf16(y), x, n);
     OT_LAUNCH_CHECK();
 }
 void ot_cuda_add_bf16(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, size_t n) {

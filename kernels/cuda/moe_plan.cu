@@ -106,12 +106,14 @@ void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
     OT_CUDA_CHECK(cudaMalloc(&p->row_token, (size_t)p->n_pairs * sizeof(int32_t)));
     OT_CUDA_CHECK(cudaMalloc(&p->tile_expert, (size_t)p->n_tiles * sizeof(int32_t)));
     OT_CUDA_CHECK(cudaMalloc(&p->tile_row0, (size_t)p->n_tiles * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaMallocHost((void **)&p->host_offsets, (size_t)(E + 1) * sizeof(int32_t)));
 }
 
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p) {
     int32_t *bufs[] = {p->counts, p->offsets, p->perm, p->inv, p->row_token, p->tile_expert, p->tile_row0};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         if (bufs[i]) OT_CUDA_CHECK(cudaFree(bufs[i]));
+    if (p->host_offsets) OT_CUDA_CHECK(cudaFreeHost(p->host_offsets));
     memset(p, 0, sizeof(*p));
 }
 
@@ -126,6 +128,9 @@ void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int3
     OT_REQUIRE(shmem <= 48 * 1024, "ot_cuda_moe_plan_build: %d experts is too many", p->E);
     moe_tiles_kernel<<<1, PLAN_THREADS, shmem, stream>>>(p->tile_expert, p->tile_row0, p->counts, p->E, p->n_tiles);
     OT_LAUNCH_CHECK();
+    OT_CUDA_CHECK(cudaMemcpyAsync(p->host_offsets, p->offsets, (size_t)(p->E + 1) * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, stream));
+    OT_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 // ---- combine ---------------------------------------------------------------------------------------------------

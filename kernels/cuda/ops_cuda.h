@@ -70,6 +70,7 @@ void ot_cuda_blas_free(ot_cuda_blas *b);
 void ot_cuda_f32_to_bf16(cudaStream_t stream, ot_bf16 *dst, const float *src, size_t n);
 void ot_cuda_bf16_to_f32(cudaStream_t stream, float *dst, const ot_bf16 *src, size_t n);
 void ot_cuda_add_bf16(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, size_t n); // y += x
+void ot_cuda_add_f32_to_bf16(cudaStream_t stream, ot_bf16 *y, const float *x, size_t n); // y = bf16(y + x)
 void ot_cuda_scale_f32(cudaStream_t stream, float *x, size_t n, float factor);     // x *= factor
 
 // ---- embedding: out[t] = table[ids[t]]; dtable[ids[t]] += dout[t] (V = rows of the table, for bounds) --------
@@ -138,11 +139,14 @@ typedef struct {
     int32_t *row_token;    // [n_pairs] permuted row -> token t
     int32_t *tile_expert;  // [n_tiles] expert of each row tile, -1 for unused tiles
     int32_t *tile_row0;    // [n_tiles] first permuted row of each tile
+    int32_t *host_offsets; // [E + 1]  pinned host copy of offsets, filled by ot_cuda_moe_plan_build
 } ot_cuda_moe_plan;
 // cudaMalloc, once. The kernels read T, n_pairs and n_tiles from the struct, so a plan allocated for T tokens also
 // serves a batch of T' < T tokens: copy it and set T = T', n_pairs = T'·k, n_tiles = ceil(n_pairs / 64) + E.
 void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E);
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p);
+// Builds the plan on the device and copies the offsets to host_offsets, waiting for the stream once: the grouped
+// products size their per-expert calls on the host, and every call of the layer then reads that copy.
 void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int32_t *idx);
 
 // One expert projection for all experts, logical shape [E, rows (out), cols (in)], as stored in the checkpoint.
@@ -158,8 +162,8 @@ typedef struct {
 // y[p, :] = x_p · W_eᵀ + b_e for every permuted row p of expert e; y [n_pairs, rows]. x_p is x[row_token[p]] when
 // `gather` (x [T, cols], the token activations) or x[p] otherwise (x [n_pairs, cols], already permuted).
 // From 64 (token, slot) pairs on: through cuBLAS, each expert's MXFP4 matrix dequantized into a bf16 scratch
-// buffer one expert at a time (never all experts at once; waits for the stream once per call to read the plan's
-// offsets). Below that: fused tensor-core kernels that dequantize MXFP4 tiles in shared memory.
+// matrix (one per side stream, never all experts at once), the experts spread over a few side streams. Below
+// that: fused tensor-core kernels that dequantize MXFP4 tiles in shared memory.
 void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
                             const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p);
 // dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.

@@ -553,6 +553,7 @@ void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
     p->n_tiles = (p->n_pairs + OT_CUDA_MOE_TILE_ROWS - 1) / OT_CUDA_MOE_TILE_ROWS + E;
     cudaMalloc((void **)&p->counts, sizeof(int32_t) * E);
     cudaMalloc((void **)&p->offsets, sizeof(int32_t) * (E + 1));
+    p->host_offsets = p->offsets; // host and device memory are one here
     cudaMalloc((void **)&p->perm, sizeof(int32_t) * p->n_pairs);
     cudaMalloc((void **)&p->inv, sizeof(int32_t) * p->n_pairs);
     cudaMalloc((void **)&p->row_token, sizeof(int32_t) * p->n_pairs);
