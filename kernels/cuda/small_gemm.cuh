@@ -1,11 +1,11 @@
-// A general fp32 (SIMT) matrix product for the LoRA paths, where one side is the small rank r and the operands mix
-// bf16 activations with fp32 adapter weights — shapes and types the bf16 library products do not cover.
+// A general fp32 (SIMT) matrix product for the expert-LoRA paths, where one side is the small rank r, the operands
+// mix bf16 activations with fp32 adapter weights and the rows are grouped by expert — shapes and types the bf16
+// library products do not cover.
 //
 //   C[m, n] (+)= alpha · Σ_k A(m, k) · B(k, n)
 //
 // Each operand is a row-major array read either as is or transposed, optionally through a row map (the MoE paths
-// read token rows through the permutation) and offset per expert. Three ways to cut the work:
-// - SG_PLAIN:   one product; K may be split over grid.z (fp32 C with accumulate only: the pieces add atomically);
+// read token rows through the permutation) and offset per expert. Two ways to cut the work:
 // - SG_GROUP_M: the rows of A and C are the permuted (token, slot) rows; each 64-row tile belongs to one expert
 //               (the MoE plan's tile table), and B is that expert's matrix;
 // - SG_GROUP_K: one product per expert e (grid.z): the sum runs over e's permuted rows offsets[e]..offsets[e+1]-1,
@@ -21,7 +21,7 @@
 #define SG_BK 16
 #define SG_THREADS 256
 
-enum { SG_PLAIN = 0, SG_GROUP_M = 1, SG_GROUP_K = 2 };
+enum { SG_GROUP_M = 1, SG_GROUP_K = 2 };
 
 typedef struct {
     const void *ptr;
@@ -38,12 +38,11 @@ typedef struct {
     int M, N, K;           // SG_GROUP_M: M unused (the tiles decide); SG_GROUP_K: K unused (the offsets decide)
     float alpha;
     int accumulate;        // 1: C += alpha·AB; 0: C = alpha·AB
-    int ksplit;            // SG_PLAIN only
     int mode;
     const int32_t *offsets, *tile_expert, *tile_row0; // the MoE plan, for the grouped modes
 } SgArgs;
 
-// The fields every product sets (no K split, no plan); the grouped modes fill in their plan fields after.
+// The fields every product sets; the caller fills in the plan fields after.
 static inline SgArgs sg_args(int mode, SgOperand a, SgOperand b, void *c, long ldc, int M, int N, int K, float alpha,
                              int accumulate) {
     SgArgs g;
@@ -57,7 +56,6 @@ static inline SgArgs sg_args(int mode, SgOperand a, SgOperand b, void *c, long l
     g.K = K;
     g.alpha = alpha;
     g.accumulate = accumulate;
-    g.ksplit = 1;
     g.mode = mode;
     return g;
 }
@@ -66,13 +64,12 @@ template <typename T> __device__ __forceinline__ float sg_load(const T *p);
 template <> __device__ __forceinline__ float sg_load<float>(const float *p) { return *p; }
 template <> __device__ __forceinline__ float sg_load<bf16>(const bf16 *p) { return bf2f(*p); }
 
-template <typename T> __device__ __forceinline__ void sg_store(T *p, float v, int accumulate, int atomic);
-template <> __device__ __forceinline__ void sg_store<float>(float *p, float v, int accumulate, int atomic) {
-    if (atomic) atomicAdd(p, v);
-    else *p = accumulate ? *p + v : v;
+template <typename T> __device__ __forceinline__ void sg_store(T *p, float v, int accumulate);
+template <> __device__ __forceinline__ void sg_store<float>(float *p, float v, int accumulate) {
+    *p = accumulate ? *p + v : v;
 }
-template <> __device__ __forceinline__ void sg_store<bf16>(bf16 *p, float v, int accumulate, int atomic) {
-    *p = f2bf(accumulate ? bf2f(*p) + v : v); // bf16 C is never split over K (checked on the host)
+template <> __device__ __forceinline__ void sg_store<bf16>(bf16 *p, float v, int accumulate) {
+    *p = f2bf(accumulate ? bf2f(*p) + v : v);
 }
 
 // Element (i, j) of an operand: stored[i][j] or, transposed, stored[j][i]; `e` picks the expert's matrix.
@@ -98,18 +95,12 @@ __global__ void __launch_bounds__(SG_THREADS) small_gemm_kernel(SgArgs g) {
         m_end = min(m0 + SG_BM, g.offsets[e + 1]);
         k_begin = 0;
         k_end = g.K;
-    } else if (g.mode == SG_GROUP_K) {
+    } else { // SG_GROUP_K
         e = blockIdx.z;
         m0 = blockIdx.y * SG_BM;
         m_end = min(m0 + SG_BM, g.M);
         k_begin = g.offsets[e];
         k_end = g.offsets[e + 1];
-    } else {
-        m0 = blockIdx.y * SG_BM;
-        m_end = min(m0 + SG_BM, g.M);
-        int chunk = ((g.K + g.ksplit - 1) / g.ksplit + SG_BK - 1) / SG_BK * SG_BK;
-        k_begin = blockIdx.z * chunk;
-        k_end = min(g.K, k_begin + chunk);
     }
     // Only the grouped-M mode has a per-expert B and only grouped-K a per-expert C; A's rows are always global
     // (token or permuted rows), so A is never offset per expert.
@@ -157,7 +148,6 @@ __global__ void __launch_bounds__(SG_THREADS) small_gemm_kernel(SgArgs g) {
     }
 
     TC *C = static_cast<TC *>(g.c) + ec * g.c_batch;
-    const int atomic = g.mode == SG_PLAIN && g.ksplit > 1;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         int m = m0 + ty + 16 * i;
@@ -165,12 +155,12 @@ __global__ void __launch_bounds__(SG_THREADS) small_gemm_kernel(SgArgs g) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int n = n0 + tx + 16 * j;
-            if (n < g.N) sg_store<TC>(C + (long)m * g.ldc + n, g.alpha * acc[i][j], g.accumulate, atomic);
+            if (n < g.N) sg_store<TC>(C + (long)m * g.ldc + n, g.alpha * acc[i][j], g.accumulate);
         }
     }
 }
 
-// Host launcher. For SG_GROUP_M pass n_tiles (the plan's), for SG_GROUP_K pass n_experts; ignored otherwise.
+// Host launcher. For SG_GROUP_M pass n_tiles (the plan's), for SG_GROUP_K pass n_experts.
 template <typename TA, typename TB, typename TC>
 static void small_gemm(cudaStream_t stream, SgArgs g, int n_tiles, int n_experts, const char *what) {
     OT_REQUIRE(g.N >= 0 && g.K >= 0 && g.M >= 0, "%s: bad sizes M %d N %d K %d", what, g.M, g.N, g.K);
@@ -178,29 +168,15 @@ static void small_gemm(cudaStream_t stream, SgArgs g, int n_tiles, int n_experts
     dim3 grid(ot_cdiv(g.N, SG_BN), 1, 1);
     if (g.mode == SG_GROUP_M) {
         grid.y = (unsigned)n_tiles;
-    } else if (g.mode == SG_GROUP_K) {
+    } else {
+        OT_REQUIRE(g.mode == SG_GROUP_K, "%s: unknown product mode %d", what, g.mode);
         grid.y = ot_cdiv(g.M, SG_BM);
         grid.z = (unsigned)n_experts;
-    } else {
-        grid.y = ot_cdiv(g.M, SG_BM);
-        if (g.ksplit < 1) g.ksplit = 1;
-        grid.z = (unsigned)g.ksplit;
-        OT_REQUIRE(g.ksplit == 1 || (sizeof(TC) == sizeof(float) && g.accumulate),
-                   "%s: a K split needs an fp32 output that accumulates", what);
     }
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
     OT_REQUIRE(grid.y <= 65535 && grid.z <= 65535, "%s: too many tiles (%u x %u)", what, grid.y, grid.z);
     small_gemm_kernel<TA, TB, TC><<<grid, SG_THREADS, 0, stream>>>(g);
     OT_LAUNCH_CHECK();
-}
-
-// How many pieces to split a long K into so that a product with few output tiles still fills the GPU.
-static inline int sg_ksplit_for(int M, int N, int K) {
-    long tiles = (long)ot_cdiv(M, SG_BM) * ot_cdiv(N, SG_BN);
-    long want = 264 / (tiles ? tiles : 1); // about two blocks per SM of an H100
-    long most = (K + 255) / 256;           // keep at least 256 values of K per piece
-    long s = want < most ? want : most;
-    return s < 1 ? 1 : (int)(s > 64 ? 64 : s);
 }
 
 #endif
