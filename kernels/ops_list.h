@@ -78,6 +78,13 @@ void OT_OPS_FN(ot_expert_matmul_fwd)(OT_OPS_REAL *y, const OT_OPS_REAL *x, const
 // dx += dy · W_e   (the expert weights and biases are frozen: no weight gradient)
 void OT_OPS_FN(ot_expert_matmul_bwd)(OT_OPS_REAL *dx, const OT_OPS_REAL *dy, const ot_expert_weight *W, int e, int n);
 
+// Full training only (osstune-train --full): the weight gradient of one DENSE expert's map on its group of n rows,
+//   dW_e [out, in] += dyᵀ · x,  db_e [out] += Σ_rows dy   (either may be NULL).
+// MXFP4 experts are never trained (they would have to be re-quantized every step): W->kind must be
+// OT_EXPERT_DENSE, anything else stops with a message. W only supplies the kind and the shape.
+void OT_OPS_FN(ot_expert_matmul_bwd_weight)(OT_OPS_REAL *dW_e, OT_OPS_REAL *db_e, const OT_OPS_REAL *dy,
+                                            const OT_OPS_REAL *x, const ot_expert_weight *W, int n);
+
 // ---- cross-entropy at selected positions through the output head -----------------------------------------------
 // For each of n targets i: logits = h[pos[i]] · Wlmᵀ (V entries, computed a block of rows at a time; never all
 // T × V), loss_i = logsumexp(logits) - logits[label[i]]. Returns Σ_i loss_i (double). When dh is non-NULL,

@@ -488,6 +488,50 @@ static void test_experts(void) {
     free(dense), free(blocks), free(scales);
 }
 
+// ---- dense expert weight gradient (full training) -------------------------------------------------------------
+// The expert weights are float even in the double build, so the finite differences perturb floats. The weights
+// and biases are multiples of 2^-12 in [-1, 1] and the step is 2^-8: every perturbed value is exact in float, and
+// the loss is linear in W and b, so the central difference is exact up to double rounding (same 1e-6 tolerance).
+#define EXPERT_W_STEP (1.0 / 256)
+static double expert_w_fd(float *v, size_t i, expert_ctx *c) {
+    float v0 = v[i];
+    v[i] = (float)(v0 + EXPERT_W_STEP);
+    double lp = expert_loss(c);
+    v[i] = (float)(v0 - EXPERT_W_STEP);
+    double lm = expert_loss(c);
+    v[i] = v0;
+    return (lp - lm) / (2 * EXPERT_W_STEP);
+}
+static void test_expert_weight_grad(void) {
+    int E = 3, rows = 5, cols = 7, e = 1, n = 4;
+    size_t nw = (size_t)E * rows * cols, ne = (size_t)rows * cols;
+    float *dense = ot_malloc(nw * sizeof(float)), bias[3 * 5];
+    for (size_t i = 0; i < nw; i++)
+        dense[i] = (float)((double)((int)(ot_rng_u64(&rng) % 8193) - 4096) / 4096.0);
+    for (int i = 0; i < E * rows; i++)
+        bias[i] = (float)((double)((int)(ot_rng_u64(&rng) % 8193) - 4096) / 4096.0);
+    ot_expert_weight W = {.kind = OT_EXPERT_DENSE, .n_experts = E, .rows = rows, .cols = cols, .dense = dense};
+    size_t nx = (size_t)n * cols, ny = (size_t)n * rows;
+    expert_ctx c = {n, &W, e, bias + e * rows, rand_vec(nx, -1, 1), rand_vec(ny, -1, 1), ot_malloc(ny * sizeof(double))};
+    double *fdW = ot_malloc(ne * sizeof(double)), *fdb = ot_malloc((size_t)rows * sizeof(double));
+    for (size_t i = 0; i < ne; i++)
+        fdW[i] = expert_w_fd(dense + (size_t)e * ne, i, &c);
+    for (int i = 0; i < rows; i++)
+        fdb[i] = expert_w_fd(bias + e * rows, (size_t)i, &c);
+    double *bW = rand_vec(ne, -1, 1), *bb = rand_vec((size_t)rows, -1, 1);
+    double *gW = copy_vec(bW, ne), *gb = copy_vec(bb, (size_t)rows);
+    ot_expert_matmul_bwd_weight_f64(gW, gb, c.w, c.x, &W, n);
+    check_grad("expert weight grad dW", gW, bW, fdW, ne);
+    check_grad("expert weight grad db", gb, bb, fdb, (size_t)rows);
+    double *gW2 = copy_vec(bW, ne), *gb2 = copy_vec(bb, (size_t)rows);
+    ot_expert_matmul_bwd_weight_f64(gW2, NULL, c.w, c.x, &W, n);
+    ot_expert_matmul_bwd_weight_f64(NULL, gb2, c.w, c.x, &W, n);
+    check_same("expert weight grad dW (db NULL)", gW2, gW, ne);
+    check_same("expert weight grad db (dW NULL)", gb2, gb, (size_t)rows);
+    free(dense), free(c.x), free(c.w), free(c.y), free(fdW), free(fdb), free(bW), free(bb), free(gW), free(gb);
+    free(gW2), free(gb2);
+}
+
 // ---- lm head + cross-entropy ---------------------------------------------------------------------------------
 typedef struct {
     int n, H, V;
@@ -550,6 +594,7 @@ int main(void) {
     test_router();
     test_swiglu();
     test_experts();
+    test_expert_weight_grad();
     test_xent();
     return ot_test_finish("test_kernels_gradcheck");
 }

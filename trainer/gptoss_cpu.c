@@ -119,9 +119,10 @@ static void projection_fwd(float *y, float *xa, const float *x, const float *W, 
     if (s) ot_lora_fwd(y, xa, x, ot_lora_A(lo, s, 0), ot_lora_B(lo, s, 0), T, in, lo->r, out, lo->scale);
 }
 
-static void projection_bwd(float *dx, const float *dy, const float *x, const float *xa, const float *W,
-                           ot_lora *lo, const ot_lora_slot *s, int T, int in, int out) {
-    ot_matmul_bwd(dx, NULL, NULL, dy, x, W, T, in, out);
+// dW, db: the base weight's gradient in full training (NULL when the base is frozen).
+static void projection_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *xa,
+                           const float *W, ot_lora *lo, const ot_lora_slot *s, int T, int in, int out) {
+    ot_matmul_bwd(dx, dW, db, dy, x, W, T, in, out);
     if (s)
         ot_lora_bwd(dx, ot_lora_dA(lo, s, 0), ot_lora_dB(lo, s, 0), dy, x, xa, ot_lora_A(lo, s, 0),
                     ot_lora_B(lo, s, 0), T, in, lo->r, out, lo->scale);
@@ -175,8 +176,9 @@ static void moe_fwd(float *out, layer_acts *a, const ot_layer_weights *w, const 
     free(X);
 }
 
+// gw (full training, else NULL): the layer's weight gradients; its dense expert views point into the gradient buffer.
 static void moe_bwd(float *dxn2, const float *dout, layer_acts *a, const ot_layer_weights *w, ot_lora *lo, int l,
-                    const ot_model_config *c, int T) {
+                    const ot_model_config *c, int T, const ot_layer_weights *gw) {
     const int H = c->hidden_size, I = c->intermediate_size, E = c->num_local_experts, K = c->num_experts_per_tok;
     const int r = lo ? lo->r : 0;
     const ot_lora_slot *s_gu = slot_of(lo, l, OT_LORA_GATE_UP), *s_d = slot_of(lo, l, OT_LORA_DOWN);
@@ -205,6 +207,9 @@ static void moe_bwd(float *dxn2, const float *dout, layer_acts *a, const ot_laye
         }
         memset(dact, 0, sizeof(float) * (size_t)n * I);
         ot_expert_matmul_bwd(dact, dY, &w->down, e, n);
+        if (gw) // the view is const for the forward's sake; in a gradient view it is the writable gradient buffer
+            ot_expert_matmul_bwd_weight((float *)gw->down.dense + (size_t)e * H * I, gw->down_b + (size_t)e * H, dY,
+                                        act, &w->down, n);
         if (s_d)
             ot_lora_bwd(dact, ot_lora_dA(lo, s_d, e), ot_lora_dB(lo, s_d, e), dY, act, a->xa_d + (size_t)r0 * r,
                         ot_lora_A(lo, s_d, e), ot_lora_B(lo, s_d, e), n, I, r, H, lo->scale);
@@ -212,6 +217,9 @@ static void moe_bwd(float *dxn2, const float *dout, layer_acts *a, const ot_laye
         ot_swiglu_bwd(dgu, dact, gu, n, I, c->swiglu_alpha, c->swiglu_limit);
         memset(dX, 0, sizeof(float) * (size_t)n * H);
         ot_expert_matmul_bwd(dX, dgu, &w->gate_up, e, n);
+        if (gw)
+            ot_expert_matmul_bwd_weight((float *)gw->gate_up.dense + (size_t)e * 2 * I * H,
+                                        gw->gate_up_b + (size_t)e * 2 * I, dgu, X, &w->gate_up, n);
         if (s_gu)
             ot_lora_bwd(dX, ot_lora_dA(lo, s_gu, e), ot_lora_dB(lo, s_gu, e), dgu, X, a->xa_gu + (size_t)r0 * r,
                         ot_lora_A(lo, s_gu, e), ot_lora_B(lo, s_gu, e), n, H, r, 2 * I, lo->scale);
@@ -223,7 +231,7 @@ static void moe_bwd(float *dxn2, const float *dout, layer_acts *a, const ot_laye
     // Through the routing weights into the router logits, then the (frozen) router into xn2.
     float *dlogits = ot_calloc((size_t)T * E, sizeof(float));
     ot_router_topk_bwd(dlogits, dw, a->topk_w, a->topk_idx, T, E, K);
-    ot_matmul_bwd(dxn2, NULL, NULL, dlogits, a->xn2, w->router_w, T, H, E);
+    ot_matmul_bwd(dxn2, gw ? gw->router_w : NULL, gw ? gw->router_b : NULL, dlogits, a->xn2, w->router_w, T, H, E);
     free(dlogits);
     free(dw);
     free(dY);
@@ -268,7 +276,9 @@ static void forward_layers(const ot_model *m, const ot_lora *lo, const ot_batch 
     ot_rmsnorm_fwd(ws->hf, ws->rstd_f, ws->x_final, m->norm_w, T, H, c->rms_norm_eps);
 }
 
-static void backward_layers(const ot_model *m, ot_lora *lo, const ot_batch *b, ot_cpu_workspace *ws, float *dx) {
+// g (full training, else NULL): the model's weight gradients, accumulated.
+static void backward_layers(const ot_model *m, ot_lora *lo, const ot_batch *b, ot_cpu_workspace *ws, float *dx,
+                            const ot_model *g) {
     const ot_model_config *c = &m->cfg;
     const int T = b->T, H = c->hidden_size, nh = c->num_attention_heads, nkv = c->num_key_value_heads,
               D = c->head_dim;
@@ -282,25 +292,30 @@ static void backward_layers(const ot_model *m, ot_lora *lo, const ot_batch *b, o
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         layer_acts *a = &ws->layers[l];
         const ot_layer_weights *w = &m->layers[l];
+        const ot_layer_weights *gw = g ? &g->layers[l] : NULL;
         // MoE block: x_next = h + moe(xn2(h)); dx flows to h unchanged (residual) plus through the MoE.
         memset(dxn, 0, sizeof(float) * (size_t)T * H);
-        moe_bwd(dxn, dx, a, w, lo, l, c, T);
-        ot_rmsnorm_bwd(dx, NULL, dxn, a->h, w->ln2_w, a->rstd2, T, H);
+        moe_bwd(dxn, dx, a, w, lo, l, c, T, gw);
+        ot_rmsnorm_bwd(dx, gw ? gw->ln2_w : NULL, dxn, a->h, w->ln2_w, a->rstd2, T, H);
         // attention block: h = x + o_proj(attention(...))
         memset(datt, 0, sizeof(float) * (size_t)T * Q);
-        projection_bwd(datt, dx, a->att, a->xa[3], w->o_w, lo, slot_of(lo, l, OT_LORA_O), T, Q, H);
+        projection_bwd(datt, gw ? gw->o_w : NULL, gw ? gw->o_b : NULL, dx, a->att, a->xa[3], w->o_w, lo,
+                       slot_of(lo, l, OT_LORA_O), T, Q, H);
         memset(dq, 0, sizeof(float) * (size_t)T * Q);
         memset(dk, 0, sizeof(float) * (size_t)T * KV);
         memset(dv, 0, sizeof(float) * (size_t)T * KV);
-        ot_attention_bwd(dq, dk, dv, NULL, datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, b->seg_start, T, nh,
+        ot_attention_bwd(dq, dk, dv, gw ? gw->sinks : NULL, datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, b->seg_start, T, nh,
                          nkv, D, w->sliding ? c->sliding_window : 0);
         ot_rope_bwd(dq, b->pos, m->inv_freq, m->attn_factor, T, nh, D);
         ot_rope_bwd(dk, b->pos, m->inv_freq, m->attn_factor, T, nkv, D);
         memset(dxn, 0, sizeof(float) * (size_t)T * H);
-        projection_bwd(dxn, dq, a->xn1, a->xa[0], w->q_w, lo, slot_of(lo, l, OT_LORA_Q), T, H, Q);
-        projection_bwd(dxn, dk, a->xn1, a->xa[1], w->k_w, lo, slot_of(lo, l, OT_LORA_K), T, H, KV);
-        projection_bwd(dxn, dv, a->xn1, a->xa[2], w->v_w, lo, slot_of(lo, l, OT_LORA_V), T, H, KV);
-        ot_rmsnorm_bwd(dx, NULL, dxn, a->x, w->ln1_w, a->rstd1, T, H);
+        projection_bwd(dxn, gw ? gw->q_w : NULL, gw ? gw->q_b : NULL, dq, a->xn1, a->xa[0], w->q_w, lo,
+                       slot_of(lo, l, OT_LORA_Q), T, H, Q);
+        projection_bwd(dxn, gw ? gw->k_w : NULL, gw ? gw->k_b : NULL, dk, a->xn1, a->xa[1], w->k_w, lo,
+                       slot_of(lo, l, OT_LORA_K), T, H, KV);
+        projection_bwd(dxn, gw ? gw->v_w : NULL, gw ? gw->v_b : NULL, dv, a->xn1, a->xa[2], w->v_w, lo,
+                       slot_of(lo, l, OT_LORA_V), T, H, KV);
+        ot_rmsnorm_bwd(dx, gw ? gw->ln1_w : NULL, dxn, a->x, w->ln1_w, a->rstd1, T, H);
     }
     free(dxn);
     free(datt);
@@ -319,7 +334,25 @@ double ot_cpu_forward_backward(const ot_model *m, ot_lora *lo, const ot_batch *b
     double loss = ot_lmhead_xent(dhf, NULL, ws->hf, m->lm_head, b->tgt_pos, b->tgt_label, b->n_targets, H, V, grad_scale);
     float *dx = ot_calloc((size_t)T * H, sizeof(float));
     ot_rmsnorm_bwd(dx, NULL, dhf, ws->x_final, m->norm_w, ws->rstd_f, T, H);
-    backward_layers(m, lo, b, ws, dx);
+    backward_layers(m, lo, b, ws, dx, NULL);
+    free(dx);
+    free(dhf);
+    return loss;
+}
+
+double ot_cpu_forward_backward_full(const ot_model *m, const ot_model *g, const ot_batch *b, float grad_scale,
+                                    ot_cpu_workspace *ws) {
+    const int H = m->cfg.hidden_size, V = m->cfg.vocab_size, T = b->T;
+    if (T == 0) return 0.0;
+    forward_layers(m, NULL, b, ws);
+    float *dhf = ot_calloc((size_t)T * H, sizeof(float));
+    // With tied embeddings g->lm_head is g->embed: the head's and the lookup's gradients add in one table.
+    double loss = ot_lmhead_xent(dhf, g->lm_head, ws->hf, m->lm_head, b->tgt_pos, b->tgt_label, b->n_targets, H, V,
+                                 grad_scale);
+    float *dx = ot_calloc((size_t)T * H, sizeof(float));
+    ot_rmsnorm_bwd(dx, g->norm_w, dhf, ws->x_final, m->norm_w, ws->rstd_f, T, H);
+    backward_layers(m, NULL, b, ws, dx, g);
+    ot_embedding_bwd(g->embed, dx, b->ids, T, H);
     free(dx);
     free(dhf);
     return loss;

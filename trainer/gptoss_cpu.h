@@ -17,6 +17,12 @@ void ot_cpu_workspace_free(ot_cpu_workspace *ws);
 double ot_cpu_forward_backward(const ot_model *m, ot_lora *lo, const ot_batch *b, float grad_scale, int backward,
                                ot_cpu_workspace *ws);
 
+// Full training (osstune-train --full): the same loss, and the gradient of every base weight ACCUMULATED into g, a
+// gradient view of m (trainer/full_params.h: g's pointers point into a buffer laid out like m->owned). The experts
+// must be dense (bf16 in the file); MXFP4 experts are refused before this is reached.
+double ot_cpu_forward_backward_full(const ot_model *m, const ot_model *g, const ot_batch *b, float grad_scale,
+                                    ot_cpu_workspace *ws);
+
 // Logits [b->T, vocab] for every position (what osstune-logits writes).
 void ot_cpu_logits(const ot_model *m, const ot_lora *lo, const ot_batch *b, float *logits, ot_cpu_workspace *ws);
 

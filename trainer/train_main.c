@@ -19,6 +19,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/data_loader.h"
 #include "trainer/evaluate.h"
+#include "trainer/full_train.h"
 #include "trainer/gptoss_cpu.h"
 #include "trainer/train_options.h"
 #ifdef OT_HAVE_CUDA
@@ -134,6 +135,10 @@ int main(int argc, char **argv) {
         FAIL("--rows-per-step %d is smaller than the number of ranks %d: every rank needs at least one row per step",
              o.rows_per_step, world);
     install_signals();
+    if (o.full) { // every weight, no LoRA: its own loop (trainer/full_train.c)
+        exit_code = ot_full_train_run(&o, comm, &g_stop_signal);
+        goto done;
+    }
 
     // ---- model, adapter, optimizer -------------------------------------------------------------------------------
     if (use_cuda) {

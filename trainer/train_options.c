@@ -27,6 +27,8 @@ static void usage(FILE *f) {
         "  --seq-len N            tokens per packed row (default 1024)\n"
         "  --rows-per-step N      rows per global step, whatever the number of ranks (default 8)\n"
         "  --loss-all             take the loss at every position (default: the answer only)\n"
+        "  --full                 train every weight of the model (bf16 experts only; no LoRA): checkpoints hold\n"
+        "                         RUN_DIR/ckpt/step-N/model/, a model directory for --model of later runs\n"
         "  --lora-r N             LoRA rank (default 16)\n"
         "  --lora-alpha A         LoRA alpha (default 32); scaling = alpha / r\n"
         "  --lora-rslora          scaling = alpha / sqrt(r)\n"
@@ -90,7 +92,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     ot_optim_config_default(&o->optim);
     enum { O_MODEL = 256, O_DATA, O_RUN, O_STEPS, O_BACKEND, O_SEED, O_SEQ, O_ROWS, O_LOSSALL, O_R, O_ALPHA, O_RSLORA,
            O_TARGETS, O_ELAYERS, O_INIT, O_LR, O_MINLR, O_WARMUP, O_WD, O_B1, O_B2, O_EPS, O_CLIP, O_SAVE, O_KEEP,
-           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE };
+           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE, O_FULL };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"run-dir", 1, 0, O_RUN}, {"steps", 1, 0, O_STEPS},
         {"backend", 1, 0, O_BACKEND}, {"seed", 1, 0, O_SEED}, {"seq-len", 1, 0, O_SEQ},
@@ -101,7 +103,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         {"beta2", 1, 0, O_B2}, {"eps", 1, 0, O_EPS}, {"max-grad-norm", 1, 0, O_CLIP}, {"save-every", 1, 0, O_SAVE},
         {"keep-last", 1, 0, O_KEEP}, {"resume", 1, 0, O_RESUME}, {"force-resume", 0, 0, O_FORCE},
         {"log-every", 1, 0, O_LOG}, {"eval-data", 1, 0, O_EVAL}, {"eval-every", 1, 0, O_EVAL_EVERY},
-        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"recompute", 1, 0, O_RECOMPUTE}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"recompute", 1, 0, O_RECOMPUTE}, {"full", 0, 0, O_FULL}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     long v;
     ot_err err;
@@ -117,6 +119,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         case O_SEQ: if (parse_long("--seq-len", optarg, 8, &v)) return 2; o->seq_len = (int)v; break;
         case O_ROWS: if (parse_long("--rows-per-step", optarg, 1, &v)) return 2; o->rows_per_step = (int)v; break;
         case O_LOSSALL: o->loss_all = 1; break;
+        case O_FULL: o->full = 1; break;
         case O_R: if (parse_long("--lora-r", optarg, 1, &v)) return 2; o->lora.r = (int)v; break;
         case O_ALPHA: if (parse_float("--lora-alpha", optarg, &o->lora.alpha)) return 2; break;
         case O_RSLORA: o->lora.use_rslora = 1; break;
@@ -212,6 +215,7 @@ static json_t *options_json(const ot_train_options *o, int with_paths) {
     json_object_set_new(j, "seq_len", json_integer(o->seq_len));
     json_object_set_new(j, "rows_per_step", json_integer(o->rows_per_step));
     json_object_set_new(j, "loss_all", json_boolean(o->loss_all));
+    if (o->full) json_object_set_new(j, "full", json_true()); // absent in LoRA runs: their fingerprints stay as they were
     json_object_set_new(j, "lora_r", json_integer(o->lora.r));
     json_object_set_new(j, "lora_alpha", json_real(o->lora.alpha));
     json_object_set_new(j, "lora_rslora", json_boolean(o->lora.use_rslora));

@@ -21,6 +21,7 @@ typedef struct {
     int seq_len;                // tokens per packed row
     int rows_per_step;          // rows per global step (independent of the number of ranks)
     int loss_all;               // loss at every position, not only the answer (benchmarks)
+    int full;                   // --full: train every weight of a bf16 model instead of a LoRA (trainer/full_train.h)
     int save_every;             // checkpoint every N steps (0: only at the end and on a signal)
     int keep_last;              // checkpoints kept
     int log_every;              // progress line every N steps

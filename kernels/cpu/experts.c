@@ -53,3 +53,30 @@ void OT_FN(ot_expert_matmul_bwd)(real *dx, const real *dy, const ot_expert_weigh
     free(acc);
     free(wrow);
 }
+
+// Each weight element sums over the group's rows in double and is rounded once; the row order is the group's,
+// so repeated calls give the same bits.
+void OT_FN(ot_expert_matmul_bwd_weight)(real *dW_e, real *db_e, const real *dy, const real *x,
+                                        const ot_expert_weight *W, int n) {
+    if (W->kind != OT_EXPERT_DENSE)
+        ot_die("ot_expert_matmul_bwd_weight: expert weights of kind %d are not trainable: only dense (bf16 in the "
+               "file) experts get a weight gradient; MXFP4 experts are frozen",
+               W->kind);
+    int in = W->cols, out = W->rows;
+    double *acc = ot_malloc((size_t)in * sizeof(double));
+    for (int r = 0; r < out; r++) {
+        double bsum = 0;
+        memset(acc, 0, (size_t)in * sizeof(double));
+        for (int t = 0; t < n; t++) {
+            double g = (double)dy[(size_t)t * out + r];
+            bsum += g;
+            if (dW_e)
+                ot_axpy_r(acc, g, x + (size_t)t * in, in);
+        }
+        if (dW_e)
+            ot_add_acc(dW_e + (size_t)r * in, acc, (size_t)in);
+        if (db_e)
+            db_e[r] = (real)((double)db_e[r] + bsum);
+    }
+    free(acc);
+}

@@ -169,6 +169,11 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
 // dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
                             const ot_cuda_moe_plan *p, int accumulate);
+// Full training, dense experts only: dW [E, rows, cols] fp32 += Σ_p dy[p]ᵀ · x_p per expert over its permuted rows,
+// db [E, rows] fp32 (may be NULL) += Σ_p dy[p]; x_p as in ot_cuda_moe_matmul_fwd (`gather`). One thread per
+// weight, fp32 sums in permuted-row order: deterministic. CPU twin: ot_expert_matmul_bwd_weight per expert group.
+void ot_cuda_moe_matmul_bwd_weight(cudaStream_t stream, float *dW, float *db, const ot_bf16 *dy, const ot_bf16 *x,
+                                   int gather, const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p);
 // out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]  (out [T, H] overwritten; w [T, k] fp32)
 void ot_cuda_moe_combine_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *y, const float *w,
                              const ot_cuda_moe_plan *p, int H);

@@ -665,6 +665,38 @@ static void test_moe_matmul(const ot_cuda_moe_plan *plan, const ref_plan *rp, in
     free_weight(&w);
 }
 
+// Full training: the dense experts' weight and bias gradients, against ot_expert_matmul_bwd_weight on each expert's
+// gathered rows; accumulation onto non-zero buffers; fp32 sums of bf16 products (TOL_F32 relative, norm-wise).
+static void test_moe_weight_grad(const ot_cuda_moe_plan *plan, const ref_plan *rp, int rows, int cols, int gather) {
+    int T = plan->T, k = plan->k, E = plan->E, n = plan->n_pairs;
+    test_weight w = make_weight(OT_EXPERT_DENSE, E, rows, cols);
+    int xrows = gather ? T : n;
+    float *x = randn_bf16((size_t)xrows * cols, 1.0), *dy = randn_bf16((size_t)n * rows, 1.0);
+    size_t nw = (size_t)E * rows * cols, nb = (size_t)E * rows;
+    float *dW0 = randn(nw, 1.0), *db0 = randn(nb, 1.0); // accumulate onto non-zero gradients
+    float *dW = ot_malloc(nw * sizeof(float)), *db = ot_malloc(nb * sizeof(float));
+    memcpy(dW, dW0, nw * sizeof(float));
+    memcpy(db, db0, nb * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int ne = rp->offsets[e + 1] - rp->offsets[e];
+        float *xe = gather_rows(x, cols, rp, e, k, gather), *dye = gather_rows(dy, rows, rp, e, k, 0);
+        ot_expert_matmul_bwd_weight(dW + (size_t)e * rows * cols, db + (size_t)e * rows, dye, xe, &w.cpu, ne);
+        free(xe), free(dye);
+    }
+    ot_bf16 *x_d = up_bf16(x, (size_t)xrows * cols), *dy_d = up_bf16(dy, (size_t)n * rows);
+    float *dW_d = up_f32(dW0, nw), *db_d = up_f32(db0, nb);
+    ot_cuda_moe_matmul_bwd_weight(g_s, dW_d, db_d, dy_d, x_d, gather, &w.gpu, plan);
+    char what[96];
+    snprintf(what, sizeof what, "moe_matmul_bwd_weight [%d x %d]%s dW +=", rows, cols, gather ? " gather" : "");
+    check_f32(what, dW_d, dW, nw, TOL_F32);
+    snprintf(what, sizeof what, "moe_matmul_bwd_weight [%d x %d]%s db +=", rows, cols, gather ? " gather" : "");
+    check_f32(what, db_d, db, nb, TOL_F32);
+    expect_clean("moe_matmul_bwd_weight");
+    free(x), free(dy), free(dW0), free(db0), free(dW), free(db);
+    dfree(x_d), dfree(dy_d), dfree(dW_d), dfree(db_d);
+    free_weight(&w);
+}
+
 // Combine (weighted sum of a token's expert outputs), its backward, and the un-permutation of input gradients,
 // against plain loops.
 static void test_moe_combine(const ot_cuda_moe_plan *plan, const ref_plan *rp, int H) {
@@ -790,6 +822,9 @@ static void test_moe(const sizes *z) {
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96);   // rows not a multiple of the 32-row k step
     test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H);
     test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96);
+    test_moe_weight_grad(&plan, &rp, 2 * I, H, 1); // gate_up: token rows gathered
+    test_moe_weight_grad(&plan, &rp, H, I, 0);     // down: rows already permuted
+    test_moe_weight_grad(&plan, &rp, 70, 45, 1);   // neither dimension a multiple of the 32 tile
     test_moe_combine(&plan, &rp, H);
     test_moe_lora(&plan, &rp, H, 2 * I, 6, 1); // gate_up: token rows gathered
     test_moe_lora(&plan, &rp, I, H, 6, 0);     // down: rows already permuted

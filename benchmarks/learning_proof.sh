@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Proof that the pipeline learns (docs/learning-proof.md): without pretrained gpt-oss weights, train a small
+# gpt-oss-architecture model from scratch on the taigi corpus (osstune-train --full, every weight), then a LoRA
+# for zh→nan on top, and score both on the dev split against the copy-the-source baseline, per source.
+#
+# Stages (each prints what it did; a finished stage is skipped when the script runs again with the same WORK):
+#   1 model   osstune-init-model: random bf16 (dense-expert) model, real 201,088-token vocabulary
+#   2 data    osstune-prep: train (both directions), train zh2nan only (for the LoRA), dev (both, for eval loss),
+#             and the evaluation subset: the first EVAL_PER_SOURCE dev rows of each source
+#   3 full    osstune-train --full for FULL_STEPS steps (stopped by SIGTERM after FULL_SECONDS at the latest: it
+#             checkpoints and the script goes on from that checkpoint)
+#   4 lora    osstune-train (LoRA, zh2nan pairs) on the full model's directory, LORA_STEPS / LORA_SECONDS
+#   5 eval    osstune-translate on the subset in JOBS parallel shards: full model zh2nan and nan2zh, full+LoRA
+#             zh2nan; then scored with --ref (chrF / BLEU / the copy baseline, overall and per source)
+#   6 plot    loss_curves.png from both runs' metrics.jsonl (matplotlib; skipped with a message without it)
+#   7 summary one table
+#
+# usage: benchmarks/learning_proof.sh
+# Environment: WORK (default /tmp/osstune-learning-proof), OSSTUNE_BUNDLE (a bundle dir with bin/ and lib/;
+#   else BIN, default build/bin), TAIGI_DIR (default shared/data/taigi or ../shared/data/taigi), BACKEND (cuda|cpu,
+#   default cuda), model shape HIDDEN LAYERS HEADS KV_HEADS HEAD_DIM EXPERTS TOPK INTER (default 384 4 6 2 64 8 2
+#   384), FULL_STEPS FULL_SECONDS FULL_LR ROWS SEQ (default 1500 300 2e-3 16 512), LORA_STEPS LORA_SECONDS
+#   LORA_LR (default 300 60 1e-3), EVAL_PER_SOURCE (default 100), JOBS (default nproc), MAX_NEW (default 64),
+#   TRAIN_LIMIT (use only the first N training pairs; default all: for a quick CPU smoke test).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=${WORK:-/tmp/osstune-learning-proof}
+BACKEND=${BACKEND:-cuda}
+HIDDEN=${HIDDEN:-384} LAYERS=${LAYERS:-4} HEADS=${HEADS:-6} KV_HEADS=${KV_HEADS:-2} HEAD_DIM=${HEAD_DIM:-64}
+EXPERTS=${EXPERTS:-8} TOPK=${TOPK:-2} INTER=${INTER:-384}
+FULL_STEPS=${FULL_STEPS:-1500} FULL_SECONDS=${FULL_SECONDS:-300} FULL_LR=${FULL_LR:-2e-3}
+ROWS=${ROWS:-16} SEQ=${SEQ:-512}
+LORA_STEPS=${LORA_STEPS:-300} LORA_SECONDS=${LORA_SECONDS:-60} LORA_LR=${LORA_LR:-1e-3}
+EVAL_PER_SOURCE=${EVAL_PER_SOURCE:-100} JOBS=${JOBS:-$(nproc)} MAX_NEW=${MAX_NEW:-64} TRAIN_LIMIT=${TRAIN_LIMIT:-0}
+TOK=$ROOT/data/o200k_base.tiktoken
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+T0=$(date +%s)
+say() { printf '\n== %s (%s, +%ds)\n' "$*" "$(date +%H:%M:%S)" $(($(date +%s) - T0)); }
+die() { echo "learning_proof: $*" >&2; exit 1; }
+
+if [ -n "${OSSTUNE_BUNDLE:-}" ]; then
+  BIN=$(cd "$OSSTUNE_BUNDLE/bin" && pwd) || die "OSSTUNE_BUNDLE=$OSSTUNE_BUNDLE has no bin/"
+  export LD_LIBRARY_PATH="$(cd "$OSSTUNE_BUNDLE/lib" && pwd):/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+else
+  BIN=${BIN:-$ROOT/build/bin}
+fi
+for p in osstune-init-model osstune-prep osstune-train osstune-translate; do
+  [ -x "$BIN/$p" ] || die "$BIN/$p is missing (build it, or set OSSTUNE_BUNDLE / BIN)"
+done
+TAIGI=${TAIGI_DIR:-}
+for d in "$TAIGI" "$ROOT/shared/data/taigi" "$ROOT/../shared/data/taigi"; do
+  if [ -n "$d" ] && [ -f "$d/train.tsv" ]; then TAIGI=$d; break; fi
+done
+[ -f "${TAIGI:-}/train.tsv" ] || die "the taigi corpus is not found (set TAIGI_DIR to the folder with train.tsv, dev.tsv)"
+mkdir -p "$WORK"
+echo "learning_proof: WORK=$WORK BIN=$BIN TAIGI=$TAIGI BACKEND=$BACKEND"
+
+# ---- 1 model --------------------------------------------------------------------------------------------------------
+MODEL=$WORK/model-init
+say "1 model: random bf16 gpt-oss, hidden $HIDDEN, $LAYERS layers, $EXPERTS experts top-$TOPK, vocabulary 201,088"
+if [ ! -f "$MODEL/config.json" ]; then
+  "$BIN/osstune-init-model" --preset tiny --seed 1 --dense-experts --out "$MODEL" \
+    --set hidden_size="$HIDDEN" --set num_hidden_layers="$LAYERS" --set num_attention_heads="$HEADS" \
+    --set num_key_value_heads="$KV_HEADS" --set head_dim="$HEAD_DIM" --set num_local_experts="$EXPERTS" \
+    --set num_experts_per_tok="$TOPK" --set intermediate_size="$INTER" --set sliding_window=128 ||
+    die "osstune-init-model failed"
+fi
+du -sh "$MODEL"
+
+# ---- 2 data ---------------------------------------------------------------------------------------------------------
+say "2 data: osstune-prep (train both directions, train zh2nan, dev) and the evaluation subset"
+TRAIN_TSV=$TAIGI/train.tsv
+if [ "$TRAIN_LIMIT" -gt 0 ]; then
+  head -n $((TRAIN_LIMIT + 1)) "$TAIGI/train.tsv" >"$WORK/train_limited.tsv"
+  TRAIN_TSV=$WORK/train_limited.tsv
+fi
+prep() { # prep OUT.h5 IN.tsv DIRECTIONS
+  [ -f "$1" ] && return 0
+  "$BIN/osstune-prep" --tokenizer "$TOK" --in "$2" --out "$1" --directions "$3" --skip-bad --quiet ||
+    die "osstune-prep $2 failed"
+}
+prep "$WORK/train.h5" "$TRAIN_TSV" both
+prep "$WORK/train_zh2nan.h5" "$TRAIN_TSV" zh2nan
+prep "$WORK/dev.h5" "$TAIGI/dev.tsv" both
+# The first EVAL_PER_SOURCE rows of each source, in file order (the same rows on every run).
+awk -F'\t' -v n="$EVAL_PER_SOURCE" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "source") s = i; print; next }
+  { if (seen[$s]++ < n) print }' "$TAIGI/dev.tsv" >"$WORK/dev_eval.tsv"
+echo "evaluation subset: $(($(wc -l <"$WORK/dev_eval.tsv") - 1)) dev rows:" \
+  "$(tail -n +2 "$WORK/dev_eval.tsv" | cut -f3 | sort | uniq -c | tr '\n' ' ')"
+
+# ---- 3 full ---------------------------------------------------------------------------------------------------------
+# A run stopped by the time limit (SIGTERM → checkpoint, exit 75) is used as it stands: its latest checkpoint.
+train_stage() { # train_stage NAME SECONDS RUN_DIR args...
+  local name=$1 secs=$2 dir=$3
+  shift 3
+  if [ -f "$dir/DONE" ]; then echo "$name: already done ($dir)"; return 0; fi
+  timeout --signal=TERM --kill-after=120 "$secs" "$BIN/osstune-train" --run-dir "$dir" "$@" 2>&1 | tee -a "$dir.log" |
+    grep --line-buffered -E "step [0-9]+/[0-9]+ \| (loss|validation)|checkpoint|osstune-train|error|rror"
+  local st=${PIPESTATUS[0]}
+  case $st in
+  0) echo "$name: finished" ;;
+  75 | 124) echo "$name: stopped by the time limit (${secs}s) after checkpointing; going on from its latest checkpoint" ;;
+  *) die "$name: osstune-train exited with $st (log: $dir.log)" ;;
+  esac
+  [ -f "$dir/ckpt/latest" ] || die "$name: no checkpoint was written (log: $dir.log)"
+  touch "$dir/DONE"
+}
+FULL=$WORK/full
+say "3 full: osstune-train --full ($FULL_STEPS steps, at most ${FULL_SECONDS}s, lr $FULL_LR, $ROWS x $SEQ tokens)"
+mkdir -p "$WORK"
+train_stage full "$FULL_SECONDS" "$FULL" --full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" \
+  --steps "$FULL_STEPS" --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$FULL_LR" --min-lr "$(python3 -c "print($FULL_LR/10)")" \
+  --warmup $((FULL_STEPS / 20)) --weight-decay 0.1 --eval-data "$WORK/dev.h5" --eval-samples 400 \
+  --eval-every $((FULL_STEPS / 10 > 0 ? FULL_STEPS / 10 : 1)) --log-every 20 --seed 1
+FULL_MODEL=$FULL/ckpt/$(cat "$FULL/ckpt/latest")/model
+[ -f "$FULL_MODEL/model.safetensors" ] || die "the full run's checkpoint has no model directory ($FULL_MODEL)"
+echo "full model: $FULL_MODEL"
+
+# ---- 4 lora ---------------------------------------------------------------------------------------------------------
+LORA=$WORK/lora_zh2nan
+say "4 lora: zh2nan LoRA (r 16 on attention and experts) on the full model, $LORA_STEPS steps, at most ${LORA_SECONDS}s"
+train_stage lora "$LORA_SECONDS" "$LORA" --backend "$BACKEND" --model "$FULL_MODEL" --data "$WORK/train_zh2nan.h5" \
+  --steps "$LORA_STEPS" --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$LORA_LR" --warmup $((LORA_STEPS / 20)) \
+  --lora-r 16 --lora-alpha 32 --lora-targets all --log-every 20 --seed 2
+ADAPTER=$LORA/ckpt/$(cat "$LORA/ckpt/latest")
+echo "adapter: $ADAPTER"
+
+# ---- 5 eval ---------------------------------------------------------------------------------------------------------
+# osstune-translate decodes on the CPU: the subset is cut into JOBS shards translated in parallel, then the joined
+# outputs are scored in one go (--hyp), so the scores are corpus-level over the whole subset.
+translate() { # translate NAME DIRECTION [--adapter DIR]
+  local name=$1 dir=$2
+  shift 2
+  local out=$WORK/eval_$name
+  if [ -f "$out.json" ]; then echo "$name: already scored"; return 0; fi
+  mkdir -p "$out.shards"
+  tail -n +2 "$WORK/dev_eval.tsv" | cut -f1,2 >"$out.body"
+  local n
+  n=$(wc -l <"$out.body")
+  split -n l/"$JOBS" -d -a 3 "$out.body" "$out.shards/part."
+  local pids=()
+  for part in "$out.shards"/part.*; do
+    { printf 'zh\tnan\n'; cat "$part"; } >"$part.tsv"
+    "$BIN/osstune-translate" --model "$FULL_MODEL" "$@" --tokenizer "$TOK" --direction "$dir" --backend cpu \
+      --in "$part.tsv" --max-new-tokens "$MAX_NEW" >"$part.out" 2>"$part.log" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || die "$name: a translate shard failed (logs: $out.shards/*.log)"; done
+  cat "$out.shards"/part.???.out >"$out.hyp"
+  [ "$(wc -l <"$out.hyp")" -eq "$n" ] || die "$name: $(wc -l <"$out.hyp") outputs for $n inputs"
+  "$BIN/osstune-translate" --direction "$dir" --ref "$WORK/dev_eval.tsv" --hyp "$out.hyp" | tail -n 1 >"$out.json" ||
+    die "$name: scoring failed"
+  echo "$name: $(head -c 300 "$out.json")"
+  paste <(cut -f1,2 "$out.body" | head -5) <(head -5 "$out.hyp") | sed 's/^/  sample: /'
+}
+say "5 eval: osstune-translate on $(($(wc -l <"$WORK/dev_eval.tsv") - 1)) dev rows, $JOBS shards in parallel"
+translate full_zh2nan zh2nan
+translate full_nan2zh nan2zh
+translate lora_zh2nan zh2nan --adapter "$ADAPTER"
+
+# ---- 6 plot ---------------------------------------------------------------------------------------------------------
+say "6 plot: $WORK/loss_curves.png"
+python3 - "$FULL/metrics.jsonl" "$LORA/metrics.jsonl" "$WORK/loss_curves.png" <<'PY' || echo "plot: skipped (see the message above)"
+import json, sys
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    sys.exit("plot: matplotlib is not installed")
+def read(path):
+    train, ev = [], []
+    for line in open(path):
+        r = json.loads(line)
+        if "loss" in r: train.append((r["step"], r["loss"]))
+        if "eval_loss" in r: ev.append((r["step"], r["eval_loss"]))
+    return train, ev
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+for ax, path, title in zip(axes, sys.argv[1:3], ["--full from scratch (both directions)", "LoRA zh→nan on the full model"]):
+    train, ev = read(path)
+    if train: ax.plot(*zip(*train), lw=0.8, label="train loss (answer tokens)")
+    if ev: ax.plot(*zip(*ev), "o-", label="dev loss")
+    ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats)"); ax.set_title(title); ax.grid(alpha=0.3); ax.legend()
+fig.tight_layout()
+fig.savefig(sys.argv[3], dpi=120)
+print("plot: written", sys.argv[3])
+PY
+
+# ---- 7 summary ------------------------------------------------------------------------------------------------------
+say "7 summary"
+python3 - "$WORK" "$FULL/metrics.jsonl" "$LORA/metrics.jsonl" <<'PY'
+import json, os, sys
+work = sys.argv[1]
+def last(path, key):
+    v = None
+    for line in open(path):
+        r = json.loads(line)
+        if key in r: v = (r["step"], r[key])
+    return v
+for name, path in [("full", sys.argv[2]), ("lora", sys.argv[3])]:
+    t, e = last(path, "loss"), last(path, "eval_loss")
+    print(f"{name:5s} run: {t[0] if t else '?'} steps, last train loss {t[1]:.3f}" if t else f"{name}: no metrics",
+          f"| dev loss {e[1]:.3f} at step {e[0]}" if e else "")
+print()
+print(f"{'system':22s} {'direction':9s} {'source':15s} {'n':>5s} {'chrF':>6s} {'BLEU':>6s} {'copy chrF':>9s} {'Δ chrF':>7s}")
+for name, system in [("full_zh2nan", "full (from scratch)"), ("lora_zh2nan", "full + LoRA zh→nan"),
+                     ("full_nan2zh", "full (from scratch)")]:
+    p = os.path.join(work, f"eval_{name}.json")
+    if not os.path.exists(p):
+        print(f"{system:22s} (not scored)"); continue
+    r = json.load(open(p))
+    rows = [("all", r)] + sorted(r.get("by_source", {}).items())
+    for src, s in rows:
+        print(f"{system:22s} {r['direction']:9s} {src:15s} {s['count']:5d} {s['chrf']:6.1f} {s['bleu']:6.1f} "
+              f"{s['copy_chrf']:9.1f} {s['chrf'] - s['copy_chrf']:+7.1f}")
+PY
+echo "learning_proof: done in $(($(date +%s) - T0)) s; outputs in $WORK (loss_curves.png, eval_*.json, eval_*.hyp)"

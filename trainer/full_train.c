@@ -1,0 +1,295 @@
+// The --full training loop (see full_train.h). Kept apart from the LoRA loop so that neither grows a branch per
+// line; what they share (loader, collectives, metrics format, checkpoints protocol) is shared code.
+#include "trainer/full_train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "formats/fileio.h"
+#include "formats/sha256.h"
+#include "kernels/ops.h"
+#include "trainer/checkpoint.h"
+#include "trainer/data_loader.h"
+#include "trainer/evaluate.h"
+#include "trainer/full_checkpoint.h"
+#include "trainer/gptoss_cpu.h"
+
+#define EXIT_PREEMPTED 75
+
+double ot_full_optimizer_step(ot_optimizer *o, float *params, float *grads, const ot_full_params *fp, float *lr_used) {
+    const ot_optim_config *c = &o->cfg;
+    double norm = sqrt(ot_sum_squares(grads, o->n));
+    float coef = ot_clip_coef(norm, c->max_grad_norm);
+    if (coef < 1.0f)
+        for (size_t i = 0; i < o->n; i++) grads[i] *= coef;
+    float lr = ot_lr_at(o->step, c->warmup_steps, c->total_steps, c->lr, c->min_lr);
+    o->step++;
+    for (int i = 0; i < fp->n; i++) {
+        const ot_full_param *p = &fp->p[i];
+        ot_adamw_step(params + p->offset, grads + p->offset, o->m + p->offset, o->v + p->offset, p->n, lr, c->beta1,
+                      c->beta2, c->eps, p->decay ? c->weight_decay : 0.0f, o->step);
+    }
+    if (lr_used) *lr_used = lr;
+    return norm;
+}
+
+static double rss_mib(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+    fclose(f);
+    return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
+}
+
+#define FAIL(...)                                                                                                \
+    do {                                                                                                         \
+        fprintf(stderr, "osstune-train --full: rank %d: ", comm->rank);                                          \
+        fprintf(stderr, __VA_ARGS__);                                                                            \
+        fprintf(stderr, "\n");                                                                                   \
+        exit_code = 1;                                                                                           \
+        goto done;                                                                                               \
+    } while (0)
+
+int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_atomic_t *stop_signal) {
+    const int rank = comm->rank, world = comm->size;
+    int exit_code = 0;
+    ot_err err;
+    ot_model m;
+    memset(&m, 0, sizeof m);
+    ot_full_params fp;
+    memset(&fp, 0, sizeof fp);
+    ot_optimizer opt;
+    memset(&opt, 0, sizeof opt);
+    ot_train_state st;
+    memset(&st, 0, sizeof st);
+    ot_loader *loader = NULL;
+    ot_batch batch, row;
+    ot_batch_init(&batch);
+    ot_batch_init(&row);
+    ot_cpu_workspace *ws = NULL;
+    float *slots = NULL, *grads = NULL, *loss_slots = NULL;
+    FILE *metrics = NULL;
+    char *config_json = NULL;
+    ot_pairs_h5 eval_pairs;
+    int eval_open = 0;
+
+    if (strcmp(o->backend, "cpu") != 0)
+        FAIL("--full runs on --backend cpu in this build (got '%s'); the CUDA full mode is not available", o->backend);
+    if (o->init_adapter) FAIL("--full trains the model itself: --init-adapter does not apply");
+    if (ot_model_load(&m, o->model_dir, &err)) FAIL("%s", err.msg);
+    if (ot_full_params_build(&fp, &m, &err)) FAIL("%s", err.msg);
+    grads = ot_calloc(fp.total, sizeof(float));
+    ot_optimizer_init(&opt, fp.total, &o->optim);
+
+    // ---- run identity and resume (as the LoRA loop) --------------------------------------------------------------
+    config_json = ot_train_options_to_json(o);
+    {
+        char *fp_json = ot_train_options_fingerprint_json(o);
+        ot_fingerprint_text(fp_json, st.config_fingerprint);
+        free(fp_json);
+    }
+    if (ot_fingerprint_model_dir(o->model_dir, st.model_fingerprint, &err)) FAIL("%s", err.msg);
+    if (ot_sha256_file(o->data_path, st.data_fingerprint, &err)) FAIL("%s", err.msg);
+    st.seed = o->seed;
+    st.data_seed = o->seed;
+    st.world_size = world;
+    st.resolved_config_json = ot_strdup(config_json);
+    if (rank == 0) {
+        if (ot_mkdir_p(o->run_dir, &err)) FAIL("%s", err.msg);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/config.json", o->run_dir);
+        if (ot_write_file_atomic(path, config_json, strlen(config_json), &err)) FAIL("%s", err.msg);
+    }
+    if (ot_comm_barrier(comm, &err)) FAIL("%s", err.msg);
+    if (strcmp(o->resume, "never") != 0) {
+        if (strcmp(o->resume, "auto") != 0)
+            FAIL("--full resumes from its own run directory only (--resume auto or never, not '%s')", o->resume);
+        ot_train_state saved;
+        memset(&saved, 0, sizeof saved);
+        char loaded[4096] = "";
+        int lr = ot_full_ckpt_load_latest(o->run_dir, &saved, &m, &fp, &opt, loaded, sizeof loaded, &err);
+        if (lr < 0) FAIL("%s", err.msg);
+        if (lr == 0) {
+            if (ot_ckpt_check_compatible(&saved, &st, o->force_resume, &err)) {
+                ot_train_state_free(&saved);
+                FAIL("%s", err.msg);
+            }
+            st.step = saved.step;
+            st.data_epoch = saved.data_epoch;
+            st.data_next = saved.data_next;
+            st.data_seed = saved.data_seed;
+            st.samples_seen = saved.samples_seen;
+            st.tokens_seen = saved.tokens_seen;
+            st.targets_seen = saved.targets_seen;
+            st.loss_ema = saved.loss_ema;
+            st.elapsed_seconds = saved.elapsed_seconds;
+            if (rank == 0)
+                fprintf(stderr, "osstune-train --full: resuming from %s at step %lld (saved by %d rank%s, now %d)\n",
+                        loaded, (long long)st.step, saved.world_size, saved.world_size == 1 ? "" : "s", world);
+        }
+        ot_train_state_free(&saved);
+    }
+    if (st.step >= o->steps) {
+        if (rank == 0)
+            fprintf(stderr, "osstune-train --full: the run is already complete (%lld of %ld steps)\n",
+                    (long long)st.step, o->steps);
+        goto done;
+    }
+
+    // ---- data -----------------------------------------------------------------------------------------------------
+    ot_data_cursor cursor = {st.data_seed, st.data_epoch, st.data_next};
+    loader = ot_loader_open(o->data_path, o->seq_len, o->rows_per_step, rank, world, o->loss_all, cursor, &err);
+    if (!loader) FAIL("%s", err.msg);
+    if (rank == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", o->run_dir);
+        metrics = fopen(path, "a");
+        if (!metrics) FAIL("cannot open %s: %s", path, strerror(errno));
+        fprintf(stderr,
+                "osstune-train --full: %d rank%s | model %s (%d layers, %d experts, hidden %d) | %zu trainable "
+                "weights (%.1f M) | %d rows x %d tokens per step | steps %lld -> %ld\n",
+                world, world == 1 ? "" : "s", o->model_dir, m.cfg.num_hidden_layers, m.cfg.num_local_experts,
+                m.cfg.hidden_size, fp.total, (double)fp.total / 1e6, o->rows_per_step, o->seq_len,
+                (long long)st.step, o->steps);
+    }
+    ws = ot_cpu_workspace_new();
+    if (o->eval_data) {
+        if (ot_pairs_h5_open(&eval_pairs, o->eval_data, &err)) FAIL("%s", err.msg);
+        eval_open = 1;
+    }
+    const int max_rows = (o->rows_per_step + world - 1) / world;
+    // One gradient slot per row, summed in global row order: N ranks give the bits of 1 rank.
+    slots = ot_malloc(sizeof(float) * fp.total * (size_t)(max_rows + 1));
+    loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
+    float loss_out[2];
+
+    double t_last = ot_now_seconds();
+    long steps_at_start = (long)st.step;
+    int64_t tokens_at_start = st.tokens_seen;
+    double elapsed_at_start = st.elapsed_seconds;
+    int stopping = 0;
+    int64_t sig_max = 0;
+    while (st.step < o->steps) {
+        ot_data_cursor after;
+        if (ot_loader_next(loader, &batch, &after, &err)) FAIL("%s", err.msg);
+        float lr = 0;
+        float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
+        for (int i = 0; i < batch.n_rows; i++) {
+            ot_batch_extract_row(&batch, i, &row);
+            float *slot = slots + (size_t)i * fp.total;
+            memset(slot, 0, sizeof(float) * fp.total);
+            ot_model gi;
+            ot_full_grad_view(&gi, &m, slot);
+            double rl = ot_cpu_forward_backward_full(&m, &gi, &row, scale, ws);
+            ot_full_grad_view_free(&gi);
+            loss_slots[2 * i] = (float)rl;
+            loss_slots[2 * i + 1] = (float)(rl - (double)(float)rl);
+        }
+        if (ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, fp.total, grads, &err)) FAIL("%s", err.msg);
+        if (ot_comm_all_reduce_ordered(comm, loss_slots, batch.n_rows, 2, loss_out, &err)) FAIL("%s", err.msg);
+        double loss = batch.global_targets > 0
+                          ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
+                          : 0.0;
+        double gnorm = ot_full_optimizer_step(&opt, m.owned, grads, &fp, &lr);
+        st.step++;
+        st.data_seed = after.seed;
+        st.data_epoch = after.epoch;
+        st.data_next = after.next;
+        st.samples_seen += batch.global_samples;
+        st.targets_seen += batch.global_targets;
+        st.last_loss = loss;
+        st.loss_ema = st.step == 1 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
+        st.last_grad_norm = gnorm;
+        st.last_lr = lr;
+        if (!isfinite(loss)) FAIL("the loss became %f at step %lld: stopping (lower --lr?)", loss, (long long)st.step);
+
+        int64_t sig = *stop_signal, tokens = batch.T, step_tokens = 0;
+        if (ot_comm_all_reduce(comm, &sig, &sig_max, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
+        if (ot_comm_all_reduce(comm, &tokens, &step_tokens, 1, OT_COMM_I64, OT_COMM_SUM, &err)) FAIL("%s", err.msg);
+        st.tokens_seen += step_tokens;
+        stopping = sig_max != 0;
+        double now = ot_now_seconds();
+        st.elapsed_seconds += now - t_last;
+        t_last = now;
+        if (rank == 0) {
+            double done_steps = (double)(st.step - steps_at_start), el = st.elapsed_seconds - elapsed_at_start;
+            double tps = el > 0 ? (double)(st.tokens_seen - tokens_at_start) / el : 0;
+            double eta = done_steps > 0 ? el / done_steps * (double)(o->steps - st.step) : -1;
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
+                    "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
+                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d, "
+                    "\"mode\": \"full\"}\n",
+                    (long long)st.step, loss, lr, gnorm, (long long)st.samples_seen, (long long)st.tokens_seen,
+                    (long long)st.targets_seen, (long long)step_tokens, (long long)batch.global_targets, tps,
+                    st.elapsed_seconds, rss_mib(), world);
+            fflush(metrics);
+            if (st.step % o->log_every == 0 || st.step == o->steps || stopping)
+                fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %.0fs | "
+                        "mem %.0f MiB\n", (long long)st.step, o->steps, loss, lr, gnorm, tps, eta, rss_mib());
+        }
+        if (eval_open && (st.step == o->steps || stopping || (o->eval_every > 0 && st.step % o->eval_every == 0))) {
+            double eval_loss = 0, t_eval = ot_now_seconds();
+            int64_t eval_targets = 0;
+            if (ot_eval_loss(&m, NULL, &eval_pairs, comm, o->eval_samples, ws, &eval_loss, &eval_targets, &err))
+                FAIL("validation on %s: %s", o->eval_data, err.msg);
+            if (rank == 0) {
+                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_targets\": %lld, \"eval_seconds\": %.3f}\n",
+                        (long long)st.step, eval_loss, (long long)eval_targets, ot_now_seconds() - t_eval);
+                fflush(metrics);
+                fprintf(stderr, "step %lld/%ld | validation loss %.4f over %lld answer tokens\n", (long long)st.step,
+                        o->steps, eval_loss, (long long)eval_targets);
+            }
+            t_last = ot_now_seconds();
+        }
+        if (st.step == o->steps || stopping || (o->save_every > 0 && st.step % o->save_every == 0)) {
+            int save_rc = 0;
+            if (rank == 0) {
+                double t0 = ot_now_seconds();
+                save_rc = ot_full_ckpt_save(o->run_dir, &st, &m, &fp, &opt, o->model_dir, o->keep_last, &err);
+                if (save_rc) fprintf(stderr, "osstune-train --full: checkpoint at step %lld failed: %s\n", (long long)st.step, err.msg);
+                else fprintf(stderr, "osstune-train --full: checkpoint %s/ckpt/step-%06lld written (%.1f s)\n",
+                             o->run_dir, (long long)st.step, ot_now_seconds() - t0);
+            }
+            int64_t bad = save_rc != 0, any_bad = 0;
+            if (ot_comm_all_reduce(comm, &bad, &any_bad, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
+            if (any_bad) {
+                exit_code = 1;
+                goto done;
+            }
+            t_last = ot_now_seconds();
+        }
+        if (stopping) {
+            if (rank == 0)
+                fprintf(stderr, "osstune-train --full: stopped by signal %lld at step %lld; start again with the same "
+                        "--run-dir to resume (exit %d)\n", (long long)sig_max, (long long)st.step, EXIT_PREEMPTED);
+            exit_code = EXIT_PREEMPTED;
+            break;
+        }
+    }
+    if (rank == 0 && exit_code == 0)
+        fprintf(stderr, "osstune-train --full: finished %lld steps; model: %s/ckpt/step-%06lld/model\n",
+                (long long)st.step, o->run_dir, (long long)st.step);
+
+done:
+    if (eval_open) ot_pairs_h5_close(&eval_pairs);
+    if (metrics) fclose(metrics);
+    if (loader) ot_loader_close(loader);
+    ot_batch_free(&batch);
+    ot_batch_free(&row);
+    ot_cpu_workspace_free(ws);
+    free(slots);
+    free(loss_slots);
+    free(grads);
+    free(config_json);
+    ot_train_state_free(&st);
+    ot_optimizer_free(&opt);
+    ot_full_params_free(&fp);
+    if (m.layers) ot_model_free(&m);
+    return exit_code;
+}
