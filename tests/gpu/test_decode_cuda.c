@@ -22,12 +22,13 @@
 #include "trainer/decode_cuda.h"
 
 #define TOL_EXACT 1e-5
-// bf16 activations through 4 layers of a random model. The emulator with bf16 storage gives, on this model with
-// and without the adapter: all rows 6-7e-2 (the worst row 0.24, from routing flips), median row 1-2e-2, 20 to 22
-// of 24 picks equal. The bounds leave about 2x room for the GPU's own roundings (tensor-core products, fast
-// exponentials); a wiring error (wrong position, slot, window or LoRA slot) moves every row by O(1).
-#define TOL_BF16_ALL 1.5e-1    // the bound train_cuda_e2e.sh puts on osstune-logits' logits
-#define TOL_BF16_MEDIAN 5e-2
+// bf16 activations through 4 layers of a random model. The emulator with bf16 storage gives, base model / with
+// decode_e2e.sh's adapter (large factors, B ~ N(0, 0.5)): all rows 6.5e-2 / 8.3e-2 (the worst row 0.24 / 0.22,
+// from routing flips), median row 1.3e-2 / 4.5e-2, 22 / 20 of 24 picks equal. The bounds leave about 2x room for
+// the GPU's own roundings (tensor-core products, fast exponentials); a wiring error (wrong position, slot, window
+// or LoRA slot) moves every row by O(1).
+#define TOL_BF16_ALL 1.5e-1    // also the bound train_cuda_e2e.sh puts on osstune-logits' logits
+#define TOL_BF16_MEDIAN 1e-1
 #define MIN_PICKS_EQUAL 0.75
 #define PICK_MARGIN 0.05 // in units of the row's logit RMS: closer top-two pairs are counted apart (information)
 #define N_SEQ 3
