@@ -4,6 +4,9 @@
 if(TARGET ot_kernels_cuda)
   add_executable(test_train_cuda ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_train_cuda.c ${CMAKE_CURRENT_SOURCE_DIR}/test_util.c)
   target_link_libraries(test_train_cuda PRIVATE ot_trainer)
+  # the GPU decoder (trainer/decode_cuda.c) against the CPU decoder; tests/gpu/decode_e2e.sh runs it
+  add_executable(test_decode_cuda ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_decode_cuda.c ${CMAKE_CURRENT_SOURCE_DIR}/test_util.c)
+  target_link_libraries(test_decode_cuda PRIVATE ot_trainer)
   add_executable(bench_train ${CMAKE_SOURCE_DIR}/benchmarks/bench_train.c)
   target_link_libraries(bench_train PRIVATE ot_trainer)
   add_executable(bench_moe_gemm ${CMAKE_SOURCE_DIR}/benchmarks/bench_moe_gemm.cu)

@@ -22,3 +22,12 @@ if(Python3_Interpreter_FOUND)
                    ${CMAKE_BINARY_DIR}/test_translate/cli
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 endif()
+# The batch scheduler (trainer/generate_batch.c) on the CPU decoder against ot_translate, on a tiny random model
+# with the real vocabulary (made once in the build tree by the fixture test).
+set(OT_BATCH_MODEL ${CMAKE_BINARY_DIR}/test_translate/batch_tiny)
+add_test(NAME test_translate_batch_model
+         COMMAND bash -c "rm -rf '${OT_BATCH_MODEL}' '${OT_BATCH_MODEL}.tmp' && mkdir -p '${CMAKE_BINARY_DIR}/test_translate' && '${OT_BIN}/osstune-init-model' --preset tiny --seed 5 --out '${OT_BATCH_MODEL}' > /dev/null")
+set_tests_properties(test_translate_batch_model PROPERTIES FIXTURES_SETUP translate_batch_model)
+ot_add_c_test(NAME test_translate_batch SOURCE ${CMAKE_CURRENT_SOURCE_DIR}/test_translate_batch.c LIB ot_trainer
+              ARGS ${OT_BATCH_MODEL} data/o200k_base.tiktoken)
+set_tests_properties(test_translate_batch PROPERTIES FIXTURES_REQUIRED translate_batch_model)

@@ -14,6 +14,9 @@
 #include "formats/utf8.h"
 #include "trainer/decode_cpu.h"
 #include "trainer/score.h"
+#ifdef OT_HAVE_CUDA
+#include "trainer/decode_cuda.h"
+#endif
 
 #define PROG "osstune-translate"
 #define PROGRESS_EVERY_S 10.0
@@ -52,7 +55,12 @@ static void usage(FILE *f) {
             "                       removed, corpus statistics); BLEU: sacreBLEU BLEU with tokenize=char (every\n"
             "                       non-space character a token, corpus level, brevity penalty, exp smoothing).\n"
             "  --hyp FILE           score the outputs in FILE (one per line) against --ref instead of translating\n"
-            "  --backend B          cpu (the float32 reference with a KV cache). cuda is not available in this build.\n"
+            "  --backend B          cpu (default: the float32 reference, one sentence at a time, with a KV cache and\n"
+            "                       the shared prompt prefix computed once), cuda (batched decoding on the GPU: bf16\n"
+            "                       activations, a KV cache per sentence) or auto (cuda when this build has CUDA and a\n"
+            "                       GPU is visible, else cpu)\n"
+            "  --batch-size N       cuda: sentences decoded together (default 32); a finished sentence's place is\n"
+            "                       taken by the next input at once. The cpu backend decodes one at a time.\n"
             "  --max-new-tokens N   generated tokens per sentence at most (default 512)\n"
             "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
             "  --top-p P            with --temperature: sample from the smallest set of tokens whose probability\n"
@@ -294,7 +302,7 @@ static char *score_report(const text_list *hyp, const ref_table *ref, ot_directi
 // ---- options ------------------------------------------------------------------------------------------------------
 typedef struct {
     const char *model, *adapter, *tokenizer, *in, *ref, *hyp, *backend;
-    int direction;
+    int direction, batch_size;
     long limit;
     uint64_t seed;
     ot_gen_options gen;
@@ -317,9 +325,9 @@ static double parse_double(const char *opt, const char *s) {
 }
 
 static options parse_args(int argc, char **argv) {
-    options o = {.backend = "cpu", .direction = -1, .limit = -1};
+    options o = {.backend = "cpu", .direction = -1, .limit = -1, .batch_size = 32};
     ot_gen_options_default(&o.gen);
-    enum { O_TOK = 256, O_MAXNEW, O_TEMP, O_TOPP, O_SEED, O_LIMIT, O_HYP };
+    enum { O_TOK = 256, O_MAXNEW, O_TEMP, O_TOPP, O_SEED, O_LIMIT, O_HYP, O_BATCH };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"adapter", required_argument, 0, 'a'},
         {"tokenizer", required_argument, 0, O_TOK},  {"direction", required_argument, 0, 'd'},
@@ -328,6 +336,7 @@ static options parse_args(int argc, char **argv) {
         {"max-new-tokens", required_argument, 0, O_MAXNEW}, {"temperature", required_argument, 0, O_TEMP},
         {"top-p", required_argument, 0, O_TOPP},     {"seed", required_argument, 0, O_SEED},
         {"limit", required_argument, 0, O_LIMIT},    {"help", no_argument, 0, 'h'},
+        {"batch-size", required_argument, 0, O_BATCH},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -362,6 +371,7 @@ static options parse_args(int argc, char **argv) {
             break;
         }
         case O_LIMIT: o.limit = parse_long("--limit", optarg, 0, 0x7fffffffL); break;
+        case O_BATCH: o.batch_size = (int)parse_long("--batch-size", optarg, 1, 4096); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -374,9 +384,17 @@ static options parse_args(int argc, char **argv) {
         return o;
     }
     if (!o.model) usage_error("--model is required");
+    if (strcmp(o.backend, "cpu") && strcmp(o.backend, "cuda") && strcmp(o.backend, "auto"))
+        usage_error("--backend: unknown backend '%s' (cpu, cuda or auto)", o.backend);
+#ifdef OT_HAVE_CUDA
+    if (strcmp(o.backend, "auto") == 0) o.backend = ot_cuda_device_count() > 0 ? "cuda" : "cpu";
+    if (strcmp(o.backend, "cuda") == 0 && ot_cuda_device_count() < 1)
+        die("--backend cuda: no CUDA device is visible; use --backend cpu");
+#else
+    if (strcmp(o.backend, "auto") == 0) o.backend = "cpu";
     if (strcmp(o.backend, "cuda") == 0)
-        die("the cuda backend is not available in this build: GPU decoding is not implemented yet; use --backend cpu");
-    if (strcmp(o.backend, "cpu") != 0) usage_error("--backend: unknown backend '%s' (this build has: cpu)", o.backend);
+        die("--backend cuda: this build has no CUDA backend (nvcc was not found when it was built); use --backend cpu");
+#endif
     return o;
 }
 
@@ -398,16 +416,51 @@ static ot_tokenizer *load_tokenizer(const options *o) {
 }
 
 // ---- translating --------------------------------------------------------------------------------------------------
-static text_list translate_all(const options *o, const text_list *src, const char *in_name) {
+// Totals over the run, for the progress lines and the summary.
+typedef struct {
+    long done, total, at_limit, no_answer, new_tokens, reused, prompt_tokens;
+    double t0, last_report;
+} run_stats;
+
+static void account(run_stats *r, const ot_translation *t) {
+    r->done++;
+    r->at_limit += t->stop == OT_STOP_LIMIT;
+    r->no_answer += t->answer == OT_ANSWER_NONE;
+    r->new_tokens += t->new_tokens;
+    r->reused += t->reused_tokens;
+    r->prompt_tokens += t->prompt_tokens;
+    double now = ot_now_seconds();
+    if (now - r->last_report >= PROGRESS_EVERY_S && r->done < r->total) {
+        fprintf(stderr, PROG ": %ld/%ld sentences, %.0f s, %.1f new tokens/s\n", r->done, r->total, now - r->t0,
+                r->new_tokens / (now - r->t0));
+        r->last_report = now;
+    }
+}
+
+static void summary(const run_stats *r, const char *backend, const options *o) {
+    double secs = ot_now_seconds() - r->t0;
+    fprintf(stderr,
+            PROG ": %ld sentences in %.1f s (%s backend): %ld new tokens (%.1f/s); %ld of %ld prompt tokens taken "
+            "from the cache",
+            r->total, secs, backend, r->new_tokens, secs > 0 ? r->new_tokens / secs : 0.0, r->reused,
+            r->prompt_tokens);
+    if (r->at_limit) fprintf(stderr, "; %ld hit --max-new-tokens %d", r->at_limit, o->gen.max_new_tokens);
+    if (r->no_answer) fprintf(stderr, "; %ld gave no final-channel answer (empty line)", r->no_answer);
+    fprintf(stderr, "\n");
+}
+
+static void check_vocab(const options *o, const ot_model_config *cfg, const ot_tokenizer *tok) {
+    if (cfg->vocab_size != ot_tokenizer_vocab_size(tok))
+        die("%s: the model's vocabulary has %d ids, the tokenizer %s has %d; a gpt-oss model and the o200k_harmony "
+            "tokenizer must agree", o->model, cfg->vocab_size, ot_tokenizer_file(tok), ot_tokenizer_vocab_size(tok));
+}
+
+// The CPU reference: one sentence after another, re-using the cached prompt prefix.
+static text_list translate_cpu(const options *o, const text_list *src, const char *in_name, const ot_harmony *h) {
     ot_err err;
-    ot_tokenizer *tok = load_tokenizer(o);
-    ot_harmony h;
-    if (ot_harmony_init(&h, tok, NULL, NULL, NULL, &err)) die("%s", err.msg);
     ot_model m;
     if (ot_model_load(&m, o->model, &err)) die("%s", err.msg);
-    if (m.cfg.vocab_size != ot_tokenizer_vocab_size(tok))
-        die("%s: the model's vocabulary has %d ids, the tokenizer %s has %d; a gpt-oss model and the o200k_harmony "
-            "tokenizer must agree", o->model, m.cfg.vocab_size, ot_tokenizer_file(tok), ot_tokenizer_vocab_size(tok));
+    check_vocab(o, &m.cfg, h->tok);
     ot_lora lo, *lop = NULL;
     if (o->adapter) {
         if (ot_lora_load_peft(&lo, &m.cfg, o->adapter, &err)) die("%s", err.msg);
@@ -417,41 +470,118 @@ static text_list translate_all(const options *o, const text_list *src, const cha
     if (ot_decoder_open_cpu(&dec, &m, lop, &err)) die("%s", err.msg);
 
     text_list out = {0};
-    long at_limit = 0, no_answer = 0, new_tokens = 0, reused = 0, prompt_tokens = 0;
-    double t0 = ot_now_seconds(), last_report = t0;
+    run_stats r = {.total = src->n, .t0 = ot_now_seconds()};
+    r.last_report = r.t0;
     for (long i = 0; i < src->n; i++) {
         ot_translation t;
-        if (ot_translate(&dec, &h, (ot_direction)o->direction, src->v[i], strlen(src->v[i]), &o->gen, o->seed, i, &t,
+        if (ot_translate(&dec, h, (ot_direction)o->direction, src->v[i], strlen(src->v[i]), &o->gen, o->seed, i, &t,
                          &err))
             die("%s:%ld: %s", in_name, src->line[i], err.msg);
         printf("%s\n", t.text);
         fflush(stdout);
         list_push(&out, t.text, src->line[i]);
-        at_limit += t.stop == OT_STOP_LIMIT;
-        no_answer += t.answer == OT_ANSWER_NONE;
-        new_tokens += t.new_tokens;
-        reused += t.reused_tokens;
-        prompt_tokens += t.prompt_tokens;
+        account(&r, &t);
         free(t.text);
-        double now = ot_now_seconds();
-        if (now - last_report >= PROGRESS_EVERY_S && i + 1 < src->n) {
-            fprintf(stderr, PROG ": %ld/%ld sentences, %.0f s, %.1f new tokens/s\n", i + 1, src->n, now - t0,
-                    new_tokens / (now - t0));
-            last_report = now;
-        }
     }
-    double secs = ot_now_seconds() - t0;
-    fprintf(stderr,
-            PROG ": %ld sentences in %.1f s (%s backend): %ld new tokens (%.1f/s); %ld of %ld prompt tokens taken "
-            "from the cache",
-            src->n, secs, dec.backend, new_tokens, secs > 0 ? new_tokens / secs : 0.0, reused, prompt_tokens);
-    if (at_limit) fprintf(stderr, "; %ld hit --max-new-tokens %d", at_limit, o->gen.max_new_tokens);
-    if (no_answer) fprintf(stderr, "; %ld gave no final-channel answer (empty line)", no_answer);
-    fprintf(stderr, "\n");
-
+    summary(&r, dec.backend, o);
     ot_decoder_close(&dec);
     if (lop) ot_lora_free(&lo);
     ot_model_free(&m);
+    return out;
+}
+
+#ifdef OT_HAVE_CUDA
+// Prompt tokens per step on top of one token per sentence: a batch of prompts is computed in steps of this many
+// tokens (bounds the activation workspace: about 100 KiB per token on the 20b shape).
+#define CUDA_PREFILL_TOKENS 2048
+
+// Sentences finish out of order; they are printed in input order, each as soon as all before it are done.
+typedef struct {
+    ot_translation *t;
+    char *ready;
+    long next_print;
+    const text_list *src;
+    text_list *out;
+    run_stats *stats;
+} in_order;
+
+static void on_done(void *user, long index, const ot_translation *t) {
+    in_order *p = user;
+    p->ready[index] = 1;
+    account(p->stats, t);
+    while (p->next_print < p->src->n && p->ready[p->next_print]) {
+        ot_translation *u = &p->t[p->next_print];
+        printf("%s\n", u->text);
+        list_push(p->out, u->text, p->src->line[p->next_print]);
+        free(u->text);
+        u->text = NULL;
+        p->next_print++;
+    }
+    fflush(stdout);
+}
+
+// Batched decoding on the GPU (trainer/decode_cuda.h, trainer/generate_batch.h).
+static text_list translate_cuda(const options *o, const text_list *src, const char *in_name, const ot_harmony *h) {
+    ot_err err;
+    text_list out = {0};
+    // Prompts first: the cache is sized from the longest.
+    ot_ids *prompts = ot_calloc((size_t)src->n + 1, sizeof(ot_ids));
+    for (long i = 0; i < src->n; i++)
+        if (ot_harmony_render_prompt(h, (ot_direction)o->direction, src->v[i], strlen(src->v[i]), &prompts[i], &err))
+            die("%s:%ld: %s", in_name, src->line[i], err.msg);
+    ot_cuda_model cm;
+    if (ot_cuda_model_load(&cm, o->model, 0, &err)) die("%s", err.msg);
+    check_vocab(o, &cm.cfg, h->tok);
+    ot_lora lo, *lop = NULL;
+    if (o->adapter) {
+        if (ot_lora_load_peft(&lo, &cm.cfg, o->adapter, &err)) die("%s", err.msg);
+        lop = &lo;
+    }
+    run_stats r = {.total = src->n, .t0 = ot_now_seconds()};
+    r.last_report = r.t0;
+    if (src->n > 0) {
+        for (long i = 0; i < src->n; i++) // as ot_generate refuses it on the cpu backend
+            if ((long)prompts[i].n + o->gen.max_new_tokens > cm.cfg.max_position_embeddings)
+                die("%s:%ld: generate: a prompt of %d tokens plus %d new ones passes the model's %d positions", in_name,
+                    src->line[i], prompts[i].n, o->gen.max_new_tokens, cm.cfg.max_position_embeddings);
+        int max_len = ot_batch_max_len(prompts, src->n, &o->gen);
+        int slots = src->n < o->batch_size ? (int)src->n : o->batch_size;
+        ot_batch_decoder dec;
+        if (ot_batch_decoder_open_cuda(&dec, &cm, lop, slots, max_len, slots + CUDA_PREFILL_TOKENS, &err))
+            die("%s", err.msg);
+        fprintf(stderr, PROG ": cuda backend: %d sentences at a time, KV cache %.2f GiB (%d positions each)\n", slots,
+                (double)ot_cuda_decoder_cache_bytes(&cm.cfg, slots, max_len) / (1u << 30), max_len);
+        in_order p = {ot_calloc((size_t)src->n, sizeof(ot_translation)), ot_calloc((size_t)src->n, 1), 0, src, &out,
+                      &r};
+        if (ot_translate_batch(&dec, h, prompts, src->n, &o->gen, o->seed, p.t, on_done, &p, &err))
+            die("%s: %s", in_name, err.msg);
+        summary(&r, dec.backend, o);
+        ot_batch_decoder_close(&dec);
+        free(p.t);
+        free(p.ready);
+    } else {
+        summary(&r, "cuda", o);
+    }
+    for (long i = 0; i < src->n; i++) ot_ids_free(&prompts[i]);
+    free(prompts);
+    if (lop) ot_lora_free(&lo);
+    ot_cuda_model_free(&cm);
+    return out;
+}
+#endif
+
+static text_list translate_all(const options *o, const text_list *src, const char *in_name) {
+    ot_err err;
+    ot_tokenizer *tok = load_tokenizer(o);
+    ot_harmony h;
+    if (ot_harmony_init(&h, tok, NULL, NULL, NULL, &err)) die("%s", err.msg);
+    text_list out;
+#ifdef OT_HAVE_CUDA
+    if (strcmp(o->backend, "cuda") == 0)
+        out = translate_cuda(o, src, in_name, &h);
+    else
+#endif
+        out = translate_cpu(o, src, in_name, &h);
     ot_harmony_free(&h);
     ot_tokenizer_free(tok);
     return out;

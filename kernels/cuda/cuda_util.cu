@@ -38,11 +38,12 @@ int ot_cuda_check_inputs(cudaStream_t stream, ot_err *err) {
     if (!flags) return 0;
     OT_CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(unsigned), stream));
     OT_CUDA_CHECK(cudaStreamSynchronize(stream));
-    return ot_fail(err, "CUDA kernels saw bad input:%s%s%s%s",
+    return ot_fail(err, "CUDA kernels saw bad input:%s%s%s%s%s",
                    flags & OT_CUDA_BAD_TOKEN ? " token id outside the embedding table;" : "",
                    flags & OT_CUDA_BAD_SEGMENT ? " attention seg_start[i] outside 0..i;" : "",
                    flags & OT_CUDA_BAD_EXPERT ? " routed expert index outside 0..E-1;" : "",
-                   flags & OT_CUDA_BAD_TARGET ? " loss position outside 0..T-1 or label outside 0..V-1;" : "");
+                   flags & OT_CUDA_BAD_TARGET ? " loss position outside 0..T-1 or label outside 0..V-1;" : "",
+                   flags & OT_CUDA_BAD_CACHE ? " KV cache slot or position outside the cache;" : "");
 }
 
 // ---- set-up ---------------------------------------------------------------------------------------------------

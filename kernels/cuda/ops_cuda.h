@@ -46,6 +46,7 @@ enum {
     OT_CUDA_BAD_SEGMENT = 2, // attention: seg_start[i] outside 0..i
     OT_CUDA_BAD_EXPERT = 4,  // MoE: routed expert index outside 0..E-1
     OT_CUDA_BAD_TARGET = 8,  // cross-entropy: position outside 0..T-1 or label outside 0..V-1
+    OT_CUDA_BAD_CACHE = 16,  // KV cache: slot outside 0..S-1 or position outside 0..max_len-1
 };
 // Device pointer to the flag word (the ops pass it to their kernels).
 unsigned *ot_cuda_input_flags(void);
@@ -201,6 +202,23 @@ void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, floa
 void ot_cuda_lmhead_xent(cudaStream_t stream, ot_cuda_blas *blas, double *loss_sum, ot_bf16 *dh, float *dWlm,
                          const ot_bf16 *h, const ot_bf16 *Wlm, const int32_t *pos, const int32_t *label, int n, int T,
                          int H, int V, float grad_scale);
+
+// ---- batched decoding over a KV cache (decode_attention.cu) ------------------------------------------------------
+// The cache of one layer is [S slots, nkv, L, D] bf16 (k_cache and v_cache alike): slot s holds one sequence, its
+// position j of kv head g at row (s·nkv + g)·L + j. A step is T tokens, token t in slot slot[t] at position pos[t]
+// (device int32 arrays); a (slot, pos) outside S × L is bad data (flagged, skipped; attention writes NaN).
+// Store the rotated keys and values of the step's tokens, k, v [T, nkv, D], at their (slot, pos).
+void ot_cuda_kv_cache_store(cudaStream_t stream, ot_bf16 *k_cache, ot_bf16 *v_cache, const ot_bf16 *k,
+                            const ot_bf16 *v, const int32_t *slot, const int32_t *pos, int T, int nkv, int D, int S,
+                            int L);
+// out [T, nh, D]: each token's queries q [T, nh, D] over its slot's keys j <= pos[t] (and pos[t] − j < window when
+// window > 0), with sinks [nh] fp32 and GQA — per token what ot_attention_cache_fwd computes for one sequence.
+// Store the step's keys first (a prompt's tokens see each other through the cache). D must be 64, nh / nkv <= 16.
+void ot_cuda_attention_cache_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *q, const ot_bf16 *k_cache,
+                                 const ot_bf16 *v_cache, const float *sinks, const int32_t *slot, const int32_t *pos,
+                                 int T, int nh, int nkv, int D, int S, int L, int window);
+// idx[i] = argmax of row i of x [n, V] fp32, the lowest index on a tie (the CPU sampler's greedy pick).
+void ot_cuda_argmax_rows(cudaStream_t stream, int32_t *idx, const float *x, int n, int V);
 
 // ---- optimizer ------------------------------------------------------------------------------------------------
 // torch.optim.AdamW, one step on n fp32 values, the same roundings as the CPU ot_adamw_step; step counts from 1.

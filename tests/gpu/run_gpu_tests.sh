@@ -55,8 +55,8 @@ fi
 #   5. compute-sanitizer memcheck on test_train_cuda without the loss curve;
 #   6. osstune-train / osstune-logits --backend cuda against --backend cpu end to end (tests/gpu/train_cuda_e2e.sh).
 if [ "$do_build" = 1 ]; then
-    cmake --build "$build" -j"$(nproc)" --target test_train_cuda osstune-init-model osstune-prep osstune-train \
-        osstune-logits || { echo "run_gpu_tests: building the training path failed" >&2; failed=1; }
+    cmake --build "$build" -j"$(nproc)" --target test_train_cuda test_decode_cuda osstune-init-model osstune-prep \
+        osstune-train osstune-logits osstune-translate || { echo "run_gpu_tests: building the training path failed" >&2; failed=1; }
 fi
 train_work="$build/gpu_train"
 train_model="$train_work/model_hd64"
@@ -77,6 +77,12 @@ fi
 echo "== osstune-train / osstune-logits: --backend cuda against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$build/bin" "$train_work/e2e" ||
     { echo "run_gpu_tests: train_cuda_e2e FAILED" >&2; failed=1; }
+
+# ---- batched decoding (trainer/decode_cuda.c, docs/translate.md "Backends") --------------------------------------
+#   7. test_decode_cuda + osstune-translate --backend cuda against --backend cpu (tests/gpu/decode_e2e.sh, bf16 bounds)
+echo "== the GPU decoder against the CPU decoder"
+bash "$root/tests/gpu/decode_e2e.sh" "$build/bin" "$train_work/decode" ||
+    { echo "run_gpu_tests: decode_e2e FAILED" >&2; failed=1; }
 
 [ "$failed" = 0 ] && echo "run_gpu_tests: all passed"
 exit "$failed"

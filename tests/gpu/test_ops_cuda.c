@@ -433,6 +433,99 @@ static void test_attention(const sizes *z, int window) {
     dfree(outb_d), dfree(dq_d), dfree(dk_d), dfree(dv_d), dfree(lse_ref_d), dfree(ds_d);
 }
 
+// ---- batched decoding: KV cache store, attention over the cache, argmax ---------------------------------------------
+// One step mixing what osstune-translate's GPU decoder sends: a prompt (40 tokens of slot 1 from position 0), single
+// decoding tokens of the other slots deep into their caches (past the window), and a token at position 0. The caches
+// start random everywhere, so a read outside a token's visible range changes the result.
+static void test_attention_cache(const sizes *z, int window) {
+    const int S = 3, L = z->aT, nh = z->nh, nkv = z->nkv, D = 64, KV = nkv * D;
+    int32_t slot[48], pos[48];
+    int T = 0;
+    for (int i = 0; i < 40; i++) slot[T] = 1, pos[T++] = i;
+    slot[T] = 0, pos[T++] = L - 1;
+    slot[T] = 2, pos[T++] = L / 2;
+    slot[T] = 0, pos[T++] = L - 2; // two tokens of slot 0 in one step: the earlier one must not see the later
+    size_t nc = (size_t)S * nkv * L * D, nq = (size_t)T * nh * D, nk = (size_t)T * KV;
+    char what[96];
+    float *kc = randn_bf16(nc, 1.0), *vc = randn_bf16(nc, 1.0), *k = randn_bf16(nk, 1.0), *v = randn_bf16(nk, 1.0);
+    float *q = randn_bf16(nq, 1.0), *sinks = randn(nh, 1.0);
+    ot_bf16 *kc_d = up_bf16(kc, nc), *vc_d = up_bf16(vc, nc), *k_d = up_bf16(k, nk), *v_d = up_bf16(v, nk);
+    ot_bf16 *q_d = up_bf16(q, nq), *out_d = poison(nq * 2);
+    float *sinks_d = up_f32(sinks, nh);
+    int32_t *slot_d = up_i32(slot, T), *pos_d = up_i32(pos, T);
+    // the host twin of the store
+    for (int t = 0; t < T; t++)
+        for (int g = 0; g < nkv; g++) {
+            size_t dst = (((size_t)slot[t] * nkv + g) * L + pos[t]) * D, src = ((size_t)t * nkv + g) * D;
+            memcpy(kc + dst, k + src, D * sizeof(float));
+            memcpy(vc + dst, v + src, D * sizeof(float));
+        }
+    ot_cuda_kv_cache_store(g_s, kc_d, vc_d, k_d, v_d, slot_d, pos_d, T, nkv, D, S, L);
+    check_bf16("kv_cache_store k (exact)", kc_d, kc, nc, 0.0);
+    check_bf16("kv_cache_store v (exact)", vc_d, vc, nc, 0.0);
+    // the CPU twin of the attention: each token alone, its slot's cache gathered into [pos + 1, nkv, D]
+    float *out = zeros_f(nq), *kb = zeros_f((size_t)L * KV), *vb = zeros_f((size_t)L * KV);
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j <= pos[t]; j++)
+            for (int g = 0; g < nkv; g++) {
+                size_t src = (((size_t)slot[t] * nkv + g) * L + j) * D;
+                memcpy(kb + ((size_t)j * nkv + g) * D, kc + src, D * sizeof(float));
+                memcpy(vb + ((size_t)j * nkv + g) * D, vc + src, D * sizeof(float));
+            }
+        ot_attention_cache_fwd(out + (size_t)t * nh * D, q + (size_t)t * nh * D, kb, vb, sinks, 1, pos[t], nh, nkv, D,
+                               window);
+    }
+    ot_cuda_attention_cache_fwd(g_s, out_d, q_d, kc_d, vc_d, sinks_d, slot_d, pos_d, T, nh, nkv, D, S, L, window);
+    snprintf(what, sizeof(what), "attention_cache_fwd (window %d)", window);
+    check_bf16(what, out_d, out, nq, TOL_BF16);
+    expect_clean("attention_cache_fwd");
+
+    if (window == 0) { // a slot or position outside the cache is flagged, never read or written
+        int32_t bad_slot = S, bad_pos = L;
+        OT_CUDA_CHECK(cudaMemcpy(slot_d + 3, &bad_slot, sizeof(int32_t), cudaMemcpyHostToDevice));
+        ot_cuda_attention_cache_fwd(g_s, out_d, q_d, kc_d, vc_d, sinks_d, slot_d, pos_d, T, nh, nkv, D, S, L, window);
+        expect_flagged("attention_cache_fwd with slot >= S");
+        ot_cuda_kv_cache_store(g_s, kc_d, vc_d, k_d, v_d, slot_d, pos_d, T, nkv, D, S, L);
+        expect_flagged("kv_cache_store with slot >= S");
+        OT_CUDA_CHECK(cudaMemcpy(slot_d + 3, &slot[3], sizeof(int32_t), cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMemcpy(pos_d + 5, &bad_pos, sizeof(int32_t), cudaMemcpyHostToDevice));
+        ot_cuda_kv_cache_store(g_s, kc_d, vc_d, k_d, v_d, slot_d, pos_d, T, nkv, D, S, L);
+        expect_flagged("kv_cache_store with pos >= max_len");
+        check_bf16("kv_cache_store skipped the bad rows", kc_d, kc, nc, 0.0);
+    }
+    free(kc), free(vc), free(k), free(v), free(q), free(sinks), free(out), free(kb), free(vb);
+    dfree(kc_d), dfree(vc_d), dfree(k_d), dfree(v_d), dfree(q_d), dfree(out_d), dfree(sinks_d), dfree(slot_d);
+    dfree(pos_d);
+}
+
+static void test_argmax(const sizes *z) {
+    const int n = 7, V = z->xV;
+    float *x = randn((size_t)n * V, 3.0);
+    // row 1: the maximum twice (the lower index must win); row 2: all equal; row 3: the maximum last
+    int a = V / 3, b = V - 5;
+    x[(size_t)1 * V + a] = x[(size_t)1 * V + b] = 100.0f;
+    for (int i = 0; i < V; i++) x[(size_t)2 * V + i] = -1.5f;
+    x[(size_t)3 * V + V - 1] = 50.0f;
+    int32_t ref[7];
+    for (int r = 0; r < n; r++) { // the CPU sampler's greedy rule: strict '>' over increasing ids
+        ref[r] = 0;
+        for (int i = 1; i < V; i++)
+            if (x[(size_t)r * V + i] > x[(size_t)r * V + ref[r]]) ref[r] = i;
+    }
+    float *x_d = up_f32(x, (size_t)n * V);
+    int32_t *idx_d = poison(n * sizeof(int32_t));
+    ot_cuda_argmax_rows(g_s, idx_d, x_d, n, V);
+    int32_t *got = down_i32(idx_d, n);
+    int diff = 0;
+    for (int r = 0; r < n; r++) diff += got[r] != ref[r];
+    ot_test_checks++;
+    if (diff) ot_test_failures++;
+    printf("%s %-48s %d of %d rows differ (row 1: %d, want %d)\n", diff ? "FAIL" : "ok  ", "argmax_rows (exact, ties)",
+           diff, n, got[1], ref[1]);
+    free(x), free(got);
+    dfree(x_d), dfree(idx_d);
+}
+
 // ---- router ------------------------------------------------------------------------------------------------------
 static void test_router(const sizes *z) {
     int T = z->T, E = z->rE, k = z->rk;
@@ -965,6 +1058,9 @@ int main(int argc, char **argv) {
     test_rope(z);
     test_attention(z, 0);
     test_attention(z, 37);
+    test_attention_cache(z, 0);
+    test_attention_cache(z, 37);
+    test_argmax(z);
     test_router(z);
     test_swiglu(z);
     test_moe(z);

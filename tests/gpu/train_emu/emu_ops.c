@@ -35,10 +35,22 @@ static int exact(void) {
     if (g_exact < 0) g_exact = getenv("EMU_EXACT") && atoi(getenv("EMU_EXACT"));
     return g_exact;
 }
+// The last few allocations found: element-wise loops (a product reads two or three arrays in turn) hit them, which
+// keeps the exact mode's shadow look-ups from scanning every allocation for every element.
+#define EMU_RECENT 4
+static int g_recent[EMU_RECENT] = {-1, -1, -1, -1}, g_recent_next;
 static alloc_rec *find_alloc(const void *q) {
     const char *c = q;
+    for (int r = 0; r < EMU_RECENT; r++) {
+        int i = g_recent[r];
+        if (i >= 0 && i < g_n_allocs && c >= g_allocs[i].p && c < g_allocs[i].p + g_allocs[i].n) return &g_allocs[i];
+    }
     for (int i = g_n_allocs - 1; i >= 0; i--)
-        if (c >= g_allocs[i].p && c < g_allocs[i].p + g_allocs[i].n) return &g_allocs[i];
+        if (c >= g_allocs[i].p && c < g_allocs[i].p + g_allocs[i].n) {
+            g_recent[g_recent_next] = i;
+            g_recent_next = (g_recent_next + 1) % EMU_RECENT;
+            return &g_allocs[i];
+        }
     return NULL;
 }
 static void *emu_alloc(size_t n) {
@@ -66,6 +78,7 @@ static void emu_free(void *p) {
             free(g_allocs[i].valid);
             free(p);
             g_allocs[i] = g_allocs[--g_n_allocs];
+            for (int r = 0; r < EMU_RECENT; r++) g_recent[r] = -1; // the indices moved
             return;
         }
     fprintf(stderr, "emu: free of unknown pointer\n");
@@ -757,6 +770,66 @@ void ot_cuda_lmhead_xent(cudaStream_t s, ot_cuda_blas *blas, double *loss_sum, o
     free(hf);
     free(Wf);
     free(d);
+}
+
+// ---- batched decoding over a KV cache ----------------------------------------------------------------------------
+static int cache_bad(int s, int p, int S, int L) {
+    if (s >= 0 && s < S && p >= 0 && p < L) return 0;
+    g_flags |= OT_CUDA_BAD_CACHE;
+    return 1;
+}
+void ot_cuda_kv_cache_store(cudaStream_t st, ot_bf16 *kc, ot_bf16 *vc, const ot_bf16 *k, const ot_bf16 *v,
+                            const int32_t *slot, const int32_t *pos, int T, int nkv, int D, int S, int L) {
+    (void)st;
+    for (int t = 0; t < T; t++) {
+        if (cache_bad(slot[t], pos[t], S, L)) continue;
+        for (int g = 0; g < nkv; g++)
+            for (int d = 0; d < D; d++) {
+                size_t src = ((size_t)t * nkv + g) * D + d, dst = (((size_t)slot[t] * nkv + g) * L + pos[t]) * D + d;
+                wr(kc, dst, rd(k, src));
+                wr(vc, dst, rd(v, src));
+            }
+    }
+}
+// Each token alone through the CPU ot_attention_cache_fwd, its slot's cache gathered into [pos + 1, nkv, D].
+void ot_cuda_attention_cache_fwd(cudaStream_t st, ot_bf16 *out, const ot_bf16 *q, const ot_bf16 *kc, const ot_bf16 *vc,
+                                 const float *sinks, const int32_t *slot, const int32_t *pos, int T, int nh, int nkv,
+                                 int D, int S, int L, int window) {
+    (void)st;
+    need(D == 64, "attention D must be 64 as on the GPU");
+    float *kb = malloc(sizeof(float) * (size_t)L * nkv * D), *vb = malloc(sizeof(float) * (size_t)L * nkv * D);
+    float *qf = malloc(sizeof(float) * (size_t)nh * D), *o = malloc(sizeof(float) * (size_t)nh * D);
+    for (int t = 0; t < T; t++) {
+        int s = slot[t], p = pos[t];
+        if (cache_bad(s, p, S, L)) {
+            for (int i = 0; i < nh * D; i++) wr(out, (size_t)t * nh * D + i, NAN);
+            continue;
+        }
+        for (int j = 0; j <= p; j++)
+            for (int g = 0; g < nkv; g++)
+                for (int d = 0; d < D; d++) {
+                    size_t src = (((size_t)s * nkv + g) * L + j) * D + d, dst = ((size_t)j * nkv + g) * D + d;
+                    kb[dst] = rd(kc, src);
+                    vb[dst] = rd(vc, src);
+                }
+        for (int i = 0; i < nh * D; i++) qf[i] = rd(q, (size_t)t * nh * D + i);
+        ot_attention_cache_fwd(o, qf, kb, vb, sinks, 1, p, nh, nkv, D, window);
+        tobf(out + (size_t)t * nh * D, o, (size_t)nh * D);
+    }
+    free(kb);
+    free(vb);
+    free(qf);
+    free(o);
+}
+void ot_cuda_argmax_rows(cudaStream_t st, int32_t *idx, const float *x, int n, int V) {
+    (void)st;
+    for (int r = 0; r < n; r++) {
+        const float *row = x + (size_t)r * V;
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        idx[r] = best;
+    }
 }
 
 void ot_cuda_adamw_step(cudaStream_t s, float *param, const float *grad, float *m, float *v, size_t n, float lr,

@@ -5,14 +5,19 @@
 #   1. test_train_cuda in exact mode (EMU_EXACT=1: activations kept in fp32) for several LoRA target sets — the
 #      composition must match the CPU reference to fp32 rounding;
 #   2. test_train_cuda with bf16 storage, against the GPU bounds (how those bounds were set);
-#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu.
+#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu;
+#   4. the GPU decoder (trainer/decode_cuda.c): tests/gpu/test_decode_cuda.c against the CPU decoder in exact and
+#      bf16 mode, and tests/gpu/decode_e2e.sh (osstune-translate --backend cuda against --backend cpu).
 # What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
 #
-# usage: tests/gpu/train_emu/run.sh [BUILD_DIR]     (default: build-train-emu in the repository root)
+# usage: tests/gpu/train_emu/run.sh [--decode-only] [BUILD_DIR]   (default: build-train-emu in the repository root)
+#   --decode-only   only step 4 (the decoder; about a minute once built)
 # Needs the CUDA toolkit's headers (for the runtime's types; nothing of CUDA runs), MPI's mpicc and the build
 # dependencies of osstune. A few minutes on two cores, most of them building the CPU libraries.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+decode_only=0
+if [ "${1:-}" = --decode-only ]; then decode_only=1; shift; fi
 build=${1:-$root/build-train-emu}
 cuda_inc=""
 for d in "${CUDA_HOME:-}/include" "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")/include" \
@@ -33,7 +38,8 @@ emu="$build/emu"
 mkdir -p "$emu/bin"
 flags="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -DOT_HAVE_CUDA=1 -I$root -I$build $hdf5_inc -I$cuda_inc"
 objs=()
-for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/tests/gpu/train_emu/emu_ops.c" \
+for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/trainer/decode_cuda.c" \
+         "$root/tests/gpu/train_emu/emu_ops.c" \
          "$root/tests/test_util.c"; do
     o="$emu/$(basename "$f" .c).o"
     mpicc $flags -c "$f" -o "$o"
@@ -48,6 +54,8 @@ link() { # output, main source
 link test_train_cuda "$root/tests/gpu/test_train_cuda.c"
 link osstune-train "$root/trainer/train_main.c"
 link osstune-logits "$root/tools/osstune-logits.c"
+link osstune-translate "$root/tools/osstune-translate.c"
+link test_decode_cuda "$root/tests/gpu/test_decode_cuda.c"
 ln -sf "$build/bin/osstune-init-model" "$build/bin/osstune-prep" "$emu/bin/"
 
 model="$emu/model_hd64"
@@ -56,6 +64,7 @@ model="$emu/model_hd64"
     --set bos_token_id=2 > /dev/null
 cd "$root"
 failed=0
+if [ "$decode_only" = 0 ]; then
 # every LoRA target on, with the 50-step loss curve (the optimizer), then subsets without it (which parts of the
 # backward are skipped and which recomputed inputs are redone depends on the targets)
 for targets in all attn o,down q,gate_up experts; do
@@ -71,5 +80,9 @@ echo "== bf16 storage, the GPU bounds"
 grep -E "^info (logits|loss:|loss curve)|passed" "$emu/bf16.log"
 echo "== osstune-train / osstune-logits, --backend cuda (emulated) against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$emu/bin" "$emu/e2e" || failed=1
+fi
+echo "== the GPU decoder: exact (fp32 activations), then bf16 storage against the GPU bounds"
+EMU_EXACT=1 bash "$root/tests/gpu/decode_e2e.sh" "$emu/bin" "$emu/decode_exact" exact || failed=1
+bash "$root/tests/gpu/decode_e2e.sh" "$emu/bin" "$emu/decode_bf16" || failed=1
 [ "$failed" = 0 ] && echo "train_emu: all passed"
 exit "$failed"
