@@ -12,7 +12,7 @@
 // values have 2 significant bits and the scale is a power of two). The next tile's global loads are issued into
 // registers before the current tile's products, so memory latency overlaps the math.
 //
-// These kernels serve small calls only (fewer than MM_LIBRARY_MIN_PAIRS rows, e.g. decoding); larger ones take
+// These kernels serve calls with few rows per expert (decoding a batch, small evaluations); larger ones take
 // the cuBLAS path of moe_gemm.cu, which has the same contract.
 #include "kernels/cuda/moe_gemm.cuh" // MXFP4 decode, the cuBLAS path
 
@@ -23,10 +23,15 @@
 #define MM_BK 32
 #define MM_PAD 8
 #define MM_THREADS 256
-// From this many (token, slot) pairs on, the products go through cuBLAS one expert at a time (moe_gemm.cu):
-// there each expert's MXFP4 matrix is dequantized whole, which pays off once the rows are many (training
-// batches); below it (decoding a few tokens) the fused kernels here read each weight once and win.
-#define MM_LIBRARY_MIN_PAIRS 64
+// From this many (token, slot) pairs per expert on average, the products go through cuBLAS (moe_gemm.cu): there
+// each used expert's MXFP4 matrix is dequantized whole, which pays off once each expert has many rows (training
+// batches: ~256 per expert at 2048 tokens of the 20b). With a few rows per expert (decoding 32 sentences gives
+// ~4) the fused kernels here read each weight once as MXFP4 and win by far.
+#define MM_LIBRARY_MIN_ROWS_PER_EXPERT 32
+
+static int use_library(const ot_cuda_moe_plan *p) {
+    return p->n_pairs >= MM_LIBRARY_MIN_ROWS_PER_EXPERT * p->E;
+}
 
 typedef struct {
     const uint8_t *blocks, *scales; // MXFP4
@@ -282,7 +287,7 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
                             const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_fwd");
     OT_REQUIRE((uintptr_t)x % 16 == 0, "ot_cuda_moe_matmul_fwd: x must be 16-byte aligned");
-    if (p->n_pairs >= MM_LIBRARY_MIN_PAIRS) {
+    if (use_library(p)) {
         ot_cuda_moe_gemm_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p);
         return;
     }
@@ -300,7 +305,7 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
                             const ot_cuda_moe_plan *p, int accumulate) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_bwd");
-    if (p->n_pairs >= MM_LIBRARY_MIN_PAIRS) {
+    if (use_library(p)) {
         ot_cuda_moe_gemm_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate);
         return;
     }

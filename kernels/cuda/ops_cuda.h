@@ -162,9 +162,9 @@ typedef struct {
 
 // y[p, :] = x_p · W_eᵀ + b_e for every permuted row p of expert e; y [n_pairs, rows]. x_p is x[row_token[p]] when
 // `gather` (x [T, cols], the token activations) or x[p] otherwise (x [n_pairs, cols], already permuted).
-// From 64 (token, slot) pairs on: through cuBLAS, each expert's MXFP4 matrix dequantized into a bf16 scratch
-// matrix (one per side stream, never all experts at once), the experts spread over a few side streams. Below
-// that: fused tensor-core kernels that dequantize MXFP4 tiles in shared memory.
+// From 32 (token, slot) pairs per expert on average: through cuBLAS, each expert's MXFP4 matrix dequantized into
+// a bf16 scratch matrix (one per side stream, never all experts at once), the experts spread over a few side
+// streams. Below that (decoding): fused tensor-core kernels that dequantize MXFP4 tiles in shared memory.
 void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
                             const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p);
 // dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.
