@@ -5,7 +5,9 @@
 #   1. test_train_cuda in exact mode (EMU_EXACT=1: activations kept in fp32) for several LoRA target sets — the
 #      composition must match the CPU reference to fp32 rounding;
 #   2. test_train_cuda with bf16 storage, against the GPU bounds (how those bounds were set);
-#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu.
+#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu;
+#   4. tests/gpu/full_cuda_e2e.sh in exact mode: osstune-train --full --backend cuda against --backend cpu (and
+#      with --recompute on).
 # What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
 #
 # usage: tests/gpu/train_emu/run.sh [BUILD_DIR]     (default: build-train-emu in the repository root)
@@ -33,8 +35,9 @@ emu="$build/emu"
 mkdir -p "$emu/bin"
 flags="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -DOT_HAVE_CUDA=1 -I$root -I$build $hdf5_inc -I$cuda_inc"
 objs=()
-for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/tests/gpu/train_emu/emu_ops.c" \
-         "$root/tests/test_util.c"; do
+# full_train.c again here: the library's copy was built without CUDA, so it has no --full --backend cuda path
+for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/trainer/full_cuda.c" \
+         "$root/trainer/full_train.c" "$root/tests/gpu/train_emu/emu_ops.c" "$root/tests/test_util.c"; do
     o="$emu/$(basename "$f" .c).o"
     mpicc $flags -c "$f" -o "$o"
     objs+=("$o")
@@ -71,5 +74,13 @@ echo "== bf16 storage, the GPU bounds"
 grep -E "^info (logits|loss:|loss curve)|passed" "$emu/bf16.log"
 echo "== osstune-train / osstune-logits, --backend cuda (emulated) against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$emu/bin" "$emu/e2e" || failed=1
+echo "== osstune-train --full: --backend cuda (emulated, fp32) against --backend cpu, 6 steps"
+EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=6 bash "$root/tests/gpu/full_cuda_e2e.sh" "$emu/bin" "$emu/full_e2e" \
+    > "$emu/full_e2e.log" 2>&1 || { cat "$emu/full_e2e.log"; failed=1; }
+grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e.log"
+echo "== the same with activation recomputation on"
+EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=4 FULL_E2E_ARGS="--recompute on" bash "$root/tests/gpu/full_cuda_e2e.sh" \
+    "$emu/bin" "$emu/full_e2e_recompute" > "$emu/full_e2e_recompute.log" 2>&1 || { cat "$emu/full_e2e_recompute.log"; failed=1; }
+grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e_recompute.log"
 [ "$failed" = 0 ] && echo "train_emu: all passed"
 exit "$failed"
