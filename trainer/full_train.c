@@ -168,7 +168,8 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
                 (long long)st.step, o->steps);
     }
     ws = ot_cpu_workspace_new();
-    const int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank;
+    const int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank; // the GPU workspace's size
+    (void)max_tokens; // unused without CUDA
 #ifdef OT_HAVE_CUDA
     if (use_cuda) {
         int n_dev = ot_cuda_device_count();
