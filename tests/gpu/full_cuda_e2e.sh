@@ -13,10 +13,13 @@
 # FULL_E2E_ARGS: more osstune-train options for the CUDA runs (e.g. --recompute on).
 #
 # Tolerances (relative). On the GPU, activations are bf16 on the CUDA side and fp32 on the CPU side, and AdamW
-# turns those differences into different updates, more with every step: per-step loss and validation loss 3e-2,
-# gradient norm 1.5e-1 (a norm is dominated by the largest gradients, which move most between backends), the
-# resumed run's final loss 3e-2 (the GPU backward has fp32 atomics, so a rerun is not bit-identical), masters not
-# compared. In the emulator's fp32 mode the composition must match the CPU to fp32 rounding (the rows run as one
+# turns those differences into different updates, more with every step. With bf16 storage emulated on the CPU
+# (the training emulator without EMU_EXACT, 30 steps) the largest gaps were: loss 1.2e-2, validation loss 2.7e-3,
+# gradient norm 1.4e-1 at one step (median over the steps 2.3e-2: a norm is dominated by the few largest gradients,
+# which move most between backends), the CPU resuming the CUDA checkpoint 8.5e-4. The bounds leave room for the
+# GPU kernels' own roundings: per-step loss and validation loss 5e-2, gradient norm 4e-1 at any step and 5e-2 as
+# the median, the resumed runs' losses 5e-2 (the GPU backward has fp32 atomics, so a rerun is not bit-identical);
+# masters not compared. In the emulator's fp32 mode the composition must match the CPU to fp32 rounding (the rows run as one
 # packed batch on the CUDA side and one by one on the CPU, so the sums differ in order only): losses and gradient
 # norms 1e-5 (measured: 1e-7 and 0 over 4 steps), the resumed run bit-identical (the emulation is deterministic),
 # the masters' change 1e-4 (measured 1.3e-6; AdamW divides by sqrt(v), so near-zero gradients turn rounding noise
@@ -69,7 +72,7 @@ python3 - "$work" "$steps" "$half" "$exact" <<'EOF'
 import json, struct, sys
 import numpy as np
 w, steps, half, exact = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-tol_loss, tol_norm = (1e-5, 1e-5) if exact else (3e-2, 1.5e-1)
+tol_loss, tol_norm, tol_norm_median = (1e-5, 1e-5, 1e-5) if exact else (5e-2, 4e-1, 5e-2)
 ok = True
 def check(what, got, want, tol):
     global ok
@@ -96,6 +99,10 @@ if len(tc) != steps or len(tg) != steps or len(ec) != len(eg) or not ec:
 for i, (g, c) in enumerate(zip(tg, tc)):
     check(f"loss, step {i + 1}", g["loss"], c["loss"], tol_loss)
     check(f"grad norm, step {i + 1}", g["grad_norm"], c["grad_norm"], tol_norm)
+gaps = sorted(abs(g["grad_norm"] - c["grad_norm"]) / abs(c["grad_norm"]) for g, c in zip(tg, tc))
+med = gaps[len(gaps) // 2]
+ok &= med <= tol_norm_median
+print(f"{'ok  ' if med <= tol_norm_median else 'FAIL'} {'grad norm, median over the steps':<48} rel_err {med:.2e} (tol {tol_norm_median:g})")
 for i, (g, c) in enumerate(zip(eg, ec)):
     check(f"validation loss #{i + 1}", g, c, tol_loss)
 print(f"info loss cuda {tg[0]['loss']:.4f} -> {tg[-1]['loss']:.4f}, cpu {tc[0]['loss']:.4f} -> {tc[-1]['loss']:.4f}")
