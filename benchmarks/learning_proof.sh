@@ -8,7 +8,9 @@
 #   2 data    osstune-prep: train (both directions), train zh2nan only (for the LoRA), dev (both, for eval loss),
 #             and the evaluation subset: the first EVAL_PER_SOURCE dev rows of each source
 #   3 full    osstune-train --full for FULL_STEPS steps (stopped by SIGTERM after FULL_SECONDS at the latest: it
-#             checkpoints and the script goes on from that checkpoint)
+#             checkpoints and the script goes on from that checkpoint). FULL_STEPS=auto (the default): a 40-step
+#             calibration run measures the seconds per step (steps 11-40, after the warm-up) and FULL_STEPS is set so
+#             the run takes FULL_TARGET_SECONDS, so the learning-rate schedule ends when the time does
 #   4 lora    osstune-train (LoRA, zh2nan pairs) on the full model's directory, LORA_STEPS / LORA_SECONDS
 #   5 eval    osstune-translate on the subset in JOBS parallel shards: full model zh2nan and nan2zh, full+LoRA
 #             zh2nan; then scored with --ref (chrF / BLEU / the copy baseline, overall and per source)
@@ -19,7 +21,8 @@
 # Environment: WORK (default /tmp/osstune-learning-proof), OSSTUNE_BUNDLE (a bundle dir with bin/ and lib/;
 #   else BIN, default build/bin), TAIGI_DIR (default shared/data/taigi or ../shared/data/taigi), BACKEND (cuda|cpu,
 #   default cuda), model shape HIDDEN LAYERS HEADS KV_HEADS HEAD_DIM EXPERTS TOPK INTER (default 384 4 6 2 64 8 2
-#   384), FULL_STEPS FULL_SECONDS FULL_LR ROWS SEQ (default 1500 300 2e-3 16 512), LORA_STEPS LORA_SECONDS
+#   384), FULL_STEPS FULL_TARGET_SECONDS FULL_SECONDS FULL_LR ROWS SEQ (default auto 270 330 2e-3 16 512),
+#   LORA_STEPS LORA_SECONDS
 #   LORA_LR (default 300 60 1e-3), EVAL_PER_SOURCE (default 100), JOBS (default nproc), MAX_NEW (default 64),
 #   TRAIN_LIMIT (use only the first N training pairs; default all: for a quick CPU smoke test).
 set -uo pipefail
@@ -29,11 +32,16 @@ WORK=${WORK:-/tmp/osstune-learning-proof}
 BACKEND=${BACKEND:-cuda}
 HIDDEN=${HIDDEN:-384} LAYERS=${LAYERS:-4} HEADS=${HEADS:-6} KV_HEADS=${KV_HEADS:-2} HEAD_DIM=${HEAD_DIM:-64}
 EXPERTS=${EXPERTS:-8} TOPK=${TOPK:-2} INTER=${INTER:-384}
-FULL_STEPS=${FULL_STEPS:-1500} FULL_SECONDS=${FULL_SECONDS:-300} FULL_LR=${FULL_LR:-2e-3}
+FULL_STEPS=${FULL_STEPS:-auto} FULL_TARGET_SECONDS=${FULL_TARGET_SECONDS:-270} FULL_SECONDS=${FULL_SECONDS:-330}
+FULL_LR=${FULL_LR:-2e-3}
 ROWS=${ROWS:-16} SEQ=${SEQ:-512}
 LORA_STEPS=${LORA_STEPS:-300} LORA_SECONDS=${LORA_SECONDS:-60} LORA_LR=${LORA_LR:-1e-3}
 EVAL_PER_SOURCE=${EVAL_PER_SOURCE:-100} JOBS=${JOBS:-$(nproc)} MAX_NEW=${MAX_NEW:-64} TRAIN_LIMIT=${TRAIN_LIMIT:-0}
 TOK=$ROOT/data/o200k_base.tiktoken
+# ---- THE decode backend (stage 5): the one place it is chosen. osstune-translate decodes on the CPU in this
+# version, hence the parallel shards; once osstune-translate has a GPU decoder, set the default to cuda here (and
+# JOBS=1: one process holding the GPU).
+DECODE_BACKEND=${DECODE_BACKEND:-cpu}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T0=$(date +%s)
 say() { printf '\n== %s (%s, +%ds)\n' "$*" "$(date +%H:%M:%S)" $(($(date +%s) - T0)); }
@@ -54,7 +62,7 @@ for d in "$TAIGI" "$ROOT/shared/data/taigi" "$ROOT/../shared/data/taigi"; do
 done
 [ -f "${TAIGI:-}/train.tsv" ] || die "the taigi corpus is not found (set TAIGI_DIR to the folder with train.tsv, dev.tsv)"
 mkdir -p "$WORK"
-echo "learning_proof: WORK=$WORK BIN=$BIN TAIGI=$TAIGI BACKEND=$BACKEND"
+echo "learning_proof: WORK=$WORK BIN=$BIN TAIGI=$TAIGI BACKEND=$BACKEND (training) DECODE_BACKEND=$DECODE_BACKEND"
 
 # ---- 1 model --------------------------------------------------------------------------------------------------------
 MODEL=$WORK/model-init
@@ -107,6 +115,30 @@ train_stage() { # train_stage NAME SECONDS RUN_DIR args...
   touch "$dir/DONE"
 }
 FULL=$WORK/full
+if [ "$FULL_STEPS" = auto ]; then
+  # Calibration: 40 steps with the real options (its own run directory, thrown away), then the seconds per step
+  # between steps 10 and 40 from metrics.jsonl (elapsed_s), which leaves out the start-up and the first steps.
+  CAL=$WORK/full_calibration
+  if [ ! -f "$CAL/steps" ]; then
+    say "3 full: calibration (40 steps) to size the run to ${FULL_TARGET_SECONDS}s"
+    rm -rf "$CAL" && mkdir -p "$CAL"
+    "$BIN/osstune-train" --run-dir "$CAL/run" --full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" \
+      --steps 40 --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$FULL_LR" --log-every 10 --seed 1 >"$CAL/log" 2>&1 ||
+      die "the calibration run failed (log: $CAL/log)"
+    python3 - "$CAL/run/metrics.jsonl" "$FULL_TARGET_SECONDS" >"$CAL/steps" <<'PY' || die "calibration: no timing"
+import json, sys
+el = {r["step"]: r["elapsed_s"] for r in map(json.loads, open(sys.argv[1])) if "loss" in r}
+per_step = (el[40] - el[10]) / 30
+tps = [r["tokens_per_s"] for r in map(json.loads, open(sys.argv[1])) if r.get("step") == 40 and "loss" in r][0]
+# 5 % of the time for validation and the checkpoints
+print(max(20, int(float(sys.argv[2]) * 0.95 / per_step)))
+print(f"calibration: {per_step * 1000:.1f} ms per step, {tps:.0f} tokens/s", file=sys.stderr)
+PY
+    rm -rf "$CAL/run"
+  fi
+  FULL_STEPS=$(head -1 "$CAL/steps")
+  echo "calibration: FULL_STEPS=$FULL_STEPS for ${FULL_TARGET_SECONDS}s ($(grep -h '^step 40/' "$CAL/log" || true))"
+fi
 say "3 full: osstune-train --full ($FULL_STEPS steps, at most ${FULL_SECONDS}s, lr $FULL_LR, $ROWS x $SEQ tokens)"
 mkdir -p "$WORK"
 train_stage full "$FULL_SECONDS" "$FULL" --full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" \
@@ -127,7 +159,7 @@ ADAPTER=$LORA/ckpt/$(cat "$LORA/ckpt/latest")
 echo "adapter: $ADAPTER"
 
 # ---- 5 eval ---------------------------------------------------------------------------------------------------------
-# osstune-translate decodes on the CPU: the subset is cut into JOBS shards translated in parallel, then the joined
+# osstune-translate on DECODE_BACKEND (chosen at the top; the CPU in this version): the subset is cut into JOBS shards translated in parallel, then the joined
 # outputs are scored in one go (--hyp), so the scores are corpus-level over the whole subset.
 translate() { # translate NAME DIRECTION [--adapter DIR]
   local name=$1 dir=$2
@@ -142,7 +174,7 @@ translate() { # translate NAME DIRECTION [--adapter DIR]
   local pids=()
   for part in "$out.shards"/part.*; do
     { printf 'zh\tnan\n'; cat "$part"; } >"$part.tsv"
-    "$BIN/osstune-translate" --model "$FULL_MODEL" "$@" --tokenizer "$TOK" --direction "$dir" --backend cpu \
+    "$BIN/osstune-translate" --model "$FULL_MODEL" "$@" --tokenizer "$TOK" --direction "$dir" --backend "$DECODE_BACKEND" \
       --in "$part.tsv" --max-new-tokens "$MAX_NEW" >"$part.out" 2>"$part.log" &
     pids+=($!)
   done

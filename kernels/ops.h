@@ -53,6 +53,12 @@ float ot_clip_coef(double total_norm, float max_norm);
 // step counts from 0 (the lr used by the first optimizer step is lr_at(0)).
 float ot_lr_at(long step, long warmup, long total_steps, float lr_max, float lr_min);
 
+// ---- embedding backward without atomics (full training on the GPU) --------------------------------------------
+// order [T]: the positions of ids [T] sorted by (id, position); seg [T + 1]: where each run of one id starts in
+// order, seg[n] = T. Returns n, the number of distinct ids. ot_cuda_embedding_bwd_sorted adds each run's rows in
+// this order, which is the order of ot_embedding_bwd.
+int ot_embedding_sort_ids(const int32_t *ids, int T, int32_t *order, int32_t *seg);
+
 // ---- the templated op list: float names, then double names with the `_f64` suffix -----------------------------
 #define OT_OPS_REAL float
 #define OT_OPS_FN(name) name

@@ -17,6 +17,10 @@
 #include "trainer/evaluate.h"
 #include "trainer/full_checkpoint.h"
 #include "trainer/gptoss_cpu.h"
+#ifdef OT_HAVE_CUDA
+#include "trainer/full_cuda.h"
+#include "trainer/model_cuda.h"
+#endif
 
 #define EXIT_PREEMPTED 75
 
@@ -77,13 +81,19 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
     char *config_json = NULL;
     ot_pairs_h5 eval_pairs;
     int eval_open = 0;
-
-    if (strcmp(o->backend, "cpu") != 0)
-        FAIL("--full runs on --backend cpu in this build (got '%s'); the CUDA full mode is not available", o->backend);
+    // --backend cuda: the weights, gradients and AdamW state live on the GPU (trainer/full_cuda.h); the host
+    // model m then only holds the layout and is filled from the device for checkpoints.
+    const int use_cuda = strcmp(o->backend, "cuda") == 0;
+#ifdef OT_HAVE_CUDA
+    ot_full_cuda *fc = NULL;
+#else
+    if (use_cuda) FAIL("--backend cuda: this osstune-train was built without CUDA; use --backend cpu");
+#endif
+    if (!use_cuda && strcmp(o->backend, "cpu") != 0) FAIL("--full: unknown backend '%s'", o->backend);
     if (o->init_adapter) FAIL("--full trains the model itself: --init-adapter does not apply");
     if (ot_model_load(&m, o->model_dir, &err)) FAIL("%s", err.msg);
     if (ot_full_params_build(&fp, &m, &err)) FAIL("%s", err.msg);
-    grads = ot_calloc(fp.total, sizeof(float));
+    if (!use_cuda) grads = ot_calloc(fp.total, sizeof(float)); // on the GPU, the gradients live there
     ot_optimizer_init(&opt, fp.total, &o->optim);
 
     // ---- run identity and resume (as the LoRA loop) --------------------------------------------------------------
@@ -158,13 +168,30 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
                 (long long)st.step, o->steps);
     }
     ws = ot_cpu_workspace_new();
+    const int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank; // the GPU workspace's size
+    (void)max_tokens; // unused without CUDA
+#ifdef OT_HAVE_CUDA
+    if (use_cuda) {
+        int n_dev = ot_cuda_device_count();
+        if (n_dev < 1) FAIL("--backend cuda: no CUDA device is visible to this process");
+        // the masters of a resumed run are in m.owned and its moments in opt by now: they go up with the model
+        fc = ot_full_cuda_new(&m, &fp, &opt, o->model_dir, comm->local_rank % n_dev, o->recompute, max_tokens, &err);
+        if (!fc) FAIL("%s", err.msg);
+        if (rank == 0) {
+            char line[512];
+            ot_full_cuda_describe(fc, line, sizeof line);
+            fprintf(stderr, "osstune-train --full: backend cuda: one GPU per rank (rank 0: %s)\n", line);
+        }
+    }
+#endif
     if (o->eval_data) {
         if (ot_pairs_h5_open(&eval_pairs, o->eval_data, &err)) FAIL("%s", err.msg);
         eval_open = 1;
     }
     const int max_rows = (o->rows_per_step + world - 1) / world;
-    // One gradient slot per row, summed in global row order: N ranks give the bits of 1 rank.
-    slots = ot_malloc(sizeof(float) * fp.total * (size_t)(max_rows + 1));
+    // CPU: one gradient slot per row, summed in global row order: N ranks give the bits of 1 rank. GPU: each
+    // rank's rows run as one batch and the ranks' gradients are summed in rank order (full_cuda.h).
+    if (!use_cuda) slots = ot_malloc(sizeof(float) * fp.total * (size_t)(max_rows + 1));
     loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
     float loss_out[2];
 
@@ -179,7 +206,19 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
         if (ot_loader_next(loader, &batch, &after, &err)) FAIL("%s", err.msg);
         float lr = 0;
         float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
-        for (int i = 0; i < batch.n_rows; i++) {
+        double gnorm = 0;
+        int n_loss_slots = batch.n_rows;
+#ifdef OT_HAVE_CUDA
+        if (fc) {
+            double rank_loss = 0;
+            if (ot_full_cuda_grads(fc, &batch, scale, &rank_loss, &err)) FAIL("%s", err.msg);
+            if (ot_full_cuda_sum_ranks(fc, comm, &err)) FAIL("%s", err.msg);
+            loss_slots[0] = (float)rank_loss;
+            loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
+            n_loss_slots = 1;
+        }
+#endif
+        for (int i = 0; !use_cuda && i < batch.n_rows; i++) {
             ot_batch_extract_row(&batch, i, &row);
             float *slot = slots + (size_t)i * fp.total;
             memset(slot, 0, sizeof(float) * fp.total);
@@ -190,12 +229,16 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
             loss_slots[2 * i] = (float)rl;
             loss_slots[2 * i + 1] = (float)(rl - (double)(float)rl);
         }
-        if (ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, fp.total, grads, &err)) FAIL("%s", err.msg);
-        if (ot_comm_all_reduce_ordered(comm, loss_slots, batch.n_rows, 2, loss_out, &err)) FAIL("%s", err.msg);
+        if (!use_cuda && ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, fp.total, grads, &err))
+            FAIL("%s", err.msg);
+        if (ot_comm_all_reduce_ordered(comm, loss_slots, n_loss_slots, 2, loss_out, &err)) FAIL("%s", err.msg);
         double loss = batch.global_targets > 0
                           ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
                           : 0.0;
-        double gnorm = ot_full_optimizer_step(&opt, m.owned, grads, &fp, &lr);
+#ifdef OT_HAVE_CUDA
+        if (fc) gnorm = ot_full_cuda_optimizer_step(fc, &opt, &fp, &lr);
+#endif
+        if (!use_cuda) gnorm = ot_full_optimizer_step(&opt, m.owned, grads, &fp, &lr);
         st.step++;
         st.data_seed = after.seed;
         st.data_epoch = after.epoch;
@@ -236,8 +279,15 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
         if (eval_open && (st.step == o->steps || stopping || (o->eval_every > 0 && st.step % o->eval_every == 0))) {
             double eval_loss = 0, t_eval = ot_now_seconds();
             int64_t eval_targets = 0;
-            if (ot_eval_loss(&m, NULL, &eval_pairs, comm, o->eval_samples, ws, &eval_loss, &eval_targets, &err))
-                FAIL("validation on %s: %s", o->eval_data, err.msg);
+            int eval_rc;
+#ifdef OT_HAVE_CUDA
+            if (fc)
+                eval_rc = ot_cuda_eval_loss(ot_full_cuda_ctx(fc), &eval_pairs, comm, o->eval_samples, max_tokens,
+                                            &eval_loss, &eval_targets, &err);
+            else
+#endif
+                eval_rc = ot_eval_loss(&m, NULL, &eval_pairs, comm, o->eval_samples, ws, &eval_loss, &eval_targets, &err);
+            if (eval_rc) FAIL("validation on %s: %s", o->eval_data, err.msg);
             if (rank == 0) {
                 fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_targets\": %lld, \"eval_seconds\": %.3f}\n",
                         (long long)st.step, eval_loss, (long long)eval_targets, ot_now_seconds() - t_eval);
@@ -251,6 +301,9 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
             int save_rc = 0;
             if (rank == 0) {
                 double t0 = ot_now_seconds();
+#ifdef OT_HAVE_CUDA
+                if (fc) ot_full_cuda_download(fc, &m, &opt); // the masters and moments live on the GPU
+#endif
                 save_rc = ot_full_ckpt_save(o->run_dir, &st, &m, &fp, &opt, o->model_dir, o->keep_last, &err);
                 if (save_rc) fprintf(stderr, "osstune-train --full: checkpoint at step %lld failed: %s\n", (long long)st.step, err.msg);
                 else fprintf(stderr, "osstune-train --full: checkpoint %s/ckpt/step-%06lld written (%.1f s)\n",
@@ -277,6 +330,9 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
                 (long long)st.step, o->run_dir, (long long)st.step);
 
 done:
+#ifdef OT_HAVE_CUDA
+    ot_full_cuda_free(fc);
+#endif
     if (eval_open) ot_pairs_h5_close(&eval_pairs);
     if (metrics) fclose(metrics);
     if (loader) ot_loader_close(loader);

@@ -73,6 +73,7 @@ struct ot_cuda_ctx {
     double *loss_dev, *norm_dev; // device accumulators
     double *host_pair;           // pinned [2]: loss and squared norm read back
     prof_state prof;
+    const ot_cuda_model_grads *mg; // full training: base-weight gradients (NULL: the base is frozen)
 };
 
 // ---- profiling ------------------------------------------------------------------------------------------------
@@ -430,10 +431,11 @@ static void projection_fwd(ot_cuda_ctx *c, ot_bf16 *y, float *xa, const ot_bf16 
     }
 }
 
-static void projection_bwd(ot_cuda_ctx *c, ot_bf16 *dx, const ot_bf16 *dy, const ot_bf16 *x, const float *xa,
-                           const ot_bf16 *W, const ot_lora_slot *s, int T, int in, int out) {
+// dW, db: the base weight's gradient in full training (NULL when the base is frozen).
+static void projection_bwd(ot_cuda_ctx *c, ot_bf16 *dx, float *dW, float *db, const ot_bf16 *dy, const ot_bf16 *x,
+                           const float *xa, const ot_bf16 *W, const ot_lora_slot *s, int T, int in, int out) {
     mark(c, OT_CUDA_PROF_DENSE_MATMUL);
-    ot_cuda_matmul_bwd(c->stream, &c->blas, dx, NULL, NULL, dy, x, W, T, in, out);
+    ot_cuda_matmul_bwd(c->stream, &c->blas, dx, dW, db, dy, x, W, T, in, out);
     if (s) {
         mark(c, OT_CUDA_PROF_LORA);
         ot_cuda_lora_bwd(c->stream, dx, lora_dA(c, s), lora_dB(c, s), dy, x, xa, lora_A(c, s), lora_B(c, s), T, in,
@@ -514,14 +516,18 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     const size_t P = (size_t)plan.n_pairs;
     const ot_lora_slot *s_gu = slot_of(c, l, OT_LORA_GATE_UP), *s_d = slot_of(c, l, OT_LORA_DOWN);
     const int q_lora = slot_of(c, l, OT_LORA_Q) || slot_of(c, l, OT_LORA_K) || slot_of(c, l, OT_LORA_V);
-    // Kept activations: the shared xn1, xn2 and act hold a later layer's values; redo this layer's where a LoRA
-    // gradient reads them (the frozen products' input gradients do not). Recomputing: the set holds layer l's.
+    // Full training: the base weights' gradients (NULL pointers when the base is frozen).
+    const ot_cuda_layer_grads *g = c->mg ? &c->mg->layers[l] : NULL;
+#define G(f) (g ? g->f : NULL)
+    // Kept activations: the shared xn1, xn2 and act hold a later layer's values; redo this layer's where a weight
+    // gradient (LoRA, or the base in full training) reads them (input gradients do not). Recomputing: the set
+    // holds layer l's.
     const int redo = !c->opt.recompute;
-    if (redo && s_gu) {
+    if (redo && (s_gu || g)) {
         mark(c, OT_CUDA_PROF_NORM_ROPE);
         ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
     }
-    if (redo && s_d) {
+    if (redo && (s_d || g)) {
         mark(c, OT_CUDA_PROF_MOE_ROUTING);
         ot_cuda_swiglu_fwd(s, a->act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     }
@@ -534,6 +540,7 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     ot_cuda_moe_combine_bwd(s, dY, c->dw, c->dx, a->y, a->topk_w, &plan, H);
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
     ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0);
+    if (g) ot_cuda_moe_matmul_bwd_weight(s, g->down, g->down_b, dY, a->act, 0, &w->down, &plan);
     if (s_d) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
         ot_cuda_moe_lora_bwd(s, c->dact, lora_dA(c, s_d), lora_dB(c, s_d), dY, a->act, 0, a->xa_d, lora_A(c, s_d),
@@ -544,6 +551,7 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     ot_bf16 *dXp = c->dbuf;
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    if (g) ot_cuda_moe_matmul_bwd_weight(s, g->gate_up, g->gate_up_b, c->dgu, a->xn2, 1, &w->gate_up, &plan);
     ot_cuda_moe_matmul_bwd(s, dXp, c->dgu, &w->gate_up, &plan, 0);
     if (s_gu) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
@@ -558,29 +566,30 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_cuda_router_topk_bwd(s, c->dlogits, c->dw, a->topk_w, a->topk_idx, T, E, K);
     mark(c, OT_CUDA_PROF_DENSE_MATMUL);
-    ot_cuda_matmul_bwd(s, &c->blas, c->dxn, NULL, NULL, c->dlogits, a->xn2, w->router_w, T, H, E);
+    ot_cuda_matmul_bwd(s, &c->blas, c->dxn, G(router_w), G(router_b), c->dlogits, a->xn2, w->router_w, T, H, E);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
-    ot_cuda_rmsnorm_bwd(s, c->dx, NULL, c->dxn, a->h, w->ln2_w, a->rstd2, T, H);
+    ot_cuda_rmsnorm_bwd(s, c->dx, G(ln2_w), c->dxn, a->h, w->ln2_w, a->rstd2, T, H);
 
     // attention block: h = x + o_proj(attention(...))
     zero_bf16(c, c->datt, (size_t)T * Q);
-    projection_bwd(c, c->datt, c->dx, a->att, a->xa[3], w->o_w, slot_of(c, l, OT_LORA_O), T, Q, H);
+    projection_bwd(c, c->datt, G(o_w), G(o_b), c->dx, a->att, a->xa[3], w->o_w, slot_of(c, l, OT_LORA_O), T, Q, H);
     zero_bf16(c, c->dq, (size_t)T * Q);
     zero_bf16(c, c->dk, (size_t)T * KV);
     zero_bf16(c, c->dv, (size_t)T * KV);
     mark(c, OT_CUDA_PROF_ATTENTION);
-    ot_cuda_attention_bwd(s, c->dq, c->dk, c->dv, NULL, c->datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, d->seg, T,
+    ot_cuda_attention_bwd(s, c->dq, c->dk, c->dv, G(sinks), c->datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, d->seg, T,
                           nh, nkv, D, w->sliding ? cfg->sliding_window : 0);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     ot_cuda_rope_bwd(s, c->dq, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, D);
     ot_cuda_rope_bwd(s, c->dk, d->pos, c->m->inv_freq, c->m->attn_factor, T, nkv, D);
-    if (redo && q_lora) ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
+    if (redo && (q_lora || g)) ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
     zero_bf16(c, c->dxn, (size_t)T * H);
-    projection_bwd(c, c->dxn, c->dq, a->xn1, a->xa[0], w->q_w, slot_of(c, l, OT_LORA_Q), T, H, Q);
-    projection_bwd(c, c->dxn, c->dk, a->xn1, a->xa[1], w->k_w, slot_of(c, l, OT_LORA_K), T, H, KV);
-    projection_bwd(c, c->dxn, c->dv, a->xn1, a->xa[2], w->v_w, slot_of(c, l, OT_LORA_V), T, H, KV);
+    projection_bwd(c, c->dxn, G(q_w), G(q_b), c->dq, a->xn1, a->xa[0], w->q_w, slot_of(c, l, OT_LORA_Q), T, H, Q);
+    projection_bwd(c, c->dxn, G(k_w), G(k_b), c->dk, a->xn1, a->xa[1], w->k_w, slot_of(c, l, OT_LORA_K), T, H, KV);
+    projection_bwd(c, c->dxn, G(v_w), G(v_b), c->dv, a->xn1, a->xa[2], w->v_w, slot_of(c, l, OT_LORA_V), T, H, KV);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
-    ot_cuda_rmsnorm_bwd(s, c->dx, NULL, c->dxn, a->x, w->ln1_w, a->rstd1, T, H);
+    ot_cuda_rmsnorm_bwd(s, c->dx, G(ln1_w), c->dxn, a->x, w->ln1_w, a->rstd1, T, H);
+#undef G
 }
 
 // The activation set layer l uses, with its input pointer in place.
@@ -606,7 +615,8 @@ static void backward_layers(ot_cuda_ctx *c, const dev_batch *d) {
     const ot_model_config *cfg = &c->m->cfg;
     const int L = cfg->num_hidden_layers, H = cfg->hidden_size;
     zero_bf16(c, c->dx, (size_t)d->T * H);
-    ot_cuda_rmsnorm_bwd(c->stream, c->dx, NULL, c->dhf, c->xin[L], c->m->norm_w, c->rstd_f, d->T, H);
+    ot_cuda_rmsnorm_bwd(c->stream, c->dx, c->mg ? c->mg->norm_w : NULL, c->dhf, c->xin[L], c->m->norm_w, c->rstd_f,
+                        d->T, H);
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *a = acts_of(c, l);
         if (c->opt.recompute && c->scratch_layer != l) {
@@ -625,14 +635,20 @@ int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale
     reserve(c, b->T, b->n_targets);
     dev_batch d = upload_batch(c, b);
     forward_layers(c, &d);
-    const int want_grad = backward && c->has_lora && d.n > 0;
+    const int want_grad = backward && (c->has_lora || c->mg) && d.n > 0;
     if (want_grad) zero_bf16(c, c->dhf, (size_t)d.T * cfg->hidden_size);
     mark(c, OT_CUDA_PROF_LM_HEAD);
-    ot_cuda_lmhead_xent(c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL, NULL, c->hf, c->m->lm_head,
+    // Full training: the head's weight gradient too (with tied embeddings mg->lm_head is the embedding's).
+    ot_cuda_lmhead_xent(c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL,
+                        want_grad && c->mg ? c->mg->lm_head : NULL, c->hf, c->m->lm_head,
                         d.tgt_pos, d.tgt_label, d.n, d.T, cfg->hidden_size, cfg->vocab_size, grad_scale);
     if (want_grad) backward_layers(c, &d);
     return 0;
 }
+
+void ot_cuda_set_model_grads(ot_cuda_ctx *c, const ot_cuda_model_grads *g) { c->mg = g; }
+const ot_bf16 *ot_cuda_input_grad(const ot_cuda_ctx *c) { return c->dx; }
+cudaStream_t ot_cuda_ctx_stream(const ot_cuda_ctx *c) { return c->stream; }
 
 int ot_cuda_take_loss(ot_cuda_ctx *c, double *loss_sum, ot_err *err) {
     OT_CUDA_CHECK(cudaMemcpyAsync(c->host_pair, c->loss_dev, sizeof(double), cudaMemcpyDeviceToHost, c->stream));

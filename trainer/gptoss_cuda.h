@@ -92,6 +92,25 @@ void ot_cuda_optimizer_set(ot_cuda_ctx *c, const ot_optimizer *o); // o->m, o->v
 int ot_cuda_eval_loss(ot_cuda_ctx *c, ot_pairs_h5 *pairs, ot_comm *comm, int64_t max_samples, int pack_tokens,
                       double *mean_loss, int64_t *n_targets, ot_err *err);
 
+// ---- full training (trainer/full_cuda.h drives it) ------------------------------------------------------------
+// fp32 device gradients of every base weight, shaped as the model's tensors (a NULL pointer skips one). Expert
+// gradients are [E, rows, cols] like ot_cuda_expert_weight.dense; with tied embeddings lm_head == embed.
+typedef struct {
+    float *ln1_w, *ln2_w, *q_w, *k_w, *v_w, *o_w, *q_b, *k_b, *v_b, *o_b, *sinks, *router_w, *router_b;
+    float *gate_up, *gate_up_b, *down, *down_b;
+} ot_cuda_layer_grads;
+typedef struct {
+    float *embed, *lm_head, *norm_w;
+    ot_cuda_layer_grads *layers; // [n_layers], host array of device pointers
+} ot_cuda_model_grads;
+// With g set (the context keeps the pointer, not a copy), the backward of ot_cuda_forward_backward also
+// ACCUMULATES every base weight's gradient into g, except the embedding table's: it leaves d loss / d(token
+// embeddings) [T, H] bf16 in the buffer ot_cuda_input_grad returns (valid until the next forward), for the
+// caller's deterministic embedding backward (it owns the sorted ids). NULL: back to frozen base weights.
+void ot_cuda_set_model_grads(ot_cuda_ctx *c, const ot_cuda_model_grads *g);
+const ot_bf16 *ot_cuda_input_grad(const ot_cuda_ctx *c);
+cudaStream_t ot_cuda_ctx_stream(const ot_cuda_ctx *c);
+
 // Waits for everything queued on the context's stream.
 void ot_cuda_ctx_sync(ot_cuda_ctx *c);
 

@@ -80,6 +80,12 @@ void ot_cuda_embedding_fwd(cudaStream_t stream, ot_bf16 *out, const int32_t *ids
 void ot_cuda_embedding_bwd(cudaStream_t stream, float *dtable, const ot_bf16 *dout, const int32_t *ids, int T, int H,
                            int V);
 
+// Full training, deterministic: dtable[ids[t]] += dout[t] with the positions grouped by id on the host
+// (ot_embedding_sort_ids: order [T], seg [n_seg + 1], both on the device). One block per id adds its rows in
+// position order, no atomics: the same bits as the CPU ot_embedding_bwd.
+void ot_cuda_embedding_bwd_sorted(cudaStream_t stream, float *dtable, const ot_bf16 *dout, const int32_t *ids,
+                                  const int32_t *order, const int32_t *seg, int n_seg, int T, int H, int V);
+
 // ---- RMSNorm: y = x · rstd · w, rstd[t] = 1/sqrt(mean(x²) + eps) saved in fp32 ---------------------------------
 void ot_cuda_rmsnorm_fwd(cudaStream_t stream, ot_bf16 *y, float *rstd, const ot_bf16 *x, const ot_bf16 *w, int T,
                          int H, float eps);
@@ -226,6 +232,17 @@ void ot_cuda_adamw_step(cudaStream_t stream, float *param, const float *grad, fl
                         float beta1, float beta2, float eps, float weight_decay, long step);
 // *out (DEVICE double) += Σ g², summed in double in a fixed order (the same bits on every run).
 void ot_cuda_sum_squares(cudaStream_t stream, double *out, const float *g, size_t n);
+
+// ---- full training: bf16 working weights from the fp32 masters ------------------------------------------------
+// One tensor: master[src .. src + n) -> dst, rounded to bf16 (round to nearest even) or copied as fp32 (f32 = 1).
+typedef struct {
+    size_t src, n;
+    void *dst;
+    int f32;
+} ot_cuda_refresh_seg;
+// Every segment of segs [n_segs] (a DEVICE array) in one launch; max_n is the largest segment's n.
+void ot_cuda_weight_refresh(cudaStream_t stream, const ot_cuda_refresh_seg *segs, int n_segs, size_t max_n,
+                            const float *master);
 
 #ifdef __cplusplus
 }

@@ -53,7 +53,9 @@ fi
 #      golden fixtures have head_dim 20, which the CUDA attention does not take): logits, loss, every LoRA
 #      gradient, recomputation against kept activations, a 50-step AdamW loss curve;
 #   5. compute-sanitizer memcheck on test_train_cuda without the loss curve;
-#   6. osstune-train / osstune-logits --backend cuda against --backend cpu end to end (tests/gpu/train_cuda_e2e.sh).
+#   6. osstune-train / osstune-logits --backend cuda against --backend cpu end to end (tests/gpu/train_cuda_e2e.sh);
+#   7. osstune-train --full --backend cuda against --backend cpu, resume, checkpoints read by the CPU full mode
+#      (tests/gpu/full_cuda_e2e.sh).
 if [ "$do_build" = 1 ]; then
     cmake --build "$build" -j"$(nproc)" --target test_train_cuda test_decode_cuda osstune-init-model osstune-prep \
         osstune-train osstune-logits osstune-translate || { echo "run_gpu_tests: building the training path failed" >&2; failed=1; }
@@ -78,8 +80,12 @@ echo "== osstune-train / osstune-logits: --backend cuda against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$build/bin" "$train_work/e2e" ||
     { echo "run_gpu_tests: train_cuda_e2e FAILED" >&2; failed=1; }
 
+echo "== osstune-train --full: --backend cuda against --backend cpu (30 steps)"
+bash "$root/tests/gpu/full_cuda_e2e.sh" "$build/bin" "$train_work/full_e2e" ||
+    { echo "run_gpu_tests: full_cuda_e2e FAILED" >&2; failed=1; }
+
 # ---- batched decoding (trainer/decode_cuda.c, docs/translate.md "Backends") --------------------------------------
-#   7. test_decode_cuda + osstune-translate --backend cuda against --backend cpu (tests/gpu/decode_e2e.sh, bf16 bounds)
+#   8. test_decode_cuda + osstune-translate --backend cuda against --backend cpu (tests/gpu/decode_e2e.sh, bf16 bounds)
 echo "== the GPU decoder against the CPU decoder"
 bash "$root/tests/gpu/decode_e2e.sh" "$build/bin" "$train_work/decode" ||
     { echo "run_gpu_tests: decode_e2e FAILED" >&2; failed=1; }

@@ -229,6 +229,87 @@ static void test_embedding(const sizes *z) {
     dfree(table_d), dfree(out_d), dfree(ids_d), dfree(dtab_d), dfree(dout_d);
 }
 
+
+// Full training: the embedding gradient without atomics must give the CPU's bits (same additions, same order).
+// Many repeats of a few ids (and one id seen once) exercise the runs; the table starts from random values so an
+// overwrite instead of an add fails.
+static void test_embedding_sorted(const sizes *z) {
+    int T = z->T, H = z->H, V = z->V;
+    int32_t *ids = ot_malloc(T * sizeof(int32_t));
+    for (int t = 0; t < T; t++) ids[t] = t % 4 ? rand_int(V) : rand_int(5);
+    ids[T - 1] = V - 1;
+    float *dout = randn_bf16((size_t)T * H, 1.0), *init = randn((size_t)V * H, 1.0);
+    float *ref = copy_f(init, (size_t)V * H);
+    ot_embedding_bwd(ref, dout, ids, T, H);
+    int32_t *order = ot_malloc(T * sizeof(int32_t)), *seg = ot_malloc((T + 1) * sizeof(int32_t));
+    int n_seg = ot_embedding_sort_ids(ids, T, order, seg);
+    int sorted_ok = n_seg > 0 && n_seg < T && seg[0] == 0 && seg[n_seg] == T;
+    for (int r = 1; r < T && sorted_ok; r++)
+        sorted_ok = ids[order[r - 1]] < ids[order[r]] || (ids[order[r - 1]] == ids[order[r]] && order[r - 1] < order[r]);
+    CHECK(sorted_ok, "ot_embedding_sort_ids: positions not sorted by (id, position) or runs wrong (%d runs)", n_seg);
+    int32_t *ids_d = up_i32(ids, T), *order_d = up_i32(order, T), *seg_d = up_i32(seg, n_seg + 1);
+    float *dtab_d = up_f32(init, (size_t)V * H);
+    ot_bf16 *dout_d = up_bf16(dout, (size_t)T * H);
+    ot_cuda_embedding_bwd_sorted(g_s, dtab_d, dout_d, ids_d, order_d, seg_d, n_seg, T, H, V);
+    check_f32("embedding_bwd_sorted dtable (bit-exact)", dtab_d, ref, (size_t)V * H, 0.0);
+    expect_clean("embedding_bwd_sorted");
+    // a bad id at the head of the last run (the id the block reads): flagged
+    int32_t bad = V + 3;
+    OT_CUDA_CHECK(cudaMemcpy(ids_d + order[seg[n_seg - 1]], &bad, sizeof(bad), cudaMemcpyHostToDevice));
+    ot_cuda_embedding_bwd_sorted(g_s, dtab_d, dout_d, ids_d, order_d, seg_d, n_seg, T, H, V);
+    expect_flagged("embedding_bwd_sorted with id = V + 3");
+    free(ids), free(dout), free(init), free(ref), free(order), free(seg);
+    dfree(ids_d), dfree(order_d), dfree(seg_d), dfree(dtab_d), dfree(dout_d);
+}
+
+// Full training: the bf16 working copies from the fp32 masters, bit for bit ot_f32_to_bf16 (and fp32 segments
+// copied as they are). Segments of uneven sizes, one larger than the grid (so the x blocks stride), one empty;
+// the bytes between the destinations must stay untouched.
+static void test_weight_refresh(const sizes *z) {
+    const size_t lens[5] = {(size_t)z->n_opt, 7, 0, (size_t)256 * 1024 * 2 + 13, 301};
+    const int f32[5] = {0, 1, 0, 0, 1};
+    size_t total = 0, dst_bytes = 0;
+    for (int i = 0; i < 5; i++) total += lens[i], dst_bytes += lens[i] * 4 + 64 + 16;
+    float *master = randn(total, 2.0);
+    float *master_d = up_f32(master, total);
+    char *dst_d = poison(dst_bytes);
+    ot_cuda_refresh_seg segs[5];
+    size_t src = 0, at = 0, max_n = 0;
+    for (int i = 0; i < 5; i++) {
+        segs[i].src = src, segs[i].n = lens[i], segs[i].dst = dst_d + at, segs[i].f32 = f32[i];
+        src += lens[i], at += lens[i] * (f32[i] ? 4 : 2) + 64;
+        at = (at + 15) / 16 * 16; // every tensor 16-byte aligned, as in the model arena
+        if (lens[i] > max_n) max_n = lens[i];
+    }
+    ot_cuda_refresh_seg *segs_d = up_bytes(segs, sizeof segs);
+    ot_cuda_weight_refresh(g_s, segs_d, 5, max_n, master_d);
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    unsigned char *h = ot_malloc(dst_bytes);
+    OT_CUDA_CHECK(cudaMemcpy(h, dst_d, dst_bytes, cudaMemcpyDeviceToHost));
+    size_t bad = 0, gap_bad = 0;
+    for (int i = 0; i < 5; i++) {
+        const unsigned char *p = h + ((char *)segs[i].dst - dst_d);
+        for (size_t k = 0; k < lens[i]; k++) {
+            float want = master[segs[i].src + k];
+            if (f32[i]) {
+                float got;
+                memcpy(&got, p + 4 * k, 4);
+                bad += memcmp(&got, &want, 4) != 0;
+            } else {
+                uint16_t got;
+                memcpy(&got, p + 2 * k, 2);
+                bad += got != ot_f32_to_bf16(want);
+            }
+        }
+        for (size_t k = lens[i] * (f32[i] ? 4 : 2); k < lens[i] * (f32[i] ? 4 : 2) + 64; k++) gap_bad += p[k] != 0xFF;
+    }
+    ot_test_checks++;
+    if (bad || gap_bad) ot_test_failures++;
+    printf("%s %-48s %zu values differ, %zu bytes outside the tensors written\n", bad || gap_bad ? "FAIL" : "ok  ",
+           "weight_refresh (bit-exact)", bad, gap_bad);
+    free(master), free(h);
+    dfree(master_d), dfree(dst_d), dfree(segs_d);
+}
 // ---- RMSNorm -----------------------------------------------------------------------------------------------------
 static void test_rmsnorm(const sizes *z) {
     int T = z->T, H = z->H;
@@ -1053,6 +1134,8 @@ int main(int argc, char **argv) {
 
     test_helpers(z);
     test_embedding(z);
+    test_embedding_sorted(z);
+    test_weight_refresh(z);
     test_rmsnorm(z);
     test_matmul(z);
     test_lora(z);

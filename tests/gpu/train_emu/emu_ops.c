@@ -385,6 +385,32 @@ void ot_cuda_embedding_fwd(cudaStream_t s, ot_bf16 *out, const int32_t *ids, con
         for (int i = 0; i < H; i++) wr(out, (size_t)t * H + i, rd(table, (size_t)ids[t] * H + i));
     }
 }
+// The order of additions is ot_embedding_bwd's (positions of one id in increasing order), as on the GPU.
+void ot_cuda_embedding_bwd_sorted(cudaStream_t s, float *dt, const ot_bf16 *dout, const int32_t *ids,
+                                  const int32_t *order, const int32_t *seg, int n_seg, int T, int H, int V) {
+    (void)s;
+    (void)T;
+    if (!dt) return;
+    for (int g = 0; g < n_seg; g++) {
+        int id = ids[order[seg[g]]];
+        need(id >= 0 && id < V, "embedding id");
+        for (int r = seg[g]; r < seg[g + 1]; r++) {
+            need(ids[order[r]] == id, "embedding_bwd_sorted: a run holds two ids");
+            for (int i = 0; i < H; i++) dt[(size_t)id * H + i] += rd(dout, (size_t)order[r] * H + i);
+        }
+    }
+}
+void ot_cuda_weight_refresh(cudaStream_t s, const ot_cuda_refresh_seg *segs, int n_segs, size_t max_n,
+                            const float *master) {
+    (void)s;
+    for (int g = 0; g < n_segs; g++) {
+        need(segs[g].n <= max_n, "weight_refresh: a segment longer than max_n");
+        for (size_t i = 0; i < segs[g].n; i++) {
+            if (segs[g].f32) ((float *)segs[g].dst)[i] = master[segs[g].src + i];
+            else wr((uint16_t *)segs[g].dst, i, master[segs[g].src + i]); // exact mode: the fp32 value is kept
+        }
+    }
+}
 void ot_cuda_embedding_bwd(cudaStream_t s, float *dt, const ot_bf16 *dout, const int32_t *ids, int T, int H, int V) {
     (void)s;
     (void)dt;
@@ -409,9 +435,8 @@ void ot_cuda_rmsnorm_fwd(cudaStream_t s, ot_bf16 *y, float *rstd, const ot_bf16 
 void ot_cuda_rmsnorm_bwd(cudaStream_t s, ot_bf16 *dx, float *dw, const ot_bf16 *dy, const ot_bf16 *x, const ot_bf16 *w,
                          const float *rstd, int T, int H) {
     (void)s;
-    need(dw == NULL, "rmsnorm dw");
     float *xf = tof(x, (size_t)T * H), *wf = tof(w, H), *dyf = tof(dy, (size_t)T * H), *d = zeros((size_t)T * H);
-    ot_rmsnorm_bwd(d, NULL, dyf, xf, wf, rstd, T, H);
+    ot_rmsnorm_bwd(d, dw, dyf, xf, wf, rstd, T, H); // dw (fp32 on the "device") accumulates in place
     if (dx) addbf(dx, d, (size_t)T * H);
     free(xf);
     free(wf);
@@ -436,10 +461,9 @@ void ot_cuda_matmul_bwd(cudaStream_t s, ot_cuda_blas *b, ot_bf16 *dx, float *dW,
                         const ot_bf16 *x, const ot_bf16 *W, int T, int in, int out) {
     (void)s;
     (void)b;
-    need(!dW && !db, "matmul dW/db");
     float *dyf = tof(dy, (size_t)T * out), *xf = tof(x, (size_t)T * in), *Wf = tof(W, (size_t)in * out),
           *d = zeros((size_t)T * in);
-    ot_matmul_bwd(d, NULL, NULL, dyf, xf, Wf, T, in, out);
+    ot_matmul_bwd(d, dW, db, dyf, xf, Wf, T, in, out); // dW, db (fp32) accumulate in place
     if (dx) addbf(dx, d, (size_t)T * in);
     free(dyf);
     free(xf);
@@ -504,11 +528,10 @@ void ot_cuda_attention_bwd(cudaStream_t s, ot_bf16 *dq, ot_bf16 *dk, ot_bf16 *dv
                            const ot_bf16 *out, const float *lse, const ot_bf16 *q, const ot_bf16 *k, const ot_bf16 *v,
                            const float *sinks, const int32_t *seg, int T, int nh, int nkv, int D, int window) {
     (void)s;
-    need(!dsinks, "dsinks");
     size_t nq = (size_t)T * nh * D, nk = (size_t)T * nkv * D;
     float *qf = tof(q, nq), *kf = tof(k, nk), *vf = tof(v, nk), *of = tof(out, nq), *dof = tof(dout, nq);
     float *a = zeros(nq), *b = zeros(nk), *c = zeros(nk);
-    ot_attention_bwd(a, b, c, NULL, dof, of, lse, qf, kf, vf, sinks, seg, T, nh, nkv, D, window);
+    ot_attention_bwd(a, b, c, dsinks, dof, of, lse, qf, kf, vf, sinks, seg, T, nh, nkv, D, window);
     addbf(dq, a, nq);
     addbf(dk, b, nk);
     addbf(dv, c, nk);
@@ -621,6 +644,7 @@ static int expert_of_row(const ot_cuda_moe_plan *p, int row) {
     need(0, "row past the plan");
     return -1;
 }
+static float *gather_rows(const ot_bf16 *x, int gather, const ot_cuda_moe_plan *p, int e, int in);
 static ot_expert_weight cpu_weight(const ot_cuda_expert_weight *W, float **dense_keep) {
     ot_expert_weight w;
     memset(&w, 0, sizeof w);
@@ -676,6 +700,22 @@ void ot_cuda_moe_matmul_bwd(cudaStream_t s, ot_bf16 *dx, const ot_bf16 *dy, cons
     }
     free(dyr);
     free(dxr);
+    free(dk);
+}
+void ot_cuda_moe_matmul_bwd_weight(cudaStream_t s, float *dW, float *db, const ot_bf16 *dy, const ot_bf16 *x,
+                                   int gather, const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p) {
+    (void)s;
+    float *dk;
+    ot_expert_weight w = cpu_weight(W, &dk);
+    const int rows = W->rows, cols = W->cols;
+    for (int e = 0; e < p->E; e++) {
+        int r0 = p->offsets[e], n = p->offsets[e + 1] - r0;
+        if (!n) continue;
+        float *X = gather_rows(x, gather, p, e, cols), *DY = tof(dy + (size_t)r0 * rows, (size_t)n * rows);
+        ot_expert_matmul_bwd_weight(dW + (size_t)e * rows * cols, db ? db + (size_t)e * rows : NULL, DY, X, &w, n);
+        free(X);
+        free(DY);
+    }
     free(dk);
 }
 void ot_cuda_moe_combine_fwd(cudaStream_t s, ot_bf16 *out, const ot_bf16 *y, const float *w, const ot_cuda_moe_plan *p,
@@ -762,10 +802,9 @@ void ot_cuda_lmhead_xent(cudaStream_t s, ot_cuda_blas *blas, double *loss_sum, o
                          int H, int V, float grad_scale) {
     (void)s;
     (void)blas;
-    need(!dWlm, "dWlm");
     if (!n) return;
     float *hf = tof(h, (size_t)T * H), *Wf = tof(Wlm, (size_t)V * H), *d = dh ? zeros((size_t)T * H) : NULL;
-    *loss_sum += ot_lmhead_xent(d, NULL, hf, Wf, pos, label, n, H, V, grad_scale);
+    *loss_sum += ot_lmhead_xent(d, dWlm, hf, Wf, pos, label, n, H, V, grad_scale);
     if (dh) addbf(dh, d, (size_t)T * H);
     free(hf);
     free(Wf);

@@ -6,12 +6,14 @@
 #      composition must match the CPU reference to fp32 rounding;
 #   2. test_train_cuda with bf16 storage, against the GPU bounds (how those bounds were set);
 #   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu;
-#   4. the GPU decoder (trainer/decode_cuda.c): tests/gpu/test_decode_cuda.c against the CPU decoder in exact and
+#   4. tests/gpu/full_cuda_e2e.sh in exact mode: osstune-train --full --backend cuda against --backend cpu (and
+#      with --recompute on);
+#   5. the GPU decoder (trainer/decode_cuda.c): tests/gpu/test_decode_cuda.c against the CPU decoder in exact and
 #      bf16 mode, and tests/gpu/decode_e2e.sh (osstune-translate --backend cuda against --backend cpu).
 # What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
 #
 # usage: tests/gpu/train_emu/run.sh [--decode-only] [BUILD_DIR]   (default: build-train-emu in the repository root)
-#   --decode-only   only step 4 (the decoder; about a minute once built)
+#   --decode-only   only step 5 (the decoder; about a minute once built)
 # Needs the CUDA toolkit's headers (for the runtime's types; nothing of CUDA runs), MPI's mpicc and the build
 # dependencies of osstune. A few minutes on two cores, most of them building the CPU libraries.
 set -euo pipefail
@@ -38,8 +40,9 @@ emu="$build/emu"
 mkdir -p "$emu/bin"
 flags="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -DOT_HAVE_CUDA=1 -I$root -I$build $hdf5_inc -I$cuda_inc"
 objs=()
+# full_train.c again here: the library's copy was built without CUDA, so it has no --full --backend cuda path
 for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/trainer/decode_cuda.c" \
-         "$root/tests/gpu/train_emu/emu_ops.c" \
+         "$root/trainer/full_cuda.c" "$root/trainer/full_train.c" "$root/tests/gpu/train_emu/emu_ops.c" \
          "$root/tests/test_util.c"; do
     o="$emu/$(basename "$f" .c).o"
     mpicc $flags -c "$f" -o "$o"
@@ -80,6 +83,14 @@ echo "== bf16 storage, the GPU bounds"
 grep -E "^info (logits|loss:|loss curve)|passed" "$emu/bf16.log"
 echo "== osstune-train / osstune-logits, --backend cuda (emulated) against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$emu/bin" "$emu/e2e" || failed=1
+echo "== osstune-train --full: --backend cuda (emulated, fp32) against --backend cpu, 6 steps"
+EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=6 bash "$root/tests/gpu/full_cuda_e2e.sh" "$emu/bin" "$emu/full_e2e" \
+    > "$emu/full_e2e.log" 2>&1 || { cat "$emu/full_e2e.log"; failed=1; }
+grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e.log"
+echo "== the same with activation recomputation on"
+EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=4 FULL_E2E_ARGS="--recompute on" bash "$root/tests/gpu/full_cuda_e2e.sh" \
+    "$emu/bin" "$emu/full_e2e_recompute" > "$emu/full_e2e_recompute.log" 2>&1 || { cat "$emu/full_e2e_recompute.log"; failed=1; }
+grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e_recompute.log"
 fi
 echo "== the GPU decoder: exact (fp32 activations), then bf16 storage against the GPU bounds"
 EMU_EXACT=1 bash "$root/tests/gpu/decode_e2e.sh" "$emu/bin" "$emu/decode_exact" exact || failed=1
