@@ -23,7 +23,9 @@
 #   default cuda), model shape HIDDEN LAYERS HEADS KV_HEADS HEAD_DIM EXPERTS TOPK INTER (default 384 4 6 2 64 8 2
 #   384), FULL_STEPS FULL_TARGET_SECONDS FULL_SECONDS FULL_LR ROWS SEQ (default auto 270 330 2e-3 16 512),
 #   LORA_STEPS LORA_SECONDS
-#   LORA_LR (default 300 60 1e-3), EVAL_PER_SOURCE (default 100), JOBS (default nproc), MAX_NEW (default 64),
+#   LORA_LR (default 300 60 1e-3), DECODE_BACKEND (default: BACKEND), EVAL_PER_SOURCE (0 = every dev row; default 0
+#   when decoding on the GPU, 100 on the CPU), JOBS (parallel translate processes: 1 on the GPU, nproc on the CPU),
+#   MAX_NEW (default 64),
 #   TRAIN_LIMIT (use only the first N training pairs; default all: for a quick CPU smoke test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +38,16 @@ FULL_STEPS=${FULL_STEPS:-auto} FULL_TARGET_SECONDS=${FULL_TARGET_SECONDS:-270} F
 FULL_LR=${FULL_LR:-2e-3}
 ROWS=${ROWS:-16} SEQ=${SEQ:-512}
 LORA_STEPS=${LORA_STEPS:-300} LORA_SECONDS=${LORA_SECONDS:-60} LORA_LR=${LORA_LR:-1e-3}
-EVAL_PER_SOURCE=${EVAL_PER_SOURCE:-100} JOBS=${JOBS:-$(nproc)} MAX_NEW=${MAX_NEW:-64} TRAIN_LIMIT=${TRAIN_LIMIT:-0}
+MAX_NEW=${MAX_NEW:-64} TRAIN_LIMIT=${TRAIN_LIMIT:-0}
 TOK=$ROOT/data/o200k_base.tiktoken
-# ---- THE decode backend (stage 5): the one place it is chosen. osstune-translate decodes on the CPU in this
-# version, hence the parallel shards; once osstune-translate has a GPU decoder, set the default to cuda here (and
-# JOBS=1: one process holding the GPU).
-DECODE_BACKEND=${DECODE_BACKEND:-cpu}
+# ---- THE decode backend (stage 5): the one place it is chosen. On the GPU one batched process decodes the whole
+# dev split; on the CPU the evaluation subset is cut into JOBS shards translated in parallel.
+DECODE_BACKEND=${DECODE_BACKEND:-$BACKEND}
+if [ "$DECODE_BACKEND" = cuda ]; then
+  EVAL_PER_SOURCE=${EVAL_PER_SOURCE:-0} JOBS=${JOBS:-1}
+else
+  EVAL_PER_SOURCE=${EVAL_PER_SOURCE:-100} JOBS=${JOBS:-$(nproc)}
+fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T0=$(date +%s)
 say() { printf '\n== %s (%s, +%ds)\n' "$*" "$(date +%H:%M:%S)" $(($(date +%s) - T0)); }
@@ -91,9 +97,9 @@ prep() { # prep OUT.h5 IN.tsv DIRECTIONS
 prep "$WORK/train.h5" "$TRAIN_TSV" both
 prep "$WORK/train_zh2nan.h5" "$TRAIN_TSV" zh2nan
 prep "$WORK/dev.h5" "$TAIGI/dev.tsv" both
-# The first EVAL_PER_SOURCE rows of each source, in file order (the same rows on every run).
+# The first EVAL_PER_SOURCE rows of each source (0: all), in file order (the same rows on every run).
 awk -F'\t' -v n="$EVAL_PER_SOURCE" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "source") s = i; print; next }
-  { if (seen[$s]++ < n) print }' "$TAIGI/dev.tsv" >"$WORK/dev_eval.tsv"
+  { if (n == 0 || seen[$s]++ < n) print }' "$TAIGI/dev.tsv" >"$WORK/dev_eval.tsv"
 echo "evaluation subset: $(($(wc -l <"$WORK/dev_eval.tsv") - 1)) dev rows:" \
   "$(tail -n +2 "$WORK/dev_eval.tsv" | cut -f3 | sort | uniq -c | tr '\n' ' ')"
 
@@ -159,7 +165,7 @@ ADAPTER=$LORA/ckpt/$(cat "$LORA/ckpt/latest")
 echo "adapter: $ADAPTER"
 
 # ---- 5 eval ---------------------------------------------------------------------------------------------------------
-# osstune-translate on DECODE_BACKEND (chosen at the top; the CPU in this version): the subset is cut into JOBS shards translated in parallel, then the joined
+# osstune-translate on DECODE_BACKEND (chosen at the top): the subset is cut into JOBS shards translated in parallel, then the joined
 # outputs are scored in one go (--hyp), so the scores are corpus-level over the whole subset.
 translate() { # translate NAME DIRECTION [--adapter DIR]
   local name=$1 dir=$2

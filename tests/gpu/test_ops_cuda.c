@@ -377,7 +377,7 @@ static void test_matmul(const sizes *z) {
 }
 
 // ---- LoRA --------------------------------------------------------------------------------------------------------
-// Ranks up to 64 take the thin kernels, larger ones the cuBLAS path: test_lora runs both.
+// The adapter's rank and a large one (80), so products with either side thin are covered.
 static void test_lora_rank(const sizes *z, int r) {
     int T = z->T, in = z->in, out = z->out;
     float scale = 2.0f;
