@@ -20,6 +20,7 @@
 #include "trainer/data_loader.h"
 #include "trainer/evaluate.h"
 #include "trainer/gptoss_cpu.h"
+#include "trainer/model_shard.h"
 #include "trainer/train_options.h"
 #ifdef OT_HAVE_CUDA
 #include "trainer/gptoss_cuda.h"
@@ -134,6 +135,12 @@ int main(int argc, char **argv) {
         FAIL("--rows-per-step %d is smaller than the number of ranks %d: every rank needs at least one row per step",
              o.rows_per_step, world);
     install_signals();
+    // FSDP sharding of the base weights (auto: with more than one rank). The CUDA backend keeps the whole model
+    // on every GPU for now.
+    const int shard = use_cuda ? 0 : o.shard_base < 0 ? world > 1 : o.shard_base;
+    if (use_cuda && o.shard_base == 1)
+        FAIL("--shard-base on: the CUDA backend does not shard the base weights yet (every GPU holds the whole "
+             "model); use --shard-base off or auto");
 
     // ---- model, adapter, optimizer -------------------------------------------------------------------------------
     if (use_cuda) {
@@ -144,7 +151,7 @@ int main(int argc, char **argv) {
         if (ot_cuda_model_load(&cm, o.model_dir, comm->local_rank % n_dev, &err)) FAIL("%s", err.msg);
         m.cfg = cm.cfg; // the adapter layout, its files and the checkpoints need only the config
 #endif
-    } else if (ot_model_load(&m, o.model_dir, &err)) {
+    } else if (shard ? ot_model_load_sharded(&m, o.model_dir, comm, 0, &err) : ot_model_load(&m, o.model_dir, &err)) {
         FAIL("%s", err.msg);
     }
     if (o.init_adapter) {
@@ -222,6 +229,16 @@ int main(int argc, char **argv) {
                 "%d rows x %d tokens per step | steps %lld -> %ld\n",
                 world, world == 1 ? "" : "s", o.model_dir, m.cfg.num_hidden_layers, m.cfg.num_local_experts, lo.r,
                 lo.n_params, o.rows_per_step, o.seq_len, (long long)st.step, o.steps);
+        if (!use_cuda) {
+            size_t one = 0, layer_buf = 0, mine = ot_model_base_bytes(&m, &one, &layer_buf);
+            if (shard)
+                fprintf(stderr, "osstune-train: base weights %.3f GiB on this rank (sharded over %d; %.3f GiB on one "
+                        "rank; gather buffers 2 x %.2f MiB)\n", (double)mine / (1u << 30), world,
+                        (double)one / (1u << 30), (double)layer_buf / (1u << 20));
+            else
+                fprintf(stderr, "osstune-train: base weights %.3f GiB on this rank (not sharded)\n",
+                        (double)mine / (1u << 30));
+        }
     }
     ws = ot_cpu_workspace_new();
 #ifdef OT_HAVE_CUDA
@@ -250,6 +267,12 @@ int main(int argc, char **argv) {
     float *loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
     float loss_out[2];
 
+    // Per-rank base-weight memory for the metrics (the GPU: the device arena).
+    size_t base_one_rank = 0, base_layer_buf = 0, base_bytes = 0;
+    if (!use_cuda) base_bytes = ot_model_base_bytes(&m, &base_one_rank, &base_layer_buf);
+#ifdef OT_HAVE_CUDA
+    else base_bytes = base_one_rank = cm.arena_bytes;
+#endif
     double t_last = ot_now_seconds();
     long steps_at_start = (long)st.step;
     int64_t tokens_at_start = st.tokens_seen;
@@ -284,7 +307,12 @@ int main(int argc, char **argv) {
         } else {
             // Each row alone, into its own gradient slot: the slots are then summed in global row order.
             float *grads_keep = lo.grads;
-            for (int i = 0; i < batch.n_rows; i++) {
+            // Sharded: every rank runs max_rows passes (idle ones past its rows) so the gathers line up.
+            for (int i = 0; i < (shard ? max_rows : batch.n_rows); i++) {
+                if (i >= batch.n_rows) {
+                    ot_model_idle_pass(&m, 1);
+                    continue;
+                }
                 ot_batch_extract_row(&batch, i, &row);
                 lo.grads = slots + (size_t)i * lo.n_params;
                 memset(lo.grads, 0, sizeof(float) * lo.n_params);
@@ -331,10 +359,11 @@ int main(int argc, char **argv) {
             fprintf(metrics,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
                     "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d}\n",
+                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d, "
+                    "\"base_weight_bytes\": %zu, \"base_weight_bytes_one_rank\": %zu, \"base_layer_buffer_bytes\": %zu}\n",
                     (long long)st.step, loss, lr, gnorm, (long long)st.samples_seen, (long long)st.tokens_seen,
                     (long long)st.targets_seen, (long long)step_tokens, (long long)batch.global_targets, tps,
-                    st.elapsed_seconds, rss_mib(), world);
+                    st.elapsed_seconds, rss_mib(), world, base_bytes, base_one_rank, base_layer_buf);
             fflush(metrics);
             if (st.step % o.log_every == 0 || st.step == o.steps || stopping) {
                 char eta_s[32];
@@ -418,7 +447,7 @@ done:
     ot_train_state_free(&st);
     ot_optimizer_free(&opt);
     ot_lora_free(&lo);
-    if (m.layers) ot_model_free(&m);
+    if (m.layers || m.shard) ot_model_free(&m);
     if (exit_code == 1 && comm && comm->size > 1) {
         // A failed rank must not leave its peers waiting in a collective.
         fprintf(stderr, "osstune-train: rank %d failed; aborting the job\n", comm->rank);
