@@ -121,6 +121,7 @@ int main(int argc, char **argv) {
     ot_cuda_model cm;
     memset(&cm, 0, sizeof cm);
     ot_cuda_ctx *cctx = NULL;
+    ot_comm *gcomm = NULL; // NCCL, for the gradient sum on the device (several GPU ranks)
 #endif
 
     if (ot_comm_mpi_init(&comm, &argc, &argv, NULL, &err)) {
@@ -150,6 +151,8 @@ int main(int argc, char **argv) {
         if (n_dev < 1) FAIL("--backend cuda: no CUDA device is visible to this process");
         if (ot_cuda_model_load(&cm, o.model_dir, comm->local_rank % n_dev, &err)) FAIL("%s", err.msg);
         m.cfg = cm.cfg; // the adapter layout, its files and the checkpoints need only the config
+        // Several GPUs: the LoRA gradients are summed by NCCL on the device unless --grad-reduce ordered.
+        if (world > 1 && o.grad_reduce != 2 && ot_comm_nccl_init(&gcomm, comm, &err)) FAIL("%s", err.msg);
 #endif
     } else if (shard ? ot_model_load_sharded(&m, o.model_dir, comm, 0, &err) : ot_model_load(&m, o.model_dir, &err)) {
         FAIL("%s", err.msg);
@@ -250,9 +253,10 @@ int main(int argc, char **argv) {
         cctx = ot_cuda_ctx_new(&cm, &lo, &ro, max_tokens, max_tokens); // uploads lo.params (resumed or fresh)
         ot_cuda_optimizer_set(cctx, &opt);                              // the AdamW moments likewise
         if (rank == 0)
-            fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), %.1f GiB of weights, "
-                    "activation recomputation %s\n", cm.device, (double)cm.arena_bytes / (1u << 30),
-                    ro.recompute ? "on" : "off");
+            fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), base weights %.2f GiB "
+                    "on this rank (not sharded), activation recomputation %s, gradients summed %s\n", cm.device,
+                    (double)cm.arena_bytes / (1u << 30), ro.recompute ? "on" : "off",
+                    world == 1 ? "(one rank)" : gcomm ? "by NCCL on the device" : "in rank order on the host");
     }
 #endif
     if (o.eval_data) {
@@ -294,7 +298,14 @@ int main(int argc, char **argv) {
                 FAIL("%s", err.msg);
             loss_slots[0] = (float)rank_loss;
             loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
-            if (world > 1) {
+            if (world > 1 && gcomm) {
+                // NCCL all-reduce in place on the device (take_loss synchronized the compute stream, so the
+                // gradients are complete; the wait returns once the sum has landed), then replicated AdamW: every
+                // rank holds the same sum, so the same parameters. docs/distributed.md says why not sharded AdamW.
+                float *g = ot_cuda_lora_grads_device(cctx);
+                if (ot_comm_all_reduce(gcomm, g, g, lo.n_params, OT_COMM_F32, OT_COMM_SUM, &err)) FAIL("%s", err.msg);
+            } else if (world > 1) {
+                // --grad-reduce ordered: the rank order sum through host memory (world-size independent bits)
                 ot_cuda_lora_get_grads(cctx, slots);
                 if (ot_comm_all_reduce_ordered(comm, slots, 1, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
                 ot_cuda_lora_set_grads(cctx, lo.grads);
@@ -439,6 +450,7 @@ done:
 #ifdef OT_HAVE_CUDA
     ot_cuda_ctx_free(cctx);
     if (cm.arena) ot_cuda_model_free(&cm);
+    if (exit_code != 1) ot_comm_free(gcomm); // collective; a failed rank aborts the job below instead
 #endif
     free(slots);
     free(grad_sum);
