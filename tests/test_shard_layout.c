@@ -140,9 +140,19 @@ static void check_model(const char *dir) {
             }
             CHECK(lay.n_units == m.cfg.num_hidden_layers + (m.cfg.tie_word_embeddings ? 1 : 2), "%d units", lay.n_units);
             for (int v = 0; v < lay.n_units; v++) check_unit(&m, &ck, &lay, v);
-            // per-rank bytes: a 1/world share of everything plus at most one padded piece per unit
+            // per-rank bytes: a 1/world share of everything plus, per unit, less than one alignment quantum per chunk
+            // (layers: 256 bytes; vocabulary tables: lcm(row bytes, 256), pieces being whole rows)
             size_t slack = 0;
-            for (int v = 0; v < lay.n_units; v++) slack += lay.units[v].piece;
+            for (int v = 0; v < lay.n_units; v++) {
+                const ot_shard_unit *u = &lay.units[v];
+                size_t q = OT_SHARD_ALIGN;
+                if (u->row_bytes) {
+                    size_t a = u->row_bytes, b = OT_SHARD_ALIGN;
+                    while (b) { size_t t = a % b; a = b; b = t; }
+                    q = u->row_bytes / a * OT_SHARD_ALIGN;
+                }
+                slack += (size_t)u->n_chunks * q;
+            }
             CHECK(lay.rank_bytes * (size_t)lay.world >= lay.total_bytes, "rank bytes %zu x %d < total %zu", lay.rank_bytes,
                   lay.world, lay.total_bytes);
             CHECK(lay.rank_bytes <= lay.total_bytes / (size_t)lay.world + slack, "rank bytes %zu > %zu / %d + %zu",

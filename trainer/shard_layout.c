@@ -118,14 +118,13 @@ int ot_shard_layout_build(ot_shard_layout *lay, const ot_model_config *c, int ex
         else add(&b, OT_SR_LM_HEAD, dense, V * H, "lm_head.weight", 0);
         u->row_bytes = H * ot_shard_dtype_size(dense);
         u->bytes = round_up(u->bytes, OT_SHARD_ALIGN);
-        // A piece holds whole rows and is aligned: a multiple of lcm(row bytes, alignment). As many as fit in the
-        // chunk budget, at least one.
+        // A piece holds whole rows and is aligned: a multiple of lcm(row bytes, alignment). First the number of
+        // chunks the budget asks for, then the smallest piece that covers the table in that many chunks, so the
+        // padding stays below one quantum per rank and chunk (not a whole chunk).
         size_t quantum = u->row_bytes / gcd(u->row_bytes, OT_SHARD_ALIGN) * OT_SHARD_ALIGN;
-        size_t per_rank = vocab_chunk_bytes / W / quantum * quantum;
-        if (per_rank < quantum) per_rank = quantum;
-        size_t need = (u->bytes + W - 1) / W; // no point in pieces larger than one rank's share
-        if (per_rank > round_up(need, quantum)) per_rank = round_up(need, quantum);
-        u->piece = per_rank;
+        size_t n_chunks = (u->bytes + vocab_chunk_bytes - 1) / vocab_chunk_bytes;
+        if (n_chunks < 1) n_chunks = 1;
+        u->piece = round_up((u->bytes + n_chunks * W - 1) / (n_chunks * W), quantum);
         u->n_chunks = (int)((u->bytes + W * u->piece - 1) / (W * u->piece));
         if (W * u->piece > lay->gather_bytes) lay->gather_bytes = W * u->piece;
     }
