@@ -6,7 +6,8 @@ target_link_libraries(test_shard_layout PRIVATE ot_trainer)
 add_test(NAME test_shard_layout
          COMMAND bash -c "set -e; d=${CMAKE_BINARY_DIR}/shard_layout; rm -rf $d; mkdir -p $d; \
 ${OT_BIN}/osstune-init-model --preset tiny --seed 3 --out $d/dense --dense-experts --set num_hidden_layers=2 \
---set vocab_size=1000 --set tie_word_embeddings=true >/dev/null; \
+--set vocab_size=1000 --set pad_token_id=0 --set eos_token_id=1 --set bos_token_id=2 \
+--set tie_word_embeddings=true >/dev/null; \
 $<TARGET_FILE:test_shard_layout> tests/fixtures/golden/model $d/dense"
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_shard_layout PROPERTIES TIMEOUT 120)
