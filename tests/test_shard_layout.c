@@ -5,7 +5,11 @@
 //     exactly once, the tail is padding (zero), and the padding is less than one piece per rank;
 //   - vocabulary pieces hold whole rows;
 //   - the reassembled bytes equal the unsharded model (trainer/model.c: float32 values; MXFP4 bytes from the file;
-//     dequantized experts transposed the same way), and the bf16 layout rounds as the CUDA upload does.
+//     dequantized experts transposed the same way), and the bf16 layout rounds as the CUDA upload does;
+//   - each layer is two units, the attention block's tensors in one and the MoE block's in the other, every base
+//     tensor of the model in exactly one unit;
+//   - the memory target on the gpt-oss-20b shape (bf16 layout, the CUDA backend's buffers): per-GPU base weights on
+//     2 GPUs at most 55 % of one GPU's (whole-layer buffers would give 57 %).
 // usage: test_shard_layout MODEL_DIR [MODEL_DIR ...]
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +119,61 @@ static void check_unit(const ot_model *m, const ot_checkpoint *ck, const ot_shar
     free(full);
 }
 
+// The roles a layer's attention unit holds; everything else of a layer is in its expert unit.
+static int attention_role(ot_shard_role r) {
+    return r == OT_SR_LN1 || r == OT_SR_Q_W || r == OT_SR_Q_B || r == OT_SR_K_W || r == OT_SR_K_B || r == OT_SR_V_W ||
+           r == OT_SR_V_B || r == OT_SR_O_W || r == OT_SR_O_B || r == OT_SR_SINKS;
+}
+
+// Units 2l and 2l+1 are layer l's attention and expert halves; the model's tensors are each in exactly one unit.
+static void check_split(const ot_shard_layout *lay, const ot_checkpoint *ck) {
+    int placed = 0;
+    for (int v = 0; v < lay->n_units; v++) {
+        const ot_shard_unit *u = &lay->units[v];
+        if (v < 2 * lay->n_layers) {
+            CHECK(u->layer == v / 2, "unit %d is of layer %d", v, u->layer);
+            CHECK(u->part == (v % 2 ? OT_SHARD_EXPERTS : OT_SHARD_ATTENTION), "unit %d: part %d", v, (int)u->part);
+            for (int i = 0; i < u->n_entries; i++)
+                CHECK(attention_role(u->entries[i].role) == (u->part == OT_SHARD_ATTENTION), "unit %d (part %d) holds %s",
+                      v, (int)u->part, u->entries[i].name);
+        } else {
+            CHECK(u->part == OT_SHARD_VOCAB && u->layer == -1, "unit %d: part %d layer %d", v, (int)u->part, u->layer);
+        }
+        for (int i = 0; i < u->n_entries; i++) {
+            placed++;
+            for (int w = 0; w <= v; w++)
+                for (int j = 0; j < (w == v ? i : lay->units[w].n_entries); j++)
+                    CHECK(strcmp(lay->units[w].entries[j].name, u->entries[i].name) != 0, "%s is in units %d and %d",
+                          u->entries[i].name, w, v);
+        }
+    }
+    // every tensor of the checkpoint except the replicated final norm is placed
+    CHECK(placed == ck->n_tensors - 1, "%d tensors placed, the checkpoint has %d (one replicated)", placed,
+          ck->n_tensors);
+}
+
+// Per-GPU base-weight bytes of the CUDA backend, sharded over `world` GPUs, as a fraction of one GPU's: its pieces
+// + the gather buffers of the OT_SHARD_VOCAB_ROTATE layout, against every unit whole.
+static double cuda_fraction(const ot_model_config *c, int world) {
+    ot_err err;
+    ot_shard_layout lay, one;
+    if (ot_shard_layout_build(&lay, c, 1, OT_SHARD_BF16, world, OT_SHARD_VOCAB_ROTATE, &err) ||
+        ot_shard_layout_build(&one, c, 1, OT_SHARD_BF16, 1, 0, &err)) {
+        CHECK(0, "%s", err.msg);
+        return 1.0;
+    }
+    double f = (double)(lay.rank_bytes + lay.gather_bytes) / (double)one.total_bytes;
+    printf("20b shape, bf16, %d GPUs: %.3f GB of pieces + %.3f GB of gather buffers (attention %.1f MB, experts "
+           "%.1f MB, vocabulary chunk %.1f MB) per GPU; %.3f GB on one GPU: %.1f %%\n", world, lay.rank_bytes / 1e9,
+           lay.gather_bytes / 1e9, lay.max_attention_bytes / 1e6, lay.max_expert_bytes / 1e6,
+           lay.max_vocab_chunk_bytes / 1e6, one.total_bytes / 1e9, 100 * f);
+    CHECK(lay.gather_bytes >= lay.max_attention_bytes + lay.max_expert_bytes &&
+              lay.gather_bytes >= 2 * lay.max_vocab_chunk_bytes, "rotating buffers do not fit %zu", lay.gather_bytes);
+    ot_shard_layout_free(&lay);
+    ot_shard_layout_free(&one);
+    return f;
+}
+
 static void check_model(const char *dir) {
     ot_err err;
     ot_model m;
@@ -138,8 +197,10 @@ static void check_model(const char *dir) {
                 CHECK(0, "%s", err.msg);
                 continue;
             }
-            CHECK(lay.n_units == m.cfg.num_hidden_layers + (m.cfg.tie_word_embeddings ? 1 : 2), "%d units", lay.n_units);
+            CHECK(lay.n_units == 2 * m.cfg.num_hidden_layers + (m.cfg.tie_word_embeddings ? 1 : 2), "%d units",
+                  lay.n_units);
             for (int v = 0; v < lay.n_units; v++) check_unit(&m, &ck, &lay, v);
+            check_split(&lay, &ck);
             // per-rank bytes: a 1/world share of everything plus, per unit, less than one alignment quantum per chunk
             // (layers: 256 bytes; vocabulary tables: lcm(row bytes, 256), pieces being whole rows)
             size_t slack = 0;
@@ -176,5 +237,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     for (int i = 1; i < argc; i++) check_model(argv[i]);
+    ot_model_config c20;
+    ot_err err;
+    if (ot_model_config_preset(&c20, "20b", &err)) {
+        CHECK(0, "%s", err.msg);
+    } else {
+        double f2 = cuda_fraction(&c20, 2);
+        CHECK(f2 <= 0.55, "20b on 2 GPUs: %.1f %% of one GPU's base weights (want <= 55 %%)", 100 * f2);
+        double f4 = cuda_fraction(&c20, 4);
+        CHECK(f4 < f2, "4 GPUs (%.1f %%) not below 2 (%.1f %%)", 100 * f4, 100 * f2);
+    }
     return ot_test_finish("test_shard_layout");
 }

@@ -13,9 +13,10 @@ struct ot_model_shard {
     ot_shard_layout lay;
     ot_comm *comm;
     uint8_t **own;          // [n_units] this rank's pieces of the unit, n_chunks · piece bytes
-    uint8_t *gather;        // lay.gather_bytes: layer buffer 0 at 0, layer buffer 1 at max_layer_bytes
+    uint8_t *gather;        // lay.gather_bytes: layer buffer 0 at 0, layer buffer 1 at max_layer_bytes; in each, the
+                            // attention unit at 0 and the expert unit at max_attention_bytes
     int slot_unit[2];       // the layer each buffer holds or is receiving; -1: none
-    ot_comm_req req[2];     // in-flight gather of each buffer (handle NULL when none)
+    ot_comm_req req[2][2];  // in-flight gathers of each buffer's two units (handle NULL when none)
     int last;               // the buffer handed out last (in use until the next call)
     ot_layer_weights view[2];
     size_t norm_bytes;      // the replicated final norm
@@ -28,12 +29,7 @@ static void check(int rc, const ot_err *err) {
 }
 
 // ---- views into a gathered layer --------------------------------------------------------------------------------
-static void point_views(ot_layer_weights *w, const ot_shard_unit *u, uint8_t *base, const ot_model_config *c) {
-    memset(w, 0, sizeof *w);
-    w->sliding = c->layer_sliding[u->layer];
-    const int E = c->num_local_experts, H = c->hidden_size, I = c->intermediate_size;
-    w->gate_up = (ot_expert_weight){.n_experts = E, .rows = 2 * I, .cols = H};
-    w->down = (ot_expert_weight){.n_experts = E, .rows = H, .cols = I};
+static void point_unit(ot_layer_weights *w, const ot_shard_unit *u, uint8_t *base) {
     for (int i = 0; i < u->n_entries; i++) {
         const ot_shard_entry *e = &u->entries[i];
         void *p = base + e->offset;
@@ -62,6 +58,18 @@ static void point_views(ot_layer_weights *w, const ot_shard_unit *u, uint8_t *ba
         default: break;
         }
     }
+}
+
+// Layer l's views into a layer buffer holding both of its units.
+static void point_views(ot_layer_weights *w, const ot_shard_layout *lay, int l, uint8_t *base,
+                        const ot_model_config *c) {
+    memset(w, 0, sizeof *w);
+    w->sliding = c->layer_sliding[l];
+    const int E = c->num_local_experts, H = c->hidden_size, I = c->intermediate_size;
+    w->gate_up = (ot_expert_weight){.n_experts = E, .rows = 2 * I, .cols = H};
+    w->down = (ot_expert_weight){.n_experts = E, .rows = H, .cols = I};
+    point_unit(w, &lay->units[ot_shard_attention_unit(l)], base);
+    point_unit(w, &lay->units[ot_shard_expert_unit(l)], base + lay->max_attention_bytes);
 }
 
 // ---- load -------------------------------------------------------------------------------------------------------
@@ -121,7 +129,8 @@ void ot_model_shard_free(ot_model_shard *s) {
     if (!s) return;
     ot_err err;
     for (int i = 0; i < 2; i++) // a prefetch still in flight must land before its buffer is freed
-        if (s->req[i].handle) check(ot_comm_wait(s->comm, &s->req[i], &err), &err);
+        for (int p = 0; p < 2; p++)
+            if (s->req[i][p].handle) check(ot_comm_wait(s->comm, &s->req[i][p], &err), &err);
     for (int v = 0; v < s->lay.n_units; v++) free(s->own[v]);
     free(s->own);
     free(s->gather);
@@ -130,19 +139,25 @@ void ot_model_shard_free(ot_model_shard *s) {
 }
 
 // ---- the gather schedule ----------------------------------------------------------------------------------------
-static void start_gather(ot_model_shard *s, int slot, int unit) {
+// Starts the gathers of layer l's attention and expert units into layer buffer `slot`.
+static void start_gather(ot_model_shard *s, int slot, int l) {
     ot_err err;
-    const ot_shard_unit *u = &s->lay.units[unit];
-    uint8_t *dst = s->gather + (size_t)slot * s->lay.max_layer_bytes;
-    check(ot_comm_all_gather_start(s->comm, s->own[unit], dst, u->piece, OT_COMM_U8, &s->req[slot], &err), &err);
-    s->slot_unit[slot] = unit;
-    s->stats.gathers++;
-    s->stats.gathered_bytes += u->piece * (size_t)s->lay.world;
+    for (int p = 0; p < 2; p++) {
+        const int unit = p ? ot_shard_expert_unit(l) : ot_shard_attention_unit(l);
+        const ot_shard_unit *u = &s->lay.units[unit];
+        uint8_t *dst = s->gather + (size_t)slot * s->lay.max_layer_bytes + (p ? s->lay.max_attention_bytes : 0);
+        check(ot_comm_all_gather_start(s->comm, s->own[unit], dst, u->piece, OT_COMM_U8, &s->req[slot][p], &err),
+              &err);
+        s->stats.gathers++;
+        s->stats.gathered_bytes += u->piece * (size_t)s->lay.world;
+    }
+    s->slot_unit[slot] = l;
 }
 
 static void finish_gather(ot_model_shard *s, int slot) {
     ot_err err;
-    if (s->req[slot].handle) check(ot_comm_wait(s->comm, &s->req[slot], &err), &err);
+    for (int p = 0; p < 2; p++)
+        if (s->req[slot][p].handle) check(ot_comm_wait(s->comm, &s->req[slot][p], &err), &err);
 }
 
 // Both layer buffers are about to be overwritten by a vocabulary sweep: land what is in flight, forget both.
@@ -171,7 +186,7 @@ const ot_layer_weights *ot_model_layer(const ot_model *m, int l, int next) {
         finish_gather(s, 1 - slot);
         start_gather(s, 1 - slot, next);
     }
-    point_views(&s->view[slot], &s->lay.units[l], s->gather + (size_t)slot * s->lay.max_layer_bytes, &m->cfg);
+    point_views(&s->view[slot], &s->lay, l, s->gather + (size_t)slot * s->lay.max_layer_bytes, &m->cfg);
     return &s->view[slot];
 }
 

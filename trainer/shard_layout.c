@@ -41,13 +41,14 @@ static void add(unit_builder *b, ot_shard_role role, ot_shard_dtype dt, size_t n
     u->bytes = e->offset + e->nbytes;
 }
 
-// The tensors of decoder layer l, in the order they sit in the unit: small dense tensors first, then the attention
-// projections, then the experts (the bulk), so the order is also the order of first use in the forward.
-static void layer_entries(unit_builder *b, const ot_model_config *c, int l, int mxfp4, ot_shard_dtype dense) {
-    const size_t H = c->hidden_size, E = c->num_local_experts, I = c->intermediate_size, NH = c->num_attention_heads;
+// The tensors of decoder layer l, in two units: the attention block's (what runs first) and the MoE block's
+// (the experts are the bulk of a layer: 89 % of it on the 20b shape). Splitting them lets a backend hold one
+// attention buffer and one expert buffer instead of two whole-layer buffers: the attention of layer l+1 is gathered
+// while the experts of layer l compute, and the reverse. Inside each unit the order is the order of first use.
+static void attention_entries(unit_builder *b, const ot_model_config *c, int l, ot_shard_dtype dense) {
+    const size_t H = c->hidden_size, NH = c->num_attention_heads;
     const size_t Q = NH * c->head_dim, KV = (size_t)c->num_key_value_heads * c->head_dim;
     add(b, OT_SR_LN1, dense, H, "model.layers.%d.input_layernorm.weight", l);
-    add(b, OT_SR_LN2, dense, H, "model.layers.%d.post_attention_layernorm.weight", l);
     add(b, OT_SR_Q_W, dense, Q * H, "model.layers.%d.self_attn.q_proj.weight", l);
     if (c->attention_bias) add(b, OT_SR_Q_B, dense, Q, "model.layers.%d.self_attn.q_proj.bias", l);
     add(b, OT_SR_K_W, dense, KV * H, "model.layers.%d.self_attn.k_proj.weight", l);
@@ -57,6 +58,11 @@ static void layer_entries(unit_builder *b, const ot_model_config *c, int l, int 
     add(b, OT_SR_O_W, dense, H * Q, "model.layers.%d.self_attn.o_proj.weight", l);
     if (c->attention_bias) add(b, OT_SR_O_B, dense, H, "model.layers.%d.self_attn.o_proj.bias", l);
     add(b, OT_SR_SINKS, OT_SHARD_F32, NH, "model.layers.%d.self_attn.sinks", l); // fp32 in both backends
+}
+
+static void expert_entries(unit_builder *b, const ot_model_config *c, int l, int mxfp4, ot_shard_dtype dense) {
+    const size_t H = c->hidden_size, E = c->num_local_experts, I = c->intermediate_size;
+    add(b, OT_SR_LN2, dense, H, "model.layers.%d.post_attention_layernorm.weight", l);
     add(b, OT_SR_ROUTER_W, dense, E * H, "model.layers.%d.mlp.router.weight", l);
     add(b, OT_SR_ROUTER_B, dense, E, "model.layers.%d.mlp.router.bias", l);
     add(b, OT_SR_GATE_UP_B, dense, E * 2 * I, "model.layers.%d.mlp.experts.gate_up_proj_bias", l);
@@ -90,29 +96,39 @@ int ot_shard_layout_build(ot_shard_layout *lay, const ot_model_config *c, int ex
     lay->dense = dense;
     lay->experts_mxfp4 = experts_mxfp4;
     lay->n_layers = L;
-    lay->n_units = L + (c->tie_word_embeddings ? 1 : 2);
-    lay->embed_unit = L;
-    lay->head_unit = c->tie_word_embeddings ? L : L + 1;
+    lay->n_units = 2 * L + (c->tie_word_embeddings ? 1 : 2);
+    lay->embed_unit = 2 * L;
+    lay->head_unit = c->tie_word_embeddings ? 2 * L : 2 * L + 1;
     lay->units = ot_calloc((size_t)lay->n_units, sizeof(ot_shard_unit));
     const size_t W = (size_t)world;
-    for (int l = 0; l < L; l++) {
-        unit_builder b = {&lay->units[l], 0};
-        b.u->layer = l;
+    for (int v = 0; v < 2 * L; v++) {
+        unit_builder b = {&lay->units[v], 0};
+        b.u->layer = v / 2;
         b.u->kind = OT_SR_N;
-        layer_entries(&b, c, l, experts_mxfp4, dense);
+        b.u->part = v % 2 ? OT_SHARD_EXPERTS : OT_SHARD_ATTENTION;
+        if (b.u->part == OT_SHARD_ATTENTION) attention_entries(&b, c, v / 2, dense);
+        else expert_entries(&b, c, v / 2, experts_mxfp4, dense);
         b.u->bytes = round_up(b.u->bytes, OT_SHARD_ALIGN);
         // one chunk; the tail of the last rank(s) is padding
         b.u->piece = round_up((b.u->bytes + W - 1) / W, OT_SHARD_ALIGN);
         b.u->n_chunks = 1;
-        if (b.u->piece * W > lay->max_layer_bytes) lay->max_layer_bytes = b.u->piece * W;
+        size_t *max = b.u->part == OT_SHARD_ATTENTION ? &lay->max_attention_bytes : &lay->max_expert_bytes;
+        if (b.u->piece * W > *max) *max = b.u->piece * W;
     }
-    if (!vocab_chunk_bytes) vocab_chunk_bytes = 2 * lay->max_layer_bytes;
-    lay->gather_bytes = 2 * lay->max_layer_bytes;
+    lay->max_layer_bytes = lay->max_attention_bytes + lay->max_expert_bytes;
+    // Where the vocabulary chunks go: through the two whole-layer buffers (one chunk at a time), or rotating
+    // through the halves of one layer buffer (two chunks, so the next is gathered while one is used).
+    const int rotate = vocab_chunk_bytes == OT_SHARD_VOCAB_ROTATE;
+    if (rotate) vocab_chunk_bytes = lay->max_layer_bytes / 2;
+    else if (!vocab_chunk_bytes) vocab_chunk_bytes = 2 * lay->max_layer_bytes;
+    if (vocab_chunk_bytes < 1) vocab_chunk_bytes = 1;
+    lay->gather_bytes = rotate ? lay->max_layer_bytes : 2 * lay->max_layer_bytes;
     const size_t V = c->vocab_size, H = c->hidden_size;
-    for (int v = L; v < lay->n_units; v++) {
+    for (int v = 2 * L; v < lay->n_units; v++) {
         ot_shard_unit *u = &lay->units[v];
         unit_builder b = {u, 0};
         u->layer = -1;
+        u->part = OT_SHARD_VOCAB;
         u->kind = v == lay->embed_unit ? OT_SR_EMBED : OT_SR_LM_HEAD;
         if (u->kind == OT_SR_EMBED) add(&b, OT_SR_EMBED, dense, V * H, "model.embed_tokens.weight", 0);
         else add(&b, OT_SR_LM_HEAD, dense, V * H, "lm_head.weight", 0);
@@ -126,7 +142,9 @@ int ot_shard_layout_build(ot_shard_layout *lay, const ot_model_config *c, int ex
         if (n_chunks < 1) n_chunks = 1;
         u->piece = round_up((u->bytes + n_chunks * W - 1) / (n_chunks * W), quantum);
         u->n_chunks = (int)((u->bytes + W * u->piece - 1) / (W * u->piece));
-        if (W * u->piece > lay->gather_bytes) lay->gather_bytes = W * u->piece;
+        if (W * u->piece > lay->max_vocab_chunk_bytes) lay->max_vocab_chunk_bytes = W * u->piece;
+        size_t need = (rotate ? 2 : 1) * W * u->piece;
+        if (need > lay->gather_bytes) lay->gather_bytes = need;
     }
     for (int v = 0; v < lay->n_units; v++) {
         lay->total_bytes += lay->units[v].bytes;
