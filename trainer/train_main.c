@@ -24,6 +24,7 @@
 #include "trainer/train_options.h"
 #ifdef OT_HAVE_CUDA
 #include "trainer/gptoss_cuda.h"
+#include "trainer/model_cuda_shard.h"
 #endif
 
 #define EXIT_PREEMPTED 75 // EX_TEMPFAIL: stopped on request after checkpointing; start again to resume
@@ -78,6 +79,12 @@ static int cuda_available(void) {
     return 0;
 #endif
 }
+
+#ifdef OT_HAVE_CUDA
+// The LoRA gradients of several GPUs are summed by NCCL on the device (the NCCL communicator may also exist only for
+// the gathers of sharded base weights, with --grad-reduce ordered).
+static int nccl_grads_on(const ot_comm *gcomm, const ot_train_options *o) { return gcomm && o->grad_reduce != 2; }
+#endif
 
 #define FAIL(...)                                                                                                \
     do {                                                                                                         \
@@ -136,12 +143,8 @@ int main(int argc, char **argv) {
         FAIL("--rows-per-step %d is smaller than the number of ranks %d: every rank needs at least one row per step",
              o.rows_per_step, world);
     install_signals();
-    // FSDP sharding of the base weights (auto: with more than one rank). The CUDA backend keeps the whole model
-    // on every GPU for now.
-    const int shard = use_cuda ? 0 : o.shard_base < 0 ? world > 1 : o.shard_base;
-    if (use_cuda && o.shard_base == 1)
-        FAIL("--shard-base on: the CUDA backend does not shard the base weights yet (every GPU holds the whole "
-             "model); use --shard-base off or auto");
+    // FSDP sharding of the base weights (auto: with more than one rank), on either backend.
+    const int shard = o.shard_base < 0 ? world > 1 : o.shard_base;
 
     // ---- model, adapter, optimizer -------------------------------------------------------------------------------
     if (use_cuda) {
@@ -149,10 +152,17 @@ int main(int argc, char **argv) {
         // One GPU per rank: the node-local rank picks it.
         int n_dev = ot_cuda_device_count();
         if (n_dev < 1) FAIL("--backend cuda: no CUDA device is visible to this process");
-        if (ot_cuda_model_load(&cm, o.model_dir, comm->local_rank % n_dev, &err)) FAIL("%s", err.msg);
+        const int dev = comm->local_rank % n_dev;
+        // NCCL: for the LoRA gradient sum on the device (several GPUs, unless --grad-reduce ordered) and for the
+        // gathers of sharded base weights. Only where device memory is host-visible (the emulated CUDA runtime of
+        // tests/gpu/train_emu) can the MPI communicator do the gathers instead.
+        const int nccl_grads = world > 1 && o.grad_reduce != 2;
+        if ((nccl_grads || (shard && !ot_cuda_memory_host_visible(dev))) && ot_comm_nccl_init(&gcomm, comm, &err))
+            FAIL("%s", err.msg);
+        if (shard ? ot_cuda_model_load_sharded(&cm, o.model_dir, dev, gcomm ? gcomm : comm, &err)
+                  : ot_cuda_model_load(&cm, o.model_dir, dev, &err))
+            FAIL("%s", err.msg);
         m.cfg = cm.cfg; // the adapter layout, its files and the checkpoints need only the config
-        // Several GPUs: the LoRA gradients are summed by NCCL on the device unless --grad-reduce ordered.
-        if (world > 1 && o.grad_reduce != 2 && ot_comm_nccl_init(&gcomm, comm, &err)) FAIL("%s", err.msg);
 #endif
     } else if (shard ? ot_model_load_sharded(&m, o.model_dir, comm, 0, &err) : ot_model_load(&m, o.model_dir, &err)) {
         FAIL("%s", err.msg);
@@ -250,13 +260,26 @@ int main(int argc, char **argv) {
         int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank;
         ot_cuda_run_options ro = {0, 0};
         ro.recompute = o.recompute >= 0 ? o.recompute : ot_cuda_need_recompute(&cm, &lo, max_tokens, max_tokens);
+        if (shard) { // recomputation changes the order of the gathers, which must be the same on every rank
+            int64_t r = ro.recompute, any = 0;
+            if (ot_comm_all_reduce(comm, &r, &any, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
+            ro.recompute = (int)any;
+        }
         cctx = ot_cuda_ctx_new(&cm, &lo, &ro, max_tokens, max_tokens); // uploads lo.params (resumed or fresh)
         ot_cuda_optimizer_set(cctx, &opt);                              // the AdamW moments likewise
-        if (rank == 0)
+        if (rank == 0) {
+            size_t one = 0, gather_buf = 0, mine = ot_cuda_model_base_bytes(&cm, &one, &gather_buf);
+            char how[160];
+            if (shard)
+                snprintf(how, sizeof how, "sharded over %d; %.2f GiB on one rank; gather buffers %.1f MiB", world,
+                         (double)one / (1u << 30), (double)gather_buf / (1u << 20));
+            else
+                snprintf(how, sizeof how, "not sharded");
             fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), base weights %.2f GiB "
-                    "on this rank (not sharded), activation recomputation %s, gradients summed %s\n", cm.device,
-                    (double)cm.arena_bytes / (1u << 30), ro.recompute ? "on" : "off",
-                    world == 1 ? "(one rank)" : gcomm ? "by NCCL on the device" : "in rank order on the host");
+                    "on this rank (%s), activation recomputation %s, gradients summed %s\n", cm.device,
+                    (double)mine / (1u << 30), how, ro.recompute ? "on" : "off",
+                    world == 1 ? "(one rank)" : nccl_grads_on(gcomm, &o) ? "by NCCL on the device" : "in rank order on the host");
+        }
     }
 #endif
     if (o.eval_data) {
@@ -275,7 +298,7 @@ int main(int argc, char **argv) {
     size_t base_one_rank = 0, base_layer_buf = 0, base_bytes = 0;
     if (!use_cuda) base_bytes = ot_model_base_bytes(&m, &base_one_rank, &base_layer_buf);
 #ifdef OT_HAVE_CUDA
-    else base_bytes = base_one_rank = cm.arena_bytes;
+    else base_bytes = ot_cuda_model_base_bytes(&cm, &base_one_rank, &base_layer_buf);
 #endif
     double t_last = ot_now_seconds();
     long steps_at_start = (long)st.step;
@@ -298,7 +321,7 @@ int main(int argc, char **argv) {
                 FAIL("%s", err.msg);
             loss_slots[0] = (float)rank_loss;
             loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
-            if (world > 1 && gcomm) {
+            if (world > 1 && nccl_grads_on(gcomm, &o)) {
                 // NCCL all-reduce in place on the device (take_loss synchronized the compute stream, so the
                 // gradients are complete; the wait returns once the sum has landed), then replicated AdamW: every
                 // rank holds the same sum, so the same parameters. docs/distributed.md says why not sharded AdamW.

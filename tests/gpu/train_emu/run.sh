@@ -5,7 +5,11 @@
 #   1. test_train_cuda in exact mode (EMU_EXACT=1: activations kept in fp32) for several LoRA target sets — the
 #      composition must match the CPU reference to fp32 rounding;
 #   2. test_train_cuda with bf16 storage, against the GPU bounds (how those bounds were set);
-#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu.
+#   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu;
+#   4. tests/gpu/train_cuda_shard.sh with EXACT=1: mpirun -np 2 (and 1) osstune-train --backend cuda --shard-base on
+#      against --shard-base off, byte for byte. NCCL cannot run here, so the sharded model gathers through the MPI
+#      communicator: it may, because the emulated device memory is host memory (ot_cuda_memory_host_visible), and the
+#      gradients are summed with --grad-reduce ordered.
 # What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
 #
 # usage: tests/gpu/train_emu/run.sh [BUILD_DIR]     (default: build-train-emu in the repository root)
@@ -33,7 +37,8 @@ emu="$build/emu"
 mkdir -p "$emu/bin"
 flags="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -DOT_HAVE_CUDA=1 -I$root -I$build $hdf5_inc -I$cuda_inc"
 objs=()
-for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/tests/gpu/train_emu/emu_ops.c" \
+for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/trainer/model_cuda_shard.c" \
+         "$root/tests/gpu/train_emu/emu_ops.c" \
          "$root/tests/test_util.c"; do
     o="$emu/$(basename "$f" .c).o"
     mpicc $flags -c "$f" -o "$o"
@@ -71,5 +76,7 @@ echo "== bf16 storage, the GPU bounds"
 grep -E "^info (logits|loss:|loss curve)|passed" "$emu/bf16.log"
 echo "== osstune-train / osstune-logits, --backend cuda (emulated) against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$emu/bin" "$emu/e2e" || failed=1
+echo "== osstune-train --backend cuda (emulated), base weights sharded over 2 and 1 ranks against unsharded"
+EXACT=1 bash "$root/tests/gpu/train_cuda_shard.sh" "$emu/bin" "$emu/shard" ordered || failed=1
 [ "$failed" = 0 ] && echo "train_emu: all passed"
 exit "$failed"
