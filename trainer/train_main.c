@@ -459,6 +459,15 @@ int main(int argc, char **argv) {
         }
     }
     free(loss_slots);
+#ifdef OT_HAVE_CUDA
+    if (use_cuda && shard && rank == 0) {
+        ot_cuda_shard_stats gs = ot_cuda_shard_get_stats(&cm);
+        fprintf(stderr, "osstune-train: base-weight gathers on rank 0: %llu (%llu started ahead of their use), %.3f GiB "
+                "gathered; %.3f GiB read from the model files at load\n", (unsigned long long)gs.gathers,
+                (unsigned long long)gs.prefetched, (double)gs.gathered_bytes / (1u << 30),
+                (double)gs.file_bytes / (1u << 30));
+    }
+#endif
     if (rank == 0 && exit_code == 0)
         fprintf(stderr, "osstune-train: finished %lld steps; adapter: %s/ckpt/step-%06lld (PEFT format)\n",
                 (long long)st.step, o.run_dir, (long long)st.step);

@@ -7,7 +7,7 @@
 #      head's block cuts do not change the arithmetic), else every step's loss and the validation loss within 1e-3
 #      relative (real GPUs: the head's online logsumexp is cut at the gathered chunks' edges too, fp32 rounding);
 #   2. the per-rank base-weight bytes in metrics.jsonl: at most one_rank / world + the gather buffers + 1 %, and the
-#      startup line reports them.
+#      startup line reports them; some gathers were started ahead of their use (the prefetch).
 # The validation set is 1 sample, so with 2 ranks rank 0 has none and runs a pass with an empty batch (only the
 # gathers), as the collectives require.
 #
@@ -49,7 +49,10 @@ for cfg in "2 off" "2 on" "1 off"; do
     run "$np" off "$work/np$np-off" --recompute "$rec"
     run "$np" on "$work/np$np-on" --recompute "$rec"
     echo "-- $np rank(s), --recompute $rec"
-    grep -h "base weights" "$work/np$np-on.log" | head -1
+    grep -h "base weights\|gathers on rank 0" "$work/np$np-on.log"
+    # the next unit's gather is started while one computes
+    grep -Eq "gathers on rank 0: [0-9]+ \([1-9][0-9]* started ahead" "$work/np$np-on.log" ||
+        { echo "FAIL $np rank(s): no gather was started ahead of its use"; failed=1; }
     python3 - "$work/np$np-off" "$work/np$np-on" "$np" "${EXACT:-0}" "$(ckpt "$work/np$np-off")" "$(ckpt "$work/np$np-on")" <<'EOF' || failed=1
 import json, sys
 off, on, np_, exact, c_off, c_on = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6]
