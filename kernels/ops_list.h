@@ -92,6 +92,18 @@ void OT_OPS_FN(ot_expert_matmul_bwd_weight)(OT_OPS_REAL *dW_e, OT_OPS_REAL *db_e
 // matching weight gradient.
 double OT_OPS_FN(ot_lmhead_xent)(OT_OPS_REAL *dh, OT_OPS_REAL *dWlm, const OT_OPS_REAL *h, const OT_OPS_REAL *Wlm,
                                  const int32_t *pos, const int32_t *label, int n, int H, int V, float grad_scale);
+// The same computation split over blocks of vocabulary rows, for a head that is never whole in memory (the FSDP
+// path gathers it a chunk at a time, trainer/model_shard.c). For nb targets b: logits[b·V + v0 + j] = h[pos_b] ·
+// W[j] for the nv rows W of the block starting at row v0 (call with logits + v0); then xent_rows turns complete
+// logit rows into the loss (returns total + Σ_b loss_b, added in target order) and, with want_grad, into
+// grad_scale · (softmax − onehot) in place; then dh_part adds Σ_j dlogits[b, v0 + j] · W[j] into acc[b·H ..] for
+// each block in increasing v0. Same arithmetic, in the same order, as ot_lmhead_xent: the results are bitwise equal.
+void OT_OPS_FN(ot_lmhead_logits_part)(OT_OPS_REAL *logits, int V, const OT_OPS_REAL *h, const OT_OPS_REAL *W,
+                                      const int32_t *pos, int nb, int H, int nv);
+double OT_OPS_FN(ot_xent_rows)(OT_OPS_REAL *logits, const int32_t *label, int nb, int V, float grad_scale,
+                               int want_grad, double total);
+void OT_OPS_FN(ot_lmhead_dh_part)(double *acc, const OT_OPS_REAL *logits, int V, const OT_OPS_REAL *W, int nb, int H,
+                                  int nv);
 
 // ---- attention of new queries over a KV cache (incremental decoding) -------------------------------------------
 // One sequence. q [n, nh, D] holds the (rotated) queries of positions pos0 .. pos0+n-1; k_cache, v_cache

@@ -1,4 +1,5 @@
 #include "trainer/evaluate.h"
+#include "trainer/model_shard.h"
 
 #include <stdlib.h>
 
@@ -14,10 +15,17 @@ int ot_eval_loss(const ot_model *m, const ot_lora *lo, ot_pairs_h5 *pairs, ot_co
     ot_batch b;
     ot_batch_init(&b);
     int rc = 0;
-    for (int64_t i = begin; i < end && !rc; i++) {
+    // A sharded model's passes are collective: every rank runs ceil(N / W) of them, an idle one where it has no
+    // sample left (or after a local failure), so no peer waits for a gather that never comes.
+    const int64_t passes = m->shard ? (N + W - 1) / W : end - begin;
+    for (int64_t i = begin; i < begin + passes; i++) {
+        if (i >= end || rc) {
+            ot_model_idle_pass(m, 0);
+            continue;
+        }
         if (ot_pairs_h5_read(pairs, i, ids, err)) {
             rc = -1;
-            break;
+            continue;
         }
         ot_batch_clear(&b);
         ot_batch_add_sample(&b, ids, ot_pairs_h5_sample_len(pairs, i), (int)pairs->loss_start[i]);

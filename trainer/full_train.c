@@ -91,6 +91,8 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
 #endif
     if (!use_cuda && strcmp(o->backend, "cpu") != 0) FAIL("--full: unknown backend '%s'", o->backend);
     if (o->init_adapter) FAIL("--full trains the model itself: --init-adapter does not apply");
+    if (o->shard_base == 1)
+        FAIL("--shard-base on: --full keeps the whole model on every rank (sharding covers LoRA runs; use auto or off)");
     if (ot_model_load(&m, o->model_dir, &err)) FAIL("%s", err.msg);
     if (ot_full_params_build(&fp, &m, &err)) FAIL("%s", err.msg);
     if (!use_cuda) grads = ot_calloc(fp.total, sizeof(float)); // on the GPU, the gradients live there

@@ -1,6 +1,7 @@
 // One gpt-oss decoder layer after another, exactly the order of spec §2, composed from kernels/ops.h.
 // Each layer keeps what its backward needs (no recomputation on the CPU: the reference favours clarity).
 #include "trainer/gptoss_cpu.h"
+#include "trainer/model_shard.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -248,11 +249,12 @@ static void forward_layers(const ot_model *m, const ot_lora *lo, const ot_batch 
               D = c->head_dim, E = c->num_local_experts, K = c->num_experts_per_tok;
     const int Q = nh * D, KV = nkv * D;
     workspace_reserve(ws, c, T, lo ? lo->r : 1);
-    ot_embedding_fwd(ws->layers[0].x, b->ids, m->embed, T, H);
+    ot_model_embed(m, b->ids, T, ws->layers[0].x);
     float *moe_out = ot_malloc(sizeof(float) * (size_t)T * H);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         layer_acts *a = &ws->layers[l];
-        const ot_layer_weights *w = &m->layers[l];
+        // sharded: gathered now, the next layer's gather starts (prefetch)
+        const ot_layer_weights *w = ot_model_layer(m, l, l + 1 < c->num_hidden_layers ? l + 1 : -1);
         float *x_next = l + 1 < c->num_hidden_layers ? ws->layers[l + 1].x : ws->x_final;
         // attention block
         ot_rmsnorm_fwd(a->xn1, a->rstd1, a->x, w->ln1_w, T, H, c->rms_norm_eps);
@@ -291,7 +293,7 @@ static void backward_layers(const ot_model *m, ot_lora *lo, const ot_batch *b, o
     // dx holds d loss / d (output of layer l) on entry to iteration l, and d / d (input of layer l) after it.
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
         layer_acts *a = &ws->layers[l];
-        const ot_layer_weights *w = &m->layers[l];
+        const ot_layer_weights *w = ot_model_layer(m, l, l - 1);
         const ot_layer_weights *gw = g ? &g->layers[l] : NULL;
         // MoE block: x_next = h + moe(xn2(h)); dx flows to h unchanged (residual) plus through the MoE.
         memset(dxn, 0, sizeof(float) * (size_t)T * H);
@@ -326,12 +328,16 @@ static void backward_layers(const ot_model *m, ot_lora *lo, const ot_batch *b, o
 
 double ot_cpu_forward_backward(const ot_model *m, ot_lora *lo, const ot_batch *b, float grad_scale, int backward,
                                ot_cpu_workspace *ws) {
-    const int H = m->cfg.hidden_size, V = m->cfg.vocab_size, T = b->T;
-    if (T == 0) return 0.0;
+    const int H = m->cfg.hidden_size, T = b->T;
+    if (T == 0) {
+        // A sharded model's calls are collective: an empty batch still takes part in every gather.
+        if (m->shard) ot_model_idle_pass(m, backward && lo);
+        return 0.0;
+    }
     forward_layers(m, lo, b, ws);
-    if (!backward || !lo) return ot_lmhead_xent(NULL, NULL, ws->hf, m->lm_head, b->tgt_pos, b->tgt_label, b->n_targets, H, V, 0.0f);
+    if (!backward || !lo) return ot_model_lmhead_xent(m, NULL, ws->hf, b->tgt_pos, b->tgt_label, b->n_targets, 0.0f);
     float *dhf = ot_calloc((size_t)T * H, sizeof(float));
-    double loss = ot_lmhead_xent(dhf, NULL, ws->hf, m->lm_head, b->tgt_pos, b->tgt_label, b->n_targets, H, V, grad_scale);
+    double loss = ot_model_lmhead_xent(m, dhf, ws->hf, b->tgt_pos, b->tgt_label, b->n_targets, grad_scale);
     float *dx = ot_calloc((size_t)T * H, sizeof(float));
     ot_rmsnorm_bwd(dx, NULL, dhf, ws->x_final, m->norm_w, ws->rstd_f, T, H);
     backward_layers(m, lo, b, ws, dx, NULL);
@@ -360,6 +366,7 @@ double ot_cpu_forward_backward_full(const ot_model *m, const ot_model *g, const 
 
 void ot_cpu_logits(const ot_model *m, const ot_lora *lo, const ot_batch *b, float *logits, ot_cpu_workspace *ws) {
     if (b->T == 0) return;
+    if (m->shard) ot_die("ot_cpu_logits: not available on a sharded model (load it with ot_model_load)");
     forward_layers(m, lo, b, ws);
     ot_matmul_fwd(logits, ws->hf, m->lm_head, NULL, b->T, m->cfg.hidden_size, m->cfg.vocab_size);
 }

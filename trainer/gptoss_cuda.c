@@ -7,6 +7,7 @@
 #ifdef OT_HAVE_CUDA
 
 #include "trainer/gptoss_cuda.h"
+#include "trainer/model_cuda_shard.h"
 
 #include <cublas_v2.h>
 #include <math.h>
@@ -375,6 +376,8 @@ void ot_cuda_lora_set_params(ot_cuda_ctx *c, const float *host) { lora_copy(c, c
 void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->params, 0); }
 void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host) { lora_copy(c, c->grads, host, 1); }
 void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->grads, 0); }
+float *ot_cuda_lora_grads_device(ot_cuda_ctx *c) { return c->grads; }
+void *ot_cuda_ctx_stream(ot_cuda_ctx *c) { return c->stream; }
 void ot_cuda_lora_zero_grads(ot_cuda_ctx *c) {
     if (c->n_params) OT_CUDA_CHECK(cudaMemsetAsync(c->grads, 0, sizeof(float) * c->n_params, c->stream));
 }
@@ -453,6 +456,7 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     const int Q = nh * D, KV = nkv * D;
     const size_t TH = (size_t)T * H;
     cudaStream_t s = c->stream;
+    ot_cuda_shard_use(c->m, s, l, OT_SHARD_ATTENTION); // sharded base weights: gathered here (else nothing)
 
     // attention block
     mark(c, OT_CUDA_PROF_NORM_ROPE);
@@ -471,6 +475,7 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     ot_cuda_add_bf16(s, a->h, a->x, TH);
 
     // MoE block
+    ot_cuda_shard_use(c->m, s, l, OT_SHARD_EXPERTS);
     ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
     mark(c, OT_CUDA_PROF_DENSE_MATMUL);
     ot_cuda_matmul_fwd(s, &c->blas, c->router_logits, a->xn2, w->router_w, w->router_b, T, H, E);
@@ -523,6 +528,7 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     // gradient (LoRA, or the base in full training) reads them (input gradients do not). Recomputing: the set
     // holds layer l's.
     const int redo = !c->opt.recompute;
+    ot_cuda_shard_use(c->m, s, l, OT_SHARD_EXPERTS); // sharded base weights: gathered here (else nothing)
     if (redo && (s_gu || g)) {
         mark(c, OT_CUDA_PROF_NORM_ROPE);
         ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
@@ -571,6 +577,7 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     ot_cuda_rmsnorm_bwd(s, c->dx, G(ln2_w), c->dxn, a->h, w->ln2_w, a->rstd2, T, H);
 
     // attention block: h = x + o_proj(attention(...))
+    ot_cuda_shard_use(c->m, s, l, OT_SHARD_ATTENTION);
     zero_bf16(c, c->datt, (size_t)T * Q);
     projection_bwd(c, c->datt, G(o_w), G(o_b), c->dx, a->att, a->xa[3], w->o_w, slot_of(c, l, OT_LORA_O), T, Q, H);
     zero_bf16(c, c->dq, (size_t)T * Q);
@@ -604,7 +611,8 @@ static void forward_layers(ot_cuda_ctx *c, const dev_batch *d) {
     const ot_model_config *cfg = &c->m->cfg;
     const int L = cfg->num_hidden_layers, H = cfg->hidden_size;
     mark(c, OT_CUDA_PROF_NORM_ROPE);
-    ot_cuda_embedding_fwd(c->stream, c->xin[0], d->ids, c->m->embed, d->T, H, cfg->vocab_size);
+    if (c->m->shard) ot_cuda_shard_embed(c->m, c->stream, c->xin[0], d->ids, d->T);
+    else ot_cuda_embedding_fwd(c->stream, c->xin[0], d->ids, c->m->embed, d->T, H, cfg->vocab_size);
     for (int l = 0; l < L; l++) layer_forward(c, l, acts_of(c, l), c->xin[l + 1], d);
     c->scratch_layer = c->opt.recompute ? L - 1 : -1;
     mark(c, OT_CUDA_PROF_NORM_ROPE);
@@ -628,21 +636,33 @@ static void backward_layers(ot_cuda_ctx *c, const dev_batch *d) {
 }
 
 int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale, int backward, ot_err *err) {
-    if (b->T == 0) return 0;
     if (b->T < 0 || b->n_targets < 0) return ot_fail(err, "ot_cuda_forward_backward: bad batch (T %d, %d targets)",
                                                      b->T, b->n_targets);
+    // Sharded base weights: the gathers are collective, so whether a backward runs must not depend on this rank's
+    // targets, and a rank without tokens still makes its pass's gathers.
+    const int sharded = c->m->shard != NULL;
+    if (sharded) ot_cuda_shard_begin_pass(c->m, backward && c->has_lora, c->opt.recompute);
+    if (b->T == 0) {
+        ot_cuda_shard_idle_pass(c->m, c->stream);
+        ot_cuda_shard_end_pass(c->m);
+        return 0;
+    }
     const ot_model_config *cfg = &c->m->cfg;
     reserve(c, b->T, b->n_targets);
     dev_batch d = upload_batch(c, b);
     forward_layers(c, &d);
-    const int want_grad = backward && (c->has_lora || c->mg) && d.n > 0;
+    const int want_grad = backward && (c->has_lora || c->mg) && (d.n > 0 || sharded);
     if (want_grad) zero_bf16(c, c->dhf, (size_t)d.T * cfg->hidden_size);
     mark(c, OT_CUDA_PROF_LM_HEAD);
-    // Full training: the head's weight gradient too (with tied embeddings mg->lm_head is the embedding's).
-    ot_cuda_lmhead_xent(c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL,
-                        want_grad && c->mg ? c->mg->lm_head : NULL, c->hf, c->m->lm_head,
-                        d.tgt_pos, d.tgt_label, d.n, d.T, cfg->hidden_size, cfg->vocab_size, grad_scale);
+    if (sharded) // LoRA runs only: full training keeps the whole model on every rank
+        ot_cuda_shard_lmhead_xent(c->m, c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL, c->hf, d.tgt_pos,
+                                  d.tgt_label, d.n, d.T, grad_scale);
+    else // full training: the head's weight gradient too (with tied embeddings mg->lm_head is the embedding's)
+        ot_cuda_lmhead_xent(c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL,
+                            want_grad && c->mg ? c->mg->lm_head : NULL, c->hf, c->m->lm_head, d.tgt_pos, d.tgt_label,
+                            d.n, d.T, cfg->hidden_size, cfg->vocab_size, grad_scale);
     if (want_grad) backward_layers(c, &d);
+    ot_cuda_shard_end_pass(c->m);
     return 0;
 }
 
@@ -660,6 +680,9 @@ int ot_cuda_take_loss(ot_cuda_ctx *c, double *loss_sum, ot_err *err) {
 
 int ot_cuda_logits(ot_cuda_ctx *c, const ot_batch *b, float *logits, ot_err *err) {
     if (b->T == 0) return 0;
+    if (c->m->shard)
+        return ot_fail(err, "ot_cuda_logits: the base weights are sharded over the ranks; load the model whole "
+                            "(ot_cuda_model_load) to write logits");
     const ot_model_config *cfg = &c->m->cfg;
     const int H = cfg->hidden_size, V = cfg->vocab_size;
     reserve(c, b->T, b->n_targets);
@@ -751,6 +774,16 @@ int ot_cuda_eval_loss(ot_cuda_ctx *c, ot_pairs_h5 *pairs, ot_comm *comm, int64_t
     ot_batch b;
     ot_batch_init(&b);
     int rc = 0, n_slots = 0;
+    // Sharded base weights: every rank makes as many passes as the rank with the most (the gathers are collective),
+    // agreed before the first pass from the sample lengths, packed as below.
+    int64_t passes = 0;
+    if (c->m->shard) {
+        int64_t mine = 0;
+        for (int64_t i = begin; i < end; mine++)
+            for (int T = 0; i < end && !(T > 0 && T + ot_pairs_h5_sample_len(pairs, i) > pack_tokens); i++)
+                T += ot_pairs_h5_sample_len(pairs, i);
+        if (ot_comm_all_reduce(comm, &mine, &passes, 1, OT_COMM_I64, OT_COMM_MAX, err)) rc = -1;
+    }
     for (int64_t i = begin; i < end && !rc;) {
         ot_batch_clear(&b);
         // Pack whole samples up to pack_tokens (a longer sample goes alone).
@@ -775,6 +808,9 @@ int ot_cuda_eval_loss(ot_cuda_ctx *c, ot_pairs_h5 *pairs, ot_comm *comm, int64_t
         s[1] = (float)(loss - (double)s[0]);
         s[2] = (float)b.n_targets; // exact: a pass has far fewer than 2^24 targets
     }
+    ot_batch_clear(&b);
+    for (int64_t p = n_slots; p < passes && !rc; p++) // an empty batch: the pass's gathers only
+        rc = ot_cuda_forward_backward(c, &b, 0.0f, 0, err);
     // Every rank enters the collective even after a local failure, or its peers would wait for the watchdog.
     float total[3] = {0, 0, 0};
     if (ot_comm_all_reduce_ordered(comm, slots, rc ? 0 : n_slots, 3, total, rc ? NULL : err)) rc = -1;

@@ -1,4 +1,5 @@
 #include "trainer/model.h"
+#include "trainer/model_shard.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,7 @@ fail:
 }
 
 void ot_model_free(ot_model *m) {
+    ot_model_shard_free(m->shard);
     free(m->owned);
     free(m->layers);
     free(m->inv_freq);

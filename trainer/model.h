@@ -29,6 +29,9 @@ typedef struct {
     float attn_factor;
     float *owned;           // one allocation holding every float32 weight above
     size_t owned_floats;
+    // Non-NULL: the base weights are sharded over the ranks (trainer/model_shard.h); layers, embed and lm_head are
+    // then NULL and the graph reaches them through ot_model_layer / ot_model_embed / ot_model_lmhead_xent.
+    struct ot_model_shard *shard;
 } ot_model;
 
 int ot_model_load(ot_model *m, const char *dir, ot_err *err);

@@ -4,6 +4,7 @@
 #ifdef OT_HAVE_CUDA
 
 #include "trainer/model_cuda.h"
+#include "trainer/model_cuda_shard.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,7 +258,7 @@ static int upload_all(ot_cuda_model *m, uploader *u, int experts_mxfp4, ot_err *
 }
 
 // What the CUDA kernels can run, said before anything is uploaded.
-static int check_supported(const ot_model_config *c, const char *dir, ot_err *err) {
+int ot_cuda_model_check_supported(const ot_model_config *c, const char *dir, ot_err *err) {
     if (c->head_dim != 64)
         return ot_fail(err, "%s: head_dim is %d; the CUDA attention kernels are built for 64 (gpt-oss). Use the CPU "
                             "backend (--backend cpu) for this model", dir, c->head_dim);
@@ -275,7 +276,7 @@ int ot_cuda_model_load(ot_cuda_model *m, const char *dir, int device, ot_err *er
     if (ot_checkpoint_open(&ck, dir, err)) return -1;
     m->cfg = ck.config;
     m->device = device;
-    if (check_supported(&m->cfg, dir, err)) {
+    if (ot_cuda_model_check_supported(&m->cfg, dir, err)) {
         ot_checkpoint_close(&ck);
         return -1;
     }
@@ -312,6 +313,7 @@ int ot_cuda_model_load(ot_cuda_model *m, const char *dir, int device, ot_err *er
 }
 
 void ot_cuda_model_free(ot_cuda_model *m) {
+    ot_cuda_shard_free(m->shard); // before the arena: it waits for gathers still landing there
     if (m->arena) OT_CUDA_CHECK(cudaFree(m->arena));
     free(m->layers);
     memset(m, 0, sizeof *m);

@@ -35,11 +35,17 @@ typedef struct {
     void *arena;      // the one device allocation
     size_t arena_bytes;
     size_t expert_bytes; // of arena_bytes, the expert projections (MXFP4 bytes or dense bf16)
+    // Base weights sharded over the ranks (trainer/model_cuda_shard.h), NULL when this GPU holds the whole model.
+    // Sharded, embed and lm_head are NULL and the layer views point into a gather buffer only while in use.
+    struct ot_cuda_shard *shard;
 } ot_cuda_model;
 
 // Selects `device` (ot_cuda_init) and uploads the checkpoint in dir. 0, or -1 with a message naming the tensor.
 int ot_cuda_model_load(ot_cuda_model *m, const char *dir, int device, ot_err *err);
 void ot_cuda_model_free(ot_cuda_model *m);
+
+// 0 when the CUDA kernels can run the model of config c (loaded from dir), else -1 with a message.
+int ot_cuda_model_check_supported(const ot_model_config *c, const char *dir, ot_err *err);
 
 // Number of CUDA devices this process can use; 0 when there is no GPU or no driver (never an error).
 int ot_cuda_device_count(void);

@@ -21,9 +21,11 @@
 #include "trainer/evaluate.h"
 #include "trainer/full_train.h"
 #include "trainer/gptoss_cpu.h"
+#include "trainer/model_shard.h"
 #include "trainer/train_options.h"
 #ifdef OT_HAVE_CUDA
 #include "trainer/gptoss_cuda.h"
+#include "trainer/model_cuda_shard.h"
 #endif
 
 #define EXIT_PREEMPTED 75 // EX_TEMPFAIL: stopped on request after checkpointing; start again to resume
@@ -79,6 +81,12 @@ static int cuda_available(void) {
 #endif
 }
 
+#ifdef OT_HAVE_CUDA
+// The LoRA gradients of several GPUs are summed by NCCL on the device (the NCCL communicator may also exist only for
+// the gathers of sharded base weights, with --grad-reduce ordered).
+static int nccl_grads_on(const ot_comm *gcomm, const ot_train_options *o) { return gcomm && o->grad_reduce != 2; }
+#endif
+
 #define FAIL(...)                                                                                                \
     do {                                                                                                         \
         fprintf(stderr, "osstune-train: rank %d: ", comm ? comm->rank : 0);                                      \
@@ -121,6 +129,7 @@ int main(int argc, char **argv) {
     ot_cuda_model cm;
     memset(&cm, 0, sizeof cm);
     ot_cuda_ctx *cctx = NULL;
+    ot_comm *gcomm = NULL; // NCCL, for the gradient sum on the device (several GPU ranks)
 #endif
 
     if (ot_comm_mpi_init(&comm, &argc, &argv, NULL, &err)) {
@@ -139,6 +148,8 @@ int main(int argc, char **argv) {
         exit_code = ot_full_train_run(&o, comm, &g_stop_signal);
         goto done;
     }
+    // FSDP sharding of the base weights (auto: with more than one rank), on either backend.
+    const int shard = o.shard_base < 0 ? world > 1 : o.shard_base;
 
     // ---- model, adapter, optimizer -------------------------------------------------------------------------------
     if (use_cuda) {
@@ -146,10 +157,19 @@ int main(int argc, char **argv) {
         // One GPU per rank: the node-local rank picks it.
         int n_dev = ot_cuda_device_count();
         if (n_dev < 1) FAIL("--backend cuda: no CUDA device is visible to this process");
-        if (ot_cuda_model_load(&cm, o.model_dir, comm->local_rank % n_dev, &err)) FAIL("%s", err.msg);
+        const int dev = comm->local_rank % n_dev;
+        // NCCL: for the LoRA gradient sum on the device (several GPUs, unless --grad-reduce ordered) and for the
+        // gathers of sharded base weights. Only where device memory is host-visible (the emulated CUDA runtime of
+        // tests/gpu/train_emu) can the MPI communicator do the gathers instead.
+        const int nccl_grads = world > 1 && o.grad_reduce != 2;
+        if ((nccl_grads || (shard && !ot_cuda_memory_host_visible(dev))) && ot_comm_nccl_init(&gcomm, comm, &err))
+            FAIL("%s", err.msg);
+        if (shard ? ot_cuda_model_load_sharded(&cm, o.model_dir, dev, gcomm ? gcomm : comm, &err)
+                  : ot_cuda_model_load(&cm, o.model_dir, dev, &err))
+            FAIL("%s", err.msg);
         m.cfg = cm.cfg; // the adapter layout, its files and the checkpoints need only the config
 #endif
-    } else if (ot_model_load(&m, o.model_dir, &err)) {
+    } else if (shard ? ot_model_load_sharded(&m, o.model_dir, comm, 0, &err) : ot_model_load(&m, o.model_dir, &err)) {
         FAIL("%s", err.msg);
     }
     if (o.init_adapter) {
@@ -227,6 +247,16 @@ int main(int argc, char **argv) {
                 "%d rows x %d tokens per step | steps %lld -> %ld\n",
                 world, world == 1 ? "" : "s", o.model_dir, m.cfg.num_hidden_layers, m.cfg.num_local_experts, lo.r,
                 lo.n_params, o.rows_per_step, o.seq_len, (long long)st.step, o.steps);
+        if (!use_cuda) {
+            size_t one = 0, layer_buf = 0, mine = ot_model_base_bytes(&m, &one, &layer_buf);
+            if (shard)
+                fprintf(stderr, "osstune-train: base weights %.3f GiB on this rank (sharded over %d; %.3f GiB on one "
+                        "rank; gather buffers 2 x %.2f MiB)\n", (double)mine / (1u << 30), world,
+                        (double)one / (1u << 30), (double)layer_buf / (1u << 20));
+            else
+                fprintf(stderr, "osstune-train: base weights %.3f GiB on this rank (not sharded)\n",
+                        (double)mine / (1u << 30));
+        }
     }
     ws = ot_cpu_workspace_new();
 #ifdef OT_HAVE_CUDA
@@ -235,12 +265,26 @@ int main(int argc, char **argv) {
         int max_tokens = ot_loader_get_stats(loader).max_tokens_per_rank;
         ot_cuda_run_options ro = {0, 0};
         ro.recompute = o.recompute >= 0 ? o.recompute : ot_cuda_need_recompute(&cm, &lo, max_tokens, max_tokens);
+        if (shard) { // recomputation changes the order of the gathers, which must be the same on every rank
+            int64_t r = ro.recompute, any = 0;
+            if (ot_comm_all_reduce(comm, &r, &any, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
+            ro.recompute = (int)any;
+        }
         cctx = ot_cuda_ctx_new(&cm, &lo, &ro, max_tokens, max_tokens); // uploads lo.params (resumed or fresh)
         ot_cuda_optimizer_set(cctx, &opt);                              // the AdamW moments likewise
-        if (rank == 0)
-            fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), %.1f GiB of weights, "
-                    "activation recomputation %s\n", cm.device, (double)cm.arena_bytes / (1u << 30),
-                    ro.recompute ? "on" : "off");
+        if (rank == 0) {
+            size_t one = 0, gather_buf = 0, mine = ot_cuda_model_base_bytes(&cm, &one, &gather_buf);
+            char how[160];
+            if (shard)
+                snprintf(how, sizeof how, "sharded over %d; %.2f GiB on one rank; gather buffers %.1f MiB", world,
+                         (double)one / (1u << 30), (double)gather_buf / (1u << 20));
+            else
+                snprintf(how, sizeof how, "not sharded");
+            fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), base weights %.2f GiB "
+                    "on this rank (%s), activation recomputation %s, gradients summed %s\n", cm.device,
+                    (double)mine / (1u << 30), how, ro.recompute ? "on" : "off",
+                    world == 1 ? "(one rank)" : nccl_grads_on(gcomm, &o) ? "by NCCL on the device" : "in rank order on the host");
+        }
     }
 #endif
     if (o.eval_data) {
@@ -255,6 +299,12 @@ int main(int argc, char **argv) {
     float *loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
     float loss_out[2];
 
+    // Per-rank base-weight memory for the metrics (the GPU: the device arena).
+    size_t base_one_rank = 0, base_layer_buf = 0, base_bytes = 0;
+    if (!use_cuda) base_bytes = ot_model_base_bytes(&m, &base_one_rank, &base_layer_buf);
+#ifdef OT_HAVE_CUDA
+    else base_bytes = ot_cuda_model_base_bytes(&cm, &base_one_rank, &base_layer_buf);
+#endif
     double t_last = ot_now_seconds();
     long steps_at_start = (long)st.step;
     int64_t tokens_at_start = st.tokens_seen;
@@ -276,7 +326,14 @@ int main(int argc, char **argv) {
                 FAIL("%s", err.msg);
             loss_slots[0] = (float)rank_loss;
             loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
-            if (world > 1) {
+            if (world > 1 && nccl_grads_on(gcomm, &o)) {
+                // NCCL all-reduce in place on the device (take_loss synchronized the compute stream, so the
+                // gradients are complete; the wait returns once the sum has landed), then replicated AdamW: every
+                // rank holds the same sum, so the same parameters. docs/distributed.md says why not sharded AdamW.
+                float *g = ot_cuda_lora_grads_device(cctx);
+                if (ot_comm_all_reduce(gcomm, g, g, lo.n_params, OT_COMM_F32, OT_COMM_SUM, &err)) FAIL("%s", err.msg);
+            } else if (world > 1) {
+                // --grad-reduce ordered: the rank order sum through host memory (world-size independent bits)
                 ot_cuda_lora_get_grads(cctx, slots);
                 if (ot_comm_all_reduce_ordered(comm, slots, 1, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
                 ot_cuda_lora_set_grads(cctx, lo.grads);
@@ -289,7 +346,12 @@ int main(int argc, char **argv) {
         } else {
             // Each row alone, into its own gradient slot: the slots are then summed in global row order.
             float *grads_keep = lo.grads;
-            for (int i = 0; i < batch.n_rows; i++) {
+            // Sharded: every rank runs max_rows passes (idle ones past its rows) so the gathers line up.
+            for (int i = 0; i < (shard ? max_rows : batch.n_rows); i++) {
+                if (i >= batch.n_rows) {
+                    ot_model_idle_pass(&m, 1);
+                    continue;
+                }
                 ot_batch_extract_row(&batch, i, &row);
                 lo.grads = slots + (size_t)i * lo.n_params;
                 memset(lo.grads, 0, sizeof(float) * lo.n_params);
@@ -336,10 +398,11 @@ int main(int argc, char **argv) {
             fprintf(metrics,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
                     "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d}\n",
+                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d, "
+                    "\"base_weight_bytes\": %zu, \"base_weight_bytes_one_rank\": %zu, \"base_layer_buffer_bytes\": %zu}\n",
                     (long long)st.step, loss, lr, gnorm, (long long)st.samples_seen, (long long)st.tokens_seen,
                     (long long)st.targets_seen, (long long)step_tokens, (long long)batch.global_targets, tps,
-                    st.elapsed_seconds, rss_mib(), world);
+                    st.elapsed_seconds, rss_mib(), world, base_bytes, base_one_rank, base_layer_buf);
             fflush(metrics);
             if (st.step % o.log_every == 0 || st.step == o.steps || stopping) {
                 char eta_s[32];
@@ -401,6 +464,15 @@ int main(int argc, char **argv) {
         }
     }
     free(loss_slots);
+#ifdef OT_HAVE_CUDA
+    if (use_cuda && shard && rank == 0) {
+        ot_cuda_shard_stats gs = ot_cuda_shard_get_stats(&cm);
+        fprintf(stderr, "osstune-train: base-weight gathers on rank 0: %llu (%llu started ahead of their use), %.3f GiB "
+                "gathered; %.3f GiB read from the model files at load\n", (unsigned long long)gs.gathers,
+                (unsigned long long)gs.prefetched, (double)gs.gathered_bytes / (1u << 30),
+                (double)gs.file_bytes / (1u << 30));
+    }
+#endif
     if (rank == 0 && exit_code == 0)
         fprintf(stderr, "osstune-train: finished %lld steps; adapter: %s/ckpt/step-%06lld (PEFT format)\n",
                 (long long)st.step, o.run_dir, (long long)st.step);
@@ -415,6 +487,7 @@ done:
 #ifdef OT_HAVE_CUDA
     ot_cuda_ctx_free(cctx);
     if (cm.arena) ot_cuda_model_free(&cm);
+    if (exit_code != 1) ot_comm_free(gcomm); // collective; a failed rank aborts the job below instead
 #endif
     free(slots);
     free(grad_sum);
@@ -423,7 +496,7 @@ done:
     ot_train_state_free(&st);
     ot_optimizer_free(&opt);
     ot_lora_free(&lo);
-    if (m.layers) ot_model_free(&m);
+    if (m.layers || m.shard) ot_model_free(&m);
     if (exit_code == 1 && comm && comm->size > 1) {
         // A failed rank must not leave its peers waiting in a collective.
         fprintf(stderr, "osstune-train: rank %d failed; aborting the job\n", comm->rank);

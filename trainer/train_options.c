@@ -24,6 +24,11 @@ static void usage(FILE *f) {
         "  --recompute auto|on|off  GPU: keep only each layer's input and recompute the layer in backward\n"
         "                         (default auto: only when keeping every activation would not fit; with --full\n"
         "                         the fp32 masters, gradients and AdamW moments count against the memory too)\n"
+        "  --shard-base auto|on|off  shard the base weights over the ranks (FSDP-style: each rank reads and keeps\n"
+        "                         1/N of every layer and gathers a layer before it runs; default auto: on with\n"
+        "                         more than one rank). Same results as off, bit for bit on the CPU backend\n"
+        "  --grad-reduce auto|nccl|ordered  GPU with several ranks: sum the LoRA gradients with NCCL on the device\n"
+        "                         (auto, fast; bits depend on the world size) or in a fixed order through host memory\n"
         "  --seed S               seed for LoRA initialisation and data order (default 0)\n"
         "  --seq-len N            tokens per packed row (default 1024)\n"
         "  --rows-per-step N      rows per global step, whatever the number of ranks (default 8)\n"
@@ -84,6 +89,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->backend = "auto";
     o->recompute = -1;
+    o->shard_base = -1;
     o->resume = "auto";
     o->seq_len = 1024;
     o->rows_per_step = 8;
@@ -95,7 +101,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     ot_optim_config_default(&o->optim);
     enum { O_MODEL = 256, O_DATA, O_RUN, O_STEPS, O_BACKEND, O_SEED, O_SEQ, O_ROWS, O_LOSSALL, O_R, O_ALPHA, O_RSLORA,
            O_TARGETS, O_ELAYERS, O_INIT, O_LR, O_MINLR, O_WARMUP, O_WD, O_B1, O_B2, O_EPS, O_CLIP, O_SAVE, O_KEEP,
-           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE, O_FULL };
+           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE, O_FULL, O_SHARD, O_GRAD_REDUCE };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"run-dir", 1, 0, O_RUN}, {"steps", 1, 0, O_STEPS},
         {"backend", 1, 0, O_BACKEND}, {"seed", 1, 0, O_SEED}, {"seq-len", 1, 0, O_SEQ},
@@ -106,7 +112,8 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         {"beta2", 1, 0, O_B2}, {"eps", 1, 0, O_EPS}, {"max-grad-norm", 1, 0, O_CLIP}, {"save-every", 1, 0, O_SAVE},
         {"keep-last", 1, 0, O_KEEP}, {"resume", 1, 0, O_RESUME}, {"force-resume", 0, 0, O_FORCE},
         {"log-every", 1, 0, O_LOG}, {"eval-data", 1, 0, O_EVAL}, {"eval-every", 1, 0, O_EVAL_EVERY},
-        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"recompute", 1, 0, O_RECOMPUTE}, {"full", 0, 0, O_FULL}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"recompute", 1, 0, O_RECOMPUTE}, {"full", 0, 0, O_FULL},
+        {"shard-base", 1, 0, O_SHARD}, {"grad-reduce", 1, 0, O_GRAD_REDUCE}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     long v;
     ot_err err;
@@ -168,6 +175,24 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
                 return 2;
             }
             break;
+        case O_SHARD:
+            if (!strcmp(optarg, "auto")) o->shard_base = -1;
+            else if (!strcmp(optarg, "on")) o->shard_base = 1;
+            else if (!strcmp(optarg, "off")) o->shard_base = 0;
+            else {
+                fprintf(stderr, "osstune-train: --shard-base must be auto, on or off, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case O_GRAD_REDUCE:
+            if (!strcmp(optarg, "auto")) o->grad_reduce = 0;
+            else if (!strcmp(optarg, "nccl")) o->grad_reduce = 1;
+            else if (!strcmp(optarg, "ordered")) o->grad_reduce = 2;
+            else {
+                fprintf(stderr, "osstune-train: --grad-reduce must be auto, nccl or ordered, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -211,6 +236,10 @@ static json_t *options_json(const ot_train_options *o, int with_paths) {
         json_object_set_new(j, "eval_data", o->eval_data ? json_string(o->eval_data) : json_null());
         json_object_set_new(j, "eval_every", json_integer(o->eval_every));
         json_object_set_new(j, "eval_samples", json_integer(o->eval_samples));
+        // sharding moves bytes, never changes a number: not part of the fingerprint (a run may resume either way)
+        json_object_set_new(j, "shard_base", json_string(o->shard_base < 0 ? "auto" : o->shard_base ? "on" : "off"));
+        // how GPU ranks sum gradients (the last bits on GPU; nothing on the CPU backend): recorded, not fingerprinted
+        json_object_set_new(j, "grad_reduce", json_string(o->grad_reduce == 2 ? "ordered" : o->grad_reduce == 1 ? "nccl" : "auto"));
     }
     json_object_set_new(j, "backend", json_string(o->backend));
     json_object_set_new(j, "steps", json_integer(o->steps));

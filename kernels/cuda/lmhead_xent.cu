@@ -7,6 +7,8 @@
 //   pass 2 (grad): for each chunk, the logits again, dlogits = grad_scale · (softmax − onehot) in bf16, then
 //                  dh_sel += dlogits · W_chunk (fp32) and dW_chunk += dlogitsᵀ · h_sel (fp32); at the end
 //                  dh[pos_i] += dh_sel[i] (bf16 atomics, so a repeated position sums correctly).
+// The passes take the head's rows in blocks (ot_cuda_xent_*), so a sharded head can be fed a gathered chunk at a
+// time; the whole-head ot_cuda_lmhead_xent is the same calls with one block.
 #include <cublas_v2.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -102,70 +104,118 @@ static void chunk_logits(cublasHandle_t hb, float *logits, const bf16 *Wlm, cons
                                  CUBLAS_GEMM_DEFAULT));
 }
 
+// The state of one sweep: the selected hidden rows, the running logsumexp pair, and the chunk buffers.
+struct ot_cuda_xent {
+    cudaStream_t stream;
+    cublasHandle_t hb;
+    const int32_t *pos;
+    int n, T, H, V, vc;
+    float grad_scale;
+    bf16 *h_sel, *dlogits;
+    int32_t *lab;
+    float *stats, *run_max, *run_sum, *zlab, *lse, *logits, *dh_sel;
+};
+
+ot_cuda_xent *ot_cuda_xent_begin(cudaStream_t stream, ot_cuda_blas *blas, const ot_bf16 *h, const int32_t *pos,
+                                 const int32_t *label, int n, int T, int H, int V, float grad_scale, int want_dh) {
+    OT_REQUIRE(n >= 0 && T > 0 && H > 0 && V > 0, "ot_cuda_lmhead_xent: bad sizes n %d T %d H %d V %d", n, T, H, V);
+    OT_REQUIRE(blas && blas->blas, "ot_cuda_lmhead_xent: cuBLAS handles not initialised (ot_cuda_blas_init)");
+    ot_cuda_xent *x = (ot_cuda_xent *)ot_calloc(1, sizeof *x);
+    x->stream = stream;
+    x->hb = (cublasHandle_t)blas->blas;
+    x->pos = pos;
+    x->n = n, x->T = T, x->H = H, x->V = V;
+    x->grad_scale = grad_scale;
+    if (!n) return x;
+    long want = XENT_CHUNK_ELEMS / n;
+    x->vc = (int)(want < 256 ? 256 : want > V ? V : want);
+    if (x->vc < V) x->vc -= x->vc % 8; // keep chunk starts 16-byte aligned in the [V, H] weight and the logits rows
+    x->h_sel = ot_cuda_tmp<bf16>((size_t)n * H, stream);
+    x->lab = ot_cuda_tmp<int32_t>((size_t)n, stream);
+    x->stats = ot_cuda_tmp<float>((size_t)4 * n, stream);
+    x->run_max = x->stats, x->run_sum = x->stats + n, x->zlab = x->stats + 2 * n, x->lse = x->stats + 3 * n;
+    x->logits = ot_cuda_tmp<float>((size_t)n * x->vc, stream);
+    xent_gather_kernel<<<n, XENT_THREADS, 0, stream>>>(x->h_sel, x->lab, as_bf16(h), pos, label, T, H, V,
+                                                       ot_cuda_input_flags());
+    OT_LAUNCH_CHECK();
+    xent_init_kernel<<<ot_cdiv(n, 256), 256, 0, stream>>>(x->run_max, x->run_sum, x->zlab, n);
+    OT_LAUNCH_CHECK();
+    if (want_dh) {
+        x->dh_sel = ot_cuda_tmp<float>((size_t)n * H, stream);
+        OT_CUDA_CHECK(cudaMemsetAsync(x->dh_sel, 0, (size_t)n * H * sizeof(float), stream));
+    }
+    return x;
+}
+
+void ot_cuda_xent_loss_rows(ot_cuda_xent *x, const ot_bf16 *rows, int v0, int nv) {
+    OT_REQUIRE(v0 >= 0 && nv >= 0 && v0 + nv <= x->V, "ot_cuda_xent_loss_rows: rows %d..%d of %d", v0, v0 + nv, x->V);
+    if (!x->n) return;
+    OT_CUBLAS_CHECK(cublasSetStream(x->hb, x->stream));
+    for (int c0 = v0; c0 < v0 + nv; c0 += x->vc) {
+        int w = v0 + nv - c0 < x->vc ? v0 + nv - c0 : x->vc;
+        chunk_logits(x->hb, x->logits, as_bf16(rows) + (size_t)(c0 - v0) * x->H, x->h_sel, 0, w, x->n, x->H);
+        xent_chunk_lse_kernel<<<x->n, XENT_THREADS, 0, x->stream>>>(x->run_max, x->run_sum, x->zlab, x->logits,
+                                                                    x->lab, w, c0);
+        OT_LAUNCH_CHECK();
+    }
+}
+
+void ot_cuda_xent_loss_end(ot_cuda_xent *x, double *loss_sum) {
+    if (!x->n) return;
+    xent_finish_kernel<<<1, 1024, 0, x->stream>>>(loss_sum, x->lse, x->run_max, x->run_sum, x->zlab, x->n);
+    OT_LAUNCH_CHECK();
+}
+
+void ot_cuda_xent_grad_rows(ot_cuda_xent *x, const ot_bf16 *rows, float *dWrows, int v0, int nv) {
+    OT_REQUIRE(v0 >= 0 && nv >= 0 && v0 + nv <= x->V, "ot_cuda_xent_grad_rows: rows %d..%d of %d", v0, v0 + nv, x->V);
+    if (!x->n || (!x->dh_sel && !dWrows)) return;
+    const int n = x->n, H = x->H;
+    cudaStream_t stream = x->stream;
+    OT_CUBLAS_CHECK(cublasSetStream(x->hb, stream));
+    if (!x->dlogits) x->dlogits = ot_cuda_tmp<bf16>((size_t)n * x->vc, stream);
+    const bf16 *W = as_bf16(rows);
+    float one = 1.0f;
+    for (int c0 = v0; c0 < v0 + nv; c0 += x->vc) {
+        int w = v0 + nv - c0 < x->vc ? v0 + nv - c0 : x->vc;
+        const bf16 *Wc = W + (size_t)(c0 - v0) * H;
+        chunk_logits(x->hb, x->logits, Wc, x->h_sel, 0, w, n, H);
+        xent_dlogits_kernel<<<n, XENT_THREADS, 0, stream>>>(x->dlogits, x->logits, x->lse, x->lab, w, c0,
+                                                            x->grad_scale);
+        OT_LAUNCH_CHECK();
+        if (x->dh_sel) // dh_selᵀ (H × n) += W_chunk_cm (H × w) · dlogits_cm (w × n)
+            OT_CUBLAS_CHECK(cublasGemmEx(x->hb, CUBLAS_OP_N, CUBLAS_OP_N, H, n, w, &one, Wc, CUDA_R_16BF, H,
+                                         x->dlogits, CUDA_R_16BF, w, &one, x->dh_sel, CUDA_R_32F, H,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        if (dWrows) // dW_chunkᵀ (H × w) += h_sel_cm (H × n) · dlogits_cmᵀ (n × w)
+            OT_CUBLAS_CHECK(cublasGemmEx(x->hb, CUBLAS_OP_N, CUBLAS_OP_T, H, w, n, &one, x->h_sel, CUDA_R_16BF, H,
+                                         x->dlogits, CUDA_R_16BF, w, &one, dWrows + (size_t)(c0 - v0) * H, CUDA_R_32F,
+                                         H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+void ot_cuda_xent_end(ot_cuda_xent *x, ot_bf16 *dh) {
+    if (x->n) {
+        cudaStream_t stream = x->stream;
+        if (dh && x->dh_sel) {
+            xent_scatter_kernel<<<x->n, XENT_THREADS, 0, stream>>>(as_bf16(dh), x->dh_sel, x->pos, x->lab, x->H);
+            OT_LAUNCH_CHECK();
+        }
+        if (x->dh_sel) ot_cuda_tmp_free(x->dh_sel, stream);
+        if (x->dlogits) ot_cuda_tmp_free(x->dlogits, stream);
+        ot_cuda_tmp_free(x->logits, stream);
+        ot_cuda_tmp_free(x->stats, stream);
+        ot_cuda_tmp_free(x->lab, stream);
+        ot_cuda_tmp_free(x->h_sel, stream);
+    }
+    free(x);
+}
+
 void ot_cuda_lmhead_xent(cudaStream_t stream, ot_cuda_blas *blas, double *loss_sum, ot_bf16 *dh, float *dWlm,
                          const ot_bf16 *h, const ot_bf16 *Wlm, const int32_t *pos, const int32_t *label, int n, int T,
                          int H, int V, float grad_scale) {
-    OT_REQUIRE(n >= 0 && T > 0 && H > 0 && V > 0, "ot_cuda_lmhead_xent: bad sizes n %d T %d H %d V %d", n, T, H, V);
-    OT_REQUIRE(blas && blas->blas, "ot_cuda_lmhead_xent: cuBLAS handles not initialised (ot_cuda_blas_init)");
-    if (!n) return;
-    cublasHandle_t hb = (cublasHandle_t)blas->blas;
-    OT_CUBLAS_CHECK(cublasSetStream(hb, stream));
-    long want = XENT_CHUNK_ELEMS / n;
-    int vc = (int)(want < 256 ? 256 : want > V ? V : want);
-    if (vc < V) vc -= vc % 8; // keep chunk starts 16-byte aligned in the [V, H] weight and the logits rows
-    const int want_grad = dh || dWlm;
-
-    bf16 *h_sel = ot_cuda_tmp<bf16>((size_t)n * H, stream);
-    int32_t *lab = ot_cuda_tmp<int32_t>((size_t)n, stream);
-    float *stats = ot_cuda_tmp<float>((size_t)4 * n, stream);
-    float *run_max = stats, *run_sum = stats + n, *zlab = stats + 2 * n, *lse = stats + 3 * n;
-    float *logits = ot_cuda_tmp<float>((size_t)n * vc, stream);
-
-    xent_gather_kernel<<<n, XENT_THREADS, 0, stream>>>(h_sel, lab, as_bf16(h), pos, label, T, H, V,
-                                                       ot_cuda_input_flags());
-    OT_LAUNCH_CHECK();
-    xent_init_kernel<<<ot_cdiv(n, 256), 256, 0, stream>>>(run_max, run_sum, zlab, n);
-    OT_LAUNCH_CHECK();
-    for (int v0 = 0; v0 < V; v0 += vc) {
-        int w = V - v0 < vc ? V - v0 : vc;
-        chunk_logits(hb, logits, as_bf16(Wlm), h_sel, v0, w, n, H);
-        xent_chunk_lse_kernel<<<n, XENT_THREADS, 0, stream>>>(run_max, run_sum, zlab, logits, lab, w, v0);
-        OT_LAUNCH_CHECK();
-    }
-    xent_finish_kernel<<<1, 1024, 0, stream>>>(loss_sum, lse, run_max, run_sum, zlab, n);
-    OT_LAUNCH_CHECK();
-
-    if (want_grad) {
-        bf16 *dlogits = ot_cuda_tmp<bf16>((size_t)n * vc, stream);
-        float *dh_sel = NULL;
-        if (dh) {
-            dh_sel = ot_cuda_tmp<float>((size_t)n * H, stream);
-            OT_CUDA_CHECK(cudaMemsetAsync(dh_sel, 0, (size_t)n * H * sizeof(float), stream));
-        }
-        float one = 1.0f;
-        for (int v0 = 0; v0 < V; v0 += vc) {
-            int w = V - v0 < vc ? V - v0 : vc;
-            chunk_logits(hb, logits, as_bf16(Wlm), h_sel, v0, w, n, H);
-            xent_dlogits_kernel<<<n, XENT_THREADS, 0, stream>>>(dlogits, logits, lse, lab, w, v0, grad_scale);
-            OT_LAUNCH_CHECK();
-            if (dh) // dh_selᵀ (H × n) += W_chunk_cm (H × w) · dlogits_cm (w × n)
-                OT_CUBLAS_CHECK(cublasGemmEx(hb, CUBLAS_OP_N, CUBLAS_OP_N, H, n, w, &one, Wlm + (size_t)v0 * H,
-                                             CUDA_R_16BF, H, dlogits, CUDA_R_16BF, w, &one, dh_sel, CUDA_R_32F, H,
-                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            if (dWlm) // dW_chunkᵀ (H × w) += h_sel_cm (H × n) · dlogits_cmᵀ (n × w)
-                OT_CUBLAS_CHECK(cublasGemmEx(hb, CUBLAS_OP_N, CUBLAS_OP_T, H, w, n, &one, h_sel, CUDA_R_16BF, H,
-                                             dlogits, CUDA_R_16BF, w, &one, dWlm + (size_t)v0 * H, CUDA_R_32F, H,
-                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        }
-        if (dh) {
-            xent_scatter_kernel<<<n, XENT_THREADS, 0, stream>>>(as_bf16(dh), dh_sel, pos, lab, H);
-            OT_LAUNCH_CHECK();
-            ot_cuda_tmp_free(dh_sel, stream);
-        }
-        ot_cuda_tmp_free(dlogits, stream);
-    }
-    ot_cuda_tmp_free(logits, stream);
-    ot_cuda_tmp_free(stats, stream);
-    ot_cuda_tmp_free(lab, stream);
-    ot_cuda_tmp_free(h_sel, stream);
+    ot_cuda_xent *x = ot_cuda_xent_begin(stream, blas, h, pos, label, n, T, H, V, grad_scale, dh != NULL);
+    ot_cuda_xent_loss_rows(x, Wlm, 0, V);
+    ot_cuda_xent_loss_end(x, loss_sum);
+    if (dh || dWlm) ot_cuda_xent_grad_rows(x, Wlm, dWlm, 0, V);
+    ot_cuda_xent_end(x, dh);
 }

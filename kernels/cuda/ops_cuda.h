@@ -79,6 +79,11 @@ void ot_cuda_embedding_fwd(cudaStream_t stream, ot_bf16 *out, const int32_t *ids
                            int V);
 void ot_cuda_embedding_bwd(cudaStream_t stream, float *dtable, const ot_bf16 *dout, const int32_t *ids, int T, int H,
                            int V);
+// The same from a block of the table (sharded base weights: a gathered chunk): rows [nv, H] are vocabulary rows
+// v0 .. v0+nv−1; out[t] is written for the tokens whose id falls there, other rows of out are left alone. Calling it
+// for blocks that cover 0..V−1 gives ot_cuda_embedding_fwd; the block with v0 = 0 flags (and NaNs) bad ids.
+void ot_cuda_embedding_rows_fwd(cudaStream_t stream, ot_bf16 *out, const int32_t *ids, const ot_bf16 *rows, int v0,
+                                int nv, int T, int H, int V);
 
 // Full training, deterministic: dtable[ids[t]] += dout[t] with the positions grouped by id on the host
 // (ot_embedding_sort_ids: order [T], seg [n_seg + 1], both on the device). One block per id adds its rows in
@@ -225,6 +230,21 @@ void ot_cuda_attention_cache_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf1
                                  int T, int nh, int nkv, int D, int S, int L, int window);
 // idx[i] = argmax of row i of x [n, V] fp32, the lowest index on a tie (the CPU sampler's greedy pick).
 void ot_cuda_argmax_rows(cudaStream_t stream, int32_t *idx, const float *x, int n, int V);
+// The same sweep cut at caller-chosen blocks of vocabulary rows, for a head that is never whole in memory (sharded
+// base weights: the rows arrive a gathered chunk at a time). Within a block the rows are walked in the chunks of
+// ot_cuda_lmhead_xent; it is itself begin, loss_rows(0..V), loss_end, grad_rows(0..V), end. Blocks must be given
+// in increasing v0 and cover 0..V−1, twice: once to loss_rows, then (for gradients) once to grad_rows.
+// ot_cuda_xent_begin with n = 0 gives a sweep whose calls do nothing. dWrows (NULL: none) is the fp32 gradient of
+// the block's rows. Block edges are extra cuts in the online logsumexp and the dh accumulation, so a cut head
+// agrees with the whole one to fp32 rounding.
+typedef struct ot_cuda_xent ot_cuda_xent;
+ot_cuda_xent *ot_cuda_xent_begin(cudaStream_t stream, ot_cuda_blas *blas, const ot_bf16 *h, const int32_t *pos,
+                                 const int32_t *label, int n, int T, int H, int V, float grad_scale, int want_dh);
+void ot_cuda_xent_loss_rows(ot_cuda_xent *x, const ot_bf16 *rows, int v0, int nv);
+void ot_cuda_xent_loss_end(ot_cuda_xent *x, double *loss_sum);
+void ot_cuda_xent_grad_rows(ot_cuda_xent *x, const ot_bf16 *rows, float *dWrows, int v0, int nv);
+// dh (NULL: none) += the gradient into the hidden states; frees the sweep.
+void ot_cuda_xent_end(ot_cuda_xent *x, ot_bf16 *dh);
 
 // ---- optimizer ------------------------------------------------------------------------------------------------
 // torch.optim.AdamW, one step on n fp32 values, the same roundings as the CPU ot_adamw_step; step counts from 1.

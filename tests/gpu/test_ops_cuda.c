@@ -210,6 +210,17 @@ static void test_embedding(const sizes *z) {
     ot_cuda_embedding_fwd(g_s, out_d, ids_d, table_d, T, H, V);
     check_bf16("embedding_fwd", out_d, out, (size_t)T * H, TOL_BF16);
     expect_clean("embedding_fwd");
+    // From blocks of rows (a sharded table, gathered a chunk at a time), one block a single row: the same values.
+    {
+        ot_bf16 *out2_d = poison((size_t)T * H * 2);
+        const int edges[4] = {0, V / 3, V / 3 + 1, V};
+        for (int b = 0; b < 3; b++)
+            ot_cuda_embedding_rows_fwd(g_s, out2_d, ids_d, table_d + (size_t)edges[b] * H, edges[b],
+                                       edges[b + 1] - edges[b], T, H, V);
+        check_bf16("embedding_rows_fwd in 3 blocks", out2_d, out, (size_t)T * H, TOL_BF16);
+        expect_clean("embedding_rows_fwd");
+        dfree(out2_d);
+    }
 
     float *dout = randn_bf16((size_t)T * H, 1.0);
     float *grad = zeros_f((size_t)V * H);
@@ -1067,6 +1078,26 @@ static void test_xent(const sizes *z) {
     OT_CUDA_CHECK(cudaMemcpy(&got, loss_d, sizeof(double), cudaMemcpyDeviceToHost));
     ot_check_close("lmhead_xent loss only", fabs((got - start) - loss) / fabs(loss), TOL_F32);
     expect_clean("lmhead_xent");
+    // The sweep fed in blocks of rows (a sharded head: gathered chunks), edges not the sweep's own chunks and one
+    // block a single row: the loss and dh to the same bounds.
+    {
+        OT_CUDA_CHECK(cudaMemcpy(loss_d, &start, sizeof(double), cudaMemcpyHostToDevice));
+        ot_bf16 *dh2_d = up_bf16(dh0, (size_t)T * H);
+        const int edges[4] = {0, V / 3 + 5, V / 3 + 6, V};
+        ot_cuda_xent *x = ot_cuda_xent_begin(g_s, &g_blas, h_d, pos_d, label_d, n, T, H, V, grad_scale, 1);
+        for (int b = 0; b < 3; b++)
+            ot_cuda_xent_loss_rows(x, W_d + (size_t)edges[b] * H, edges[b], edges[b + 1] - edges[b]);
+        ot_cuda_xent_loss_end(x, loss_d);
+        for (int b = 0; b < 3; b++)
+            ot_cuda_xent_grad_rows(x, W_d + (size_t)edges[b] * H, NULL, edges[b], edges[b + 1] - edges[b]);
+        ot_cuda_xent_end(x, dh2_d);
+        OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+        OT_CUDA_CHECK(cudaMemcpy(&got, loss_d, sizeof(double), cudaMemcpyDeviceToHost));
+        ot_check_close("lmhead_xent in 3 blocks: loss", fabs((got - start) - loss) / fabs(loss), TOL_F32);
+        check_bf16("lmhead_xent in 3 blocks: dh", dh2_d, dh_ref, (size_t)T * H, TOL_BF16);
+        expect_clean("lmhead_xent in blocks");
+        dfree(dh2_d);
+    }
 
     int32_t bad = V;
     OT_CUDA_CHECK(cudaMemcpy(label_d + 1, &bad, sizeof(bad), cudaMemcpyHostToDevice));

@@ -188,6 +188,21 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     (void)s;
     return cudaSuccess;
 }
+// Work runs when it is queued, so an event is always complete and waiting on one is a no-op.
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned f) {
+    (void)s;
+    (void)e;
+    (void)f;
+    return cudaSuccess;
+}
+// "Device" memory is host memory: managed (visible to both), which lets the sharded model gather it through MPI.
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *p) {
+    memset(a, 0, sizeof *a);
+    if (!find_alloc(p)) return cudaErrorInvalidValue;
+    a->type = cudaMemoryTypeManaged;
+    a->devicePointer = a->hostPointer = (void *)p;
+    return cudaSuccess;
+}
 static double now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -409,6 +424,15 @@ void ot_cuda_weight_refresh(cudaStream_t s, const ot_cuda_refresh_seg *segs, int
             if (segs[g].f32) ((float *)segs[g].dst)[i] = master[segs[g].src + i];
             else wr((uint16_t *)segs[g].dst, i, master[segs[g].src + i]); // exact mode: the fp32 value is kept
         }
+    }
+}
+void ot_cuda_embedding_rows_fwd(cudaStream_t s, ot_bf16 *out, const int32_t *ids, const ot_bf16 *rows, int v0, int nv,
+                                int T, int H, int V) {
+    (void)s;
+    for (int t = 0; t < T; t++) {
+        need(ids[t] >= 0 && ids[t] < V, "embedding id");
+        if (ids[t] < v0 || ids[t] >= v0 + nv) continue;
+        for (int i = 0; i < H; i++) wr(out, (size_t)t * H + i, rd(rows, (size_t)(ids[t] - v0) * H + i));
     }
 }
 void ot_cuda_embedding_bwd(cudaStream_t s, float *dt, const ot_bf16 *dout, const int32_t *ids, int T, int H, int V) {
@@ -869,6 +893,69 @@ void ot_cuda_argmax_rows(cudaStream_t st, int32_t *idx, const float *x, int n, i
             if (row[i] > row[best]) best = i;
         idx[r] = best;
     }
+}
+// The head sweep in blocks of rows, with the CPU ops that cut ot_lmhead_xent at vocabulary blocks (kernels/ops_list.h):
+// the logits of every target over the whole vocabulary are kept (host memory, an emulator's liberty), so the bits
+// are those of ot_cuda_lmhead_xent above whatever the blocks.
+struct ot_cuda_xent {
+    int n, T, H, V, want_dh;
+    float grad_scale, *hf, *logits;
+    double *acc;
+    int32_t *pos, *label;
+};
+ot_cuda_xent *ot_cuda_xent_begin(cudaStream_t s, ot_cuda_blas *blas, const ot_bf16 *h, const int32_t *pos,
+                                 const int32_t *label, int n, int T, int H, int V, float grad_scale, int want_dh) {
+    (void)s;
+    (void)blas;
+    ot_cuda_xent *x = calloc(1, sizeof *x);
+    *x = (ot_cuda_xent){n, T, H, V, want_dh, grad_scale, NULL, NULL, NULL, NULL, NULL};
+    if (!n) return x;
+    for (int i = 0; i < n; i++) need(pos[i] >= 0 && pos[i] < T && label[i] >= 0 && label[i] < V, "xent target");
+    x->hf = tof(h, (size_t)T * H);
+    x->logits = malloc(sizeof(float) * (size_t)n * V);
+    x->acc = calloc((size_t)n * H, sizeof(double));
+    x->pos = malloc(sizeof(int32_t) * (size_t)n);
+    x->label = malloc(sizeof(int32_t) * (size_t)n);
+    memcpy(x->pos, pos, sizeof(int32_t) * (size_t)n);
+    memcpy(x->label, label, sizeof(int32_t) * (size_t)n);
+    return x;
+}
+void ot_cuda_xent_loss_rows(ot_cuda_xent *x, const ot_bf16 *rows, int v0, int nv) {
+    need(v0 >= 0 && nv >= 0 && v0 + nv <= x->V, "xent rows");
+    if (!x->n) return;
+    float *W = tof(rows, (size_t)nv * x->H);
+    ot_lmhead_logits_part(x->logits + v0, x->V, x->hf, W, x->pos, x->n, x->H, nv);
+    free(W);
+}
+void ot_cuda_xent_loss_end(ot_cuda_xent *x, double *loss_sum) {
+    if (!x->n) return;
+    *loss_sum += ot_xent_rows(x->logits, x->label, x->n, x->V, x->grad_scale, x->want_dh, 0.0);
+}
+void ot_cuda_xent_grad_rows(ot_cuda_xent *x, const ot_bf16 *rows, float *dWrows, int v0, int nv) {
+    need(!dWrows, "dWlm");
+    need(v0 >= 0 && nv >= 0 && v0 + nv <= x->V, "xent rows");
+    if (!x->n || !x->want_dh) return;
+    float *W = tof(rows, (size_t)nv * x->H);
+    ot_lmhead_dh_part(x->acc, x->logits + v0, x->V, W, x->n, x->H, nv);
+    free(W);
+}
+void ot_cuda_xent_end(ot_cuda_xent *x, ot_bf16 *dh) {
+    if (x->n && dh && x->want_dh) { // dh[pos_i] += acc_i rounded once per target, then into bf16, as above
+        float *d = zeros((size_t)x->T * x->H);
+        for (int i = 0; i < x->n; i++)
+            for (int j = 0; j < x->H; j++) {
+                float *p = d + (size_t)x->pos[i] * x->H + j;
+                *p = (float)((double)*p + x->acc[(size_t)i * x->H + j]);
+            }
+        addbf(dh, d, (size_t)x->T * x->H);
+        free(d);
+    }
+    free(x->hf);
+    free(x->logits);
+    free(x->acc);
+    free(x->pos);
+    free(x->label);
+    free(x);
 }
 
 void ot_cuda_adamw_step(cudaStream_t s, float *param, const float *grad, float *m, float *v, size_t n, float lr,

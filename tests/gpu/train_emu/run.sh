@@ -8,12 +8,16 @@
 #   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu;
 #   4. tests/gpu/full_cuda_e2e.sh in exact mode: osstune-train --full --backend cuda against --backend cpu (and
 #      with --recompute on);
-#   5. the GPU decoder (trainer/decode_cuda.c): tests/gpu/test_decode_cuda.c against the CPU decoder in exact and
+#   5. tests/gpu/train_cuda_shard.sh with EXACT=1: mpirun -np 2 (and 1) osstune-train --backend cuda --shard-base on
+#      against --shard-base off, byte for byte. NCCL cannot run here, so the sharded model gathers through the MPI
+#      communicator: it may, because the emulated device memory is host memory (ot_cuda_memory_host_visible), and the
+#      gradients are summed with --grad-reduce ordered;
+#   6. the GPU decoder (trainer/decode_cuda.c): tests/gpu/test_decode_cuda.c against the CPU decoder in exact and
 #      bf16 mode, and tests/gpu/decode_e2e.sh (osstune-translate --backend cuda against --backend cpu).
 # What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
 #
 # usage: tests/gpu/train_emu/run.sh [--decode-only] [BUILD_DIR]   (default: build-train-emu in the repository root)
-#   --decode-only   only step 5 (the decoder; about a minute once built)
+#   --decode-only   only step 6 (the decoder; about a minute once built)
 # Needs the CUDA toolkit's headers (for the runtime's types; nothing of CUDA runs), MPI's mpicc and the build
 # dependencies of osstune. A few minutes on two cores, most of them building the CPU libraries.
 set -euo pipefail
@@ -41,8 +45,9 @@ mkdir -p "$emu/bin"
 flags="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -DOT_HAVE_CUDA=1 -I$root -I$build $hdf5_inc -I$cuda_inc"
 objs=()
 # full_train.c again here: the library's copy was built without CUDA, so it has no --full --backend cuda path
-for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/trainer/decode_cuda.c" \
-         "$root/trainer/full_cuda.c" "$root/trainer/full_train.c" "$root/tests/gpu/train_emu/emu_ops.c" \
+for f in "$root/trainer/gptoss_cuda.c" "$root/trainer/model_cuda.c" "$root/trainer/model_cuda_shard.c" \
+         "$root/trainer/decode_cuda.c" "$root/trainer/full_cuda.c" "$root/trainer/full_train.c" \
+         "$root/tests/gpu/train_emu/emu_ops.c" \
          "$root/tests/test_util.c"; do
     o="$emu/$(basename "$f" .c).o"
     mpicc $flags -c "$f" -o "$o"
@@ -91,6 +96,8 @@ echo "== the same with activation recomputation on"
 EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=4 FULL_E2E_ARGS="--recompute on" bash "$root/tests/gpu/full_cuda_e2e.sh" \
     "$emu/bin" "$emu/full_e2e_recompute" > "$emu/full_e2e_recompute.log" 2>&1 || { cat "$emu/full_e2e_recompute.log"; failed=1; }
 grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e_recompute.log"
+echo "== osstune-train --backend cuda (emulated), base weights sharded over 2 and 1 ranks against unsharded"
+EXACT=1 bash "$root/tests/gpu/train_cuda_shard.sh" "$emu/bin" "$emu/shard" ordered || failed=1
 fi
 echo "== the GPU decoder: exact (fp32 activations), then bf16 storage against the GPU bounds"
 EMU_EXACT=1 bash "$root/tests/gpu/decode_e2e.sh" "$emu/bin" "$emu/decode_exact" exact || failed=1
