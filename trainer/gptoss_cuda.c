@@ -377,7 +377,6 @@ void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c
 void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host) { lora_copy(c, c->grads, host, 1); }
 void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->grads, 0); }
 float *ot_cuda_lora_grads_device(ot_cuda_ctx *c) { return c->grads; }
-void *ot_cuda_ctx_stream(ot_cuda_ctx *c) { return c->stream; }
 void ot_cuda_lora_zero_grads(ot_cuda_ctx *c) {
     if (c->n_params) OT_CUDA_CHECK(cudaMemsetAsync(c->grads, 0, sizeof(float) * c->n_params, c->stream));
 }

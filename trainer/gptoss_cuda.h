@@ -65,10 +65,9 @@ void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host);
 void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host);
 void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host);
 void ot_cuda_lora_zero_grads(ot_cuda_ctx *c); // queued
-// The device gradient buffer (n_params floats) and the context's stream (a cudaStream_t), for summing the
-// gradients across GPUs in place with NCCL: synchronize the stream (ot_cuda_take_loss does) before the collective.
+// The device gradient buffer (n_params floats), for summing the gradients across GPUs in place with NCCL:
+// synchronize the context's stream (ot_cuda_ctx_stream; ot_cuda_take_loss does) before the collective.
 float *ot_cuda_lora_grads_device(ot_cuda_ctx *c);
-void *ot_cuda_ctx_stream(ot_cuda_ctx *c);
 
 // ---- the model ------------------------------------------------------------------------------------------------
 // Queues the forward of batch b and, with backward != 0 (and an adapter), the backward that ACCUMULATES the LoRA
