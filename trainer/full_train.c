@@ -1,37 +1,28 @@
 // The --full training loop (see full_train.h). Kept apart from the LoRA loop so that neither grows a branch per
-// line; what they share (loader, collectives, metrics format, checkpoints protocol) is shared code.
+// line; what they share (loader, collectives, checkpoints protocol, and the run bookkeeping of run_log.h) is shared.
 #include "trainer/full_train.h"
 
-#include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "formats/fileio.h"
-#include "formats/sha256.h"
 #include "kernels/ops.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_loader.h"
 #include "trainer/evaluate.h"
 #include "trainer/full_checkpoint.h"
 #include "trainer/gptoss_cpu.h"
+#include "trainer/run_log.h"
 #ifdef OT_HAVE_CUDA
 #include "trainer/full_cuda.h"
 #include "trainer/model_cuda.h"
 #endif
 
-#define EXIT_PREEMPTED 75
 
 double ot_full_optimizer_step(ot_optimizer *o, float *params, float *grads, const ot_full_params *fp, float *lr_used) {
     const ot_optim_config *c = &o->cfg;
-    double norm = sqrt(ot_sum_squares(grads, o->n));
-    float coef = ot_clip_coef(norm, c->max_grad_norm);
-    if (coef < 1.0f)
-        for (size_t i = 0; i < o->n; i++) grads[i] *= coef;
-    float lr = ot_lr_at(o->step, c->warmup_steps, c->total_steps, c->lr, c->min_lr);
-    o->step++;
+    float lr;
+    double norm = ot_optimizer_begin_step(o, grads, &lr);
     for (int i = 0; i < fp->n; i++) {
         const ot_full_param *p = &fp->p[i];
         ot_adamw_step(params + p->offset, grads + p->offset, o->m + p->offset, o->v + p->offset, p->n, lr, c->beta1,
@@ -39,15 +30,6 @@ double ot_full_optimizer_step(ot_optimizer *o, float *params, float *grads, cons
     }
     if (lr_used) *lr_used = lr;
     return norm;
-}
-
-static double rss_mib(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages = 0, rss = 0;
-    if (!f) return 0;
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
-    fclose(f);
-    return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
 }
 
 #define FAIL(...)                                                                                                \
@@ -77,7 +59,8 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
     ot_batch_init(&row);
     ot_cpu_workspace *ws = NULL;
     float *slots = NULL, *grads = NULL, *loss_slots = NULL;
-    FILE *metrics = NULL;
+    ot_run_log log;
+    memset(&log, 0, sizeof log);
     char *config_json = NULL;
     ot_pairs_h5 eval_pairs;
     int eval_open = 0;
@@ -98,26 +81,8 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
     if (!use_cuda) grads = ot_calloc(fp.total, sizeof(float)); // on the GPU, the gradients live there
     ot_optimizer_init(&opt, fp.total, &o->optim);
 
-    // ---- run identity and resume (as the LoRA loop) --------------------------------------------------------------
-    config_json = ot_train_options_to_json(o);
-    {
-        char *fp_json = ot_train_options_fingerprint_json(o);
-        ot_fingerprint_text(fp_json, st.config_fingerprint);
-        free(fp_json);
-    }
-    if (ot_fingerprint_model_dir(o->model_dir, st.model_fingerprint, &err)) FAIL("%s", err.msg);
-    if (ot_sha256_file(o->data_path, st.data_fingerprint, &err)) FAIL("%s", err.msg);
-    st.seed = o->seed;
-    st.data_seed = o->seed;
-    st.world_size = world;
-    st.resolved_config_json = ot_strdup(config_json);
-    if (rank == 0) {
-        if (ot_mkdir_p(o->run_dir, &err)) FAIL("%s", err.msg);
-        char path[4096];
-        snprintf(path, sizeof path, "%s/config.json", o->run_dir);
-        if (ot_write_file_atomic(path, config_json, strlen(config_json), &err)) FAIL("%s", err.msg);
-    }
-    if (ot_comm_barrier(comm, &err)) FAIL("%s", err.msg);
+    // ---- run identity and resume (run_log.h, as the LoRA loop) ---------------------------------------------------
+    if (ot_run_identity(o, comm, &st, &config_json, &err)) FAIL("%s", err.msg);
     if (strcmp(o->resume, "never") != 0) {
         if (strcmp(o->resume, "auto") != 0)
             FAIL("--full resumes from its own run directory only (--resume auto or never, not '%s')", o->resume);
@@ -131,18 +96,7 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
                 ot_train_state_free(&saved);
                 FAIL("%s", err.msg);
             }
-            st.step = saved.step;
-            st.data_epoch = saved.data_epoch;
-            st.data_next = saved.data_next;
-            st.data_seed = saved.data_seed;
-            st.samples_seen = saved.samples_seen;
-            st.tokens_seen = saved.tokens_seen;
-            st.targets_seen = saved.targets_seen;
-            st.loss_ema = saved.loss_ema;
-            st.elapsed_seconds = saved.elapsed_seconds;
-            if (rank == 0)
-                fprintf(stderr, "osstune-train --full: resuming from %s at step %lld (saved by %d rank%s, now %d)\n",
-                        loaded, (long long)st.step, saved.world_size, saved.world_size == 1 ? "" : "s", world);
+            ot_run_continue(&st, &saved, comm, "osstune-train --full", loaded);
         }
         ot_train_state_free(&saved);
     }
@@ -157,11 +111,8 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
     ot_data_cursor cursor = {st.data_seed, st.data_epoch, st.data_next};
     loader = ot_loader_open(o->data_path, o->seq_len, o->rows_per_step, rank, world, o->loss_all, cursor, &err);
     if (!loader) FAIL("%s", err.msg);
+    if (ot_run_log_open(&log, o, comm, "osstune-train --full", "full", &st, &err)) FAIL("%s", err.msg);
     if (rank == 0) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/metrics.jsonl", o->run_dir);
-        metrics = fopen(path, "a");
-        if (!metrics) FAIL("cannot open %s: %s", path, strerror(errno));
         fprintf(stderr,
                 "osstune-train --full: %d rank%s | model %s (%d layers, %d experts, hidden %d) | %zu trainable "
                 "weights (%.1f M) | %d rows x %d tokens per step | steps %lld -> %ld\n",
@@ -197,12 +148,7 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
     loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
     float loss_out[2];
 
-    double t_last = ot_now_seconds();
-    long steps_at_start = (long)st.step;
-    int64_t tokens_at_start = st.tokens_seen;
-    double elapsed_at_start = st.elapsed_seconds;
     int stopping = 0;
-    int64_t sig_max = 0;
     while (st.step < o->steps) {
         ot_data_cursor after;
         if (ot_loader_next(loader, &batch, &after, &err)) FAIL("%s", err.msg);
@@ -241,44 +187,9 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
         if (fc) gnorm = ot_full_cuda_optimizer_step(fc, &opt, &fp, &lr);
 #endif
         if (!use_cuda) gnorm = ot_full_optimizer_step(&opt, m.owned, grads, &fp, &lr);
-        st.step++;
-        st.data_seed = after.seed;
-        st.data_epoch = after.epoch;
-        st.data_next = after.next;
-        st.samples_seen += batch.global_samples;
-        st.targets_seen += batch.global_targets;
-        st.last_loss = loss;
-        st.loss_ema = st.step == 1 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
-        st.last_grad_norm = gnorm;
-        st.last_lr = lr;
-        if (!isfinite(loss)) FAIL("the loss became %f at step %lld: stopping (lower --lr?)", loss, (long long)st.step);
-
-        int64_t sig = *stop_signal, tokens = batch.T, step_tokens = 0;
-        if (ot_comm_all_reduce(comm, &sig, &sig_max, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
-        if (ot_comm_all_reduce(comm, &tokens, &step_tokens, 1, OT_COMM_I64, OT_COMM_SUM, &err)) FAIL("%s", err.msg);
-        st.tokens_seen += step_tokens;
-        stopping = sig_max != 0;
-        double now = ot_now_seconds();
-        st.elapsed_seconds += now - t_last;
-        t_last = now;
-        if (rank == 0) {
-            double done_steps = (double)(st.step - steps_at_start), el = st.elapsed_seconds - elapsed_at_start;
-            double tps = el > 0 ? (double)(st.tokens_seen - tokens_at_start) / el : 0;
-            double eta = done_steps > 0 ? el / done_steps * (double)(o->steps - st.step) : -1;
-            fprintf(metrics,
-                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
-                    "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d, "
-                    "\"mode\": \"full\"}\n",
-                    (long long)st.step, loss, lr, gnorm, (long long)st.samples_seen, (long long)st.tokens_seen,
-                    (long long)st.targets_seen, (long long)step_tokens, (long long)batch.global_targets, tps,
-                    st.elapsed_seconds, rss_mib(), world);
-            fflush(metrics);
-            if (st.step % o->log_every == 0 || st.step == o->steps || stopping)
-                fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %.0fs | "
-                        "mem %.0f MiB\n", (long long)st.step, o->steps, loss, lr, gnorm, tps, eta, rss_mib());
-        }
-        if (eval_open && (st.step == o->steps || stopping || (o->eval_every > 0 && st.step % o->eval_every == 0))) {
+        if (ot_run_step_done(&log, &st, &batch, &after, loss, gnorm, lr, *stop_signal, &stopping, &err))
+            FAIL("%s", err.msg);
+        if (eval_open && ot_run_eval_due(&log, &st, stopping)) {
             double eval_loss = 0, t_eval = ot_now_seconds();
             int64_t eval_targets = 0;
             int eval_rc;
@@ -290,40 +201,29 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
 #endif
                 eval_rc = ot_eval_loss(&m, NULL, &eval_pairs, comm, o->eval_samples, ws, &eval_loss, &eval_targets, &err);
             if (eval_rc) FAIL("validation on %s: %s", o->eval_data, err.msg);
-            if (rank == 0) {
-                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_targets\": %lld, \"eval_seconds\": %.3f}\n",
-                        (long long)st.step, eval_loss, (long long)eval_targets, ot_now_seconds() - t_eval);
-                fflush(metrics);
-                fprintf(stderr, "step %lld/%ld | validation loss %.4f over %lld answer tokens\n", (long long)st.step,
-                        o->steps, eval_loss, (long long)eval_targets);
-            }
-            t_last = ot_now_seconds();
+            ot_run_eval_record(&log, &st, eval_loss, eval_targets, ot_now_seconds() - t_eval);
         }
-        if (st.step == o->steps || stopping || (o->save_every > 0 && st.step % o->save_every == 0)) {
+        if (ot_run_save_due(&log, &st, stopping)) {
             int save_rc = 0;
+            ot_err save_err = {0};
+            char took[32] = "";
             if (rank == 0) {
                 double t0 = ot_now_seconds();
 #ifdef OT_HAVE_CUDA
                 if (fc) ot_full_cuda_download(fc, &m, &opt); // the masters and moments live on the GPU
 #endif
-                save_rc = ot_full_ckpt_save(o->run_dir, &st, &m, &fp, &opt, o->model_dir, o->keep_last, &err);
-                if (save_rc) fprintf(stderr, "osstune-train --full: checkpoint at step %lld failed: %s\n", (long long)st.step, err.msg);
-                else fprintf(stderr, "osstune-train --full: checkpoint %s/ckpt/step-%06lld written (%.1f s)\n",
-                             o->run_dir, (long long)st.step, ot_now_seconds() - t0);
+                save_rc = ot_full_ckpt_save(o->run_dir, &st, &m, &fp, &opt, o->model_dir, o->keep_last, &save_err);
+                snprintf(took, sizeof took, " (%.1f s)", ot_now_seconds() - t0);
             }
-            int64_t bad = save_rc != 0, any_bad = 0;
-            if (ot_comm_all_reduce(comm, &bad, &any_bad, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
-            if (any_bad) {
+            int saved = ot_run_saved(&log, &st, save_rc, &save_err, took, &err);
+            if (saved < 0) FAIL("%s", err.msg);
+            if (saved > 0) {
                 exit_code = 1;
                 goto done;
             }
-            t_last = ot_now_seconds();
         }
         if (stopping) {
-            if (rank == 0)
-                fprintf(stderr, "osstune-train --full: stopped by signal %lld at step %lld; start again with the same "
-                        "--run-dir to resume (exit %d)\n", (long long)sig_max, (long long)st.step, EXIT_PREEMPTED);
-            exit_code = EXIT_PREEMPTED;
+            exit_code = ot_run_stopped(&log, &st);
             break;
         }
     }
@@ -336,7 +236,7 @@ done:
     ot_full_cuda_free(fc);
 #endif
     if (eval_open) ot_pairs_h5_close(&eval_pairs);
-    if (metrics) fclose(metrics);
+    ot_run_log_close(&log);
     if (loader) ot_loader_close(loader);
     ot_batch_free(&batch);
     ot_batch_free(&row);

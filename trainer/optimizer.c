@@ -34,14 +34,21 @@ void ot_optimizer_free(ot_optimizer *o) {
     memset(o, 0, sizeof *o);
 }
 
-double ot_optimizer_step(ot_optimizer *o, float *params, float *grads, float *lr_used) {
+double ot_optimizer_begin_step(ot_optimizer *o, float *grads, float *lr) {
     const ot_optim_config *c = &o->cfg;
     double norm = sqrt(ot_sum_squares(grads, o->n));
     float coef = ot_clip_coef(norm, c->max_grad_norm);
     if (coef < 1.0f)
         for (size_t i = 0; i < o->n; i++) grads[i] *= coef;
-    float lr = ot_lr_at(o->step, c->warmup_steps, c->total_steps, c->lr, c->min_lr);
+    *lr = ot_lr_at(o->step, c->warmup_steps, c->total_steps, c->lr, c->min_lr);
     o->step++;
+    return norm;
+}
+
+double ot_optimizer_step(ot_optimizer *o, float *params, float *grads, float *lr_used) {
+    const ot_optim_config *c = &o->cfg;
+    float lr;
+    double norm = ot_optimizer_begin_step(o, grads, &lr);
     ot_adamw_step(params, grads, o->m, o->v, o->n, lr, c->beta1, c->beta2, c->eps, c->weight_decay, o->step);
     if (lr_used) *lr_used = lr;
     return norm;

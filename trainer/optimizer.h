@@ -23,5 +23,9 @@ void ot_optimizer_init(ot_optimizer *o, size_t n, const ot_optim_config *cfg);
 void ot_optimizer_free(ot_optimizer *o);
 // One step: global grad norm (returned, before clipping), clip, lr from the schedule (written to *lr_used), AdamW.
 double ot_optimizer_step(ot_optimizer *o, float *params, float *grads, float *lr_used);
+// The part of a step every parameter layout shares (ot_optimizer_step and the --full step, which applies AdamW
+// tensor by tensor): the global gradient norm before clipping (returned), the clipping of grads in place, the
+// schedule's learning rate (*lr) and the step count; the caller then applies AdamW with o->step.
+double ot_optimizer_begin_step(ot_optimizer *o, float *grads, float *lr);
 
 #endif

@@ -14,21 +14,19 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
-#include "formats/fileio.h"
-#include "formats/sha256.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_loader.h"
 #include "trainer/evaluate.h"
 #include "trainer/full_train.h"
 #include "trainer/gptoss_cpu.h"
 #include "trainer/model_shard.h"
+#include "trainer/run_log.h"
 #include "trainer/train_options.h"
 #ifdef OT_HAVE_CUDA
 #include "trainer/gptoss_cuda.h"
 #include "trainer/model_cuda_shard.h"
 #endif
 
-#define EXIT_PREEMPTED 75 // EX_TEMPFAIL: stopped on request after checkpointing; start again to resume
 #define EXIT_ABORTED 130
 
 // The one piece of process-wide mutable state: which stop signal arrived (a rank truly has this once).
@@ -53,23 +51,6 @@ static void install_signals(void) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-}
-
-static void format_duration(char *buf, size_t n, double s) {
-    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
-    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
-    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
-    else snprintf(buf, n, "%.0fs", s);
-}
-
-// Resident memory of this process in MiB (from /proc), for the progress line.
-static double rss_mib(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages = 0, rss = 0;
-    if (!f) return 0;
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
-    fclose(f);
-    return (double)rss * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
 }
 
 // A GPU this build can drive (CUDA built in and a device visible).
@@ -121,7 +102,8 @@ int main(int argc, char **argv) {
     ot_cpu_workspace *ws = NULL;
     float *slots = NULL, *grad_sum = NULL;
     double *row_loss = NULL;
-    FILE *metrics = NULL;
+    ot_run_log log;
+    memset(&log, 0, sizeof log);
     char *config_json = NULL;
     ot_pairs_h5 eval_pairs;
     int eval_open = 0;
@@ -180,25 +162,7 @@ int main(int argc, char **argv) {
     ot_optimizer_init(&opt, lo.n_params, &o.optim);
 
     // ---- run identity: resolved options and fingerprints ----------------------------------------------------------
-    config_json = ot_train_options_to_json(&o);
-    {
-        char *fp_json = ot_train_options_fingerprint_json(&o);
-        ot_fingerprint_text(fp_json, st.config_fingerprint);
-        free(fp_json);
-    }
-    if (ot_fingerprint_model_dir(o.model_dir, st.model_fingerprint, &err)) FAIL("%s", err.msg);
-    if (ot_sha256_file(o.data_path, st.data_fingerprint, &err)) FAIL("%s", err.msg);
-    st.seed = o.seed;
-    st.data_seed = o.seed;
-    st.world_size = world;
-    st.resolved_config_json = ot_strdup(config_json);
-    if (rank == 0) {
-        if (ot_mkdir_p(o.run_dir, &err)) FAIL("%s", err.msg);
-        char path[4096];
-        snprintf(path, sizeof path, "%s/config.json", o.run_dir);
-        if (ot_write_file_atomic(path, config_json, strlen(config_json), &err)) FAIL("%s", err.msg);
-    }
-    if (ot_comm_barrier(comm, &err)) FAIL("%s", err.msg);
+    if (ot_run_identity(&o, comm, &st, &config_json, &err)) FAIL("%s", err.msg);
 
     // ---- resume ---------------------------------------------------------------------------------------------------
     if (strcmp(o.resume, "never") != 0) {
@@ -211,20 +175,7 @@ int main(int argc, char **argv) {
         if (lr < 0) FAIL("%s", err.msg);
         if (lr == 0) {
             if (ot_ckpt_check_compatible(&saved, &st, o.force_resume, &err)) FAIL("%s", err.msg);
-            // continue the saved run: its step, data cursor and metrics; our fingerprints and config
-            st.step = saved.step;
-            st.data_epoch = saved.data_epoch;
-            st.data_next = saved.data_next;
-            st.data_seed = saved.data_seed;
-            st.samples_seen = saved.samples_seen;
-            st.tokens_seen = saved.tokens_seen;
-            st.targets_seen = saved.targets_seen;
-            st.loss_ema = saved.loss_ema;
-            st.elapsed_seconds = saved.elapsed_seconds;
-            if (rank == 0)
-                fprintf(stderr, "osstune-train: resuming from %s at step %lld (saved by %d rank%s, now %d)\n",
-                        loaded[0] ? loaded : o.resume, (long long)st.step, saved.world_size,
-                        saved.world_size == 1 ? "" : "s", world);
+            ot_run_continue(&st, &saved, comm, "osstune-train", loaded[0] ? loaded : o.resume);
         }
         ot_train_state_free(&saved);
     }
@@ -237,11 +188,8 @@ int main(int argc, char **argv) {
     ot_data_cursor cursor = {st.data_seed, st.data_epoch, st.data_next};
     loader = ot_loader_open(o.data_path, o.seq_len, o.rows_per_step, rank, world, o.loss_all, cursor, &err);
     if (!loader) FAIL("%s", err.msg);
+    if (ot_run_log_open(&log, &o, comm, "osstune-train", NULL, &st, &err)) FAIL("%s", err.msg);
     if (rank == 0) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/metrics.jsonl", o.run_dir);
-        metrics = fopen(path, "a");
-        if (!metrics) FAIL("cannot open %s: %s", path, strerror(errno));
         fprintf(stderr,
                 "osstune-train: %d rank%s | model %s (%d layers, %d experts) | LoRA r=%d on %zu parameters | "
                 "%d rows x %d tokens per step | steps %lld -> %ld\n",
@@ -300,15 +248,10 @@ int main(int argc, char **argv) {
     float loss_out[2];
 
     // Per-rank base-weight memory for the metrics (the GPU: the device arena).
-    size_t base_one_rank = 0, base_layer_buf = 0, base_bytes = 0;
-    if (!use_cuda) base_bytes = ot_model_base_bytes(&m, &base_one_rank, &base_layer_buf);
+    if (!use_cuda) log.base_bytes = ot_model_base_bytes(&m, &log.base_bytes_one_rank, &log.base_layer_buffer_bytes);
 #ifdef OT_HAVE_CUDA
-    else base_bytes = ot_cuda_model_base_bytes(&cm, &base_one_rank, &base_layer_buf);
+    else log.base_bytes = ot_cuda_model_base_bytes(&cm, &log.base_bytes_one_rank, &log.base_layer_buffer_bytes);
 #endif
-    double t_last = ot_now_seconds();
-    long steps_at_start = (long)st.step;
-    int64_t tokens_at_start = st.tokens_seen;
-    double elapsed_at_start = st.elapsed_seconds;
     int stopping = 0;
     while (st.step < o.steps) {
         ot_data_cursor after;
@@ -368,50 +311,9 @@ int main(int argc, char **argv) {
                                             : 0.0;
             gnorm = ot_optimizer_step(&opt, lo.params, lo.grads, &lr);
         }
-        st.step++;
-        st.data_seed = after.seed;
-        st.data_epoch = after.epoch;
-        st.data_next = after.next;
-        st.samples_seen += batch.global_samples;
-        st.targets_seen += batch.global_targets;
-        st.last_loss = loss;
-        st.loss_ema = st.step == 1 ? loss : 0.9 * st.loss_ema + 0.1 * loss;
-        st.last_grad_norm = gnorm;
-        st.last_lr = lr;
-        if (!isfinite(loss)) FAIL("the loss became %f at step %lld: stopping (lower --lr?)", loss, (long long)st.step);
-
-        // Every rank agrees on stopping (the largest signal number any rank saw), and on the step's token count.
-        int64_t sig = g_stop_signal, sig_max = 0, tokens = batch.T, step_tokens = 0;
-        if (ot_comm_all_reduce(comm, &sig, &sig_max, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
-        if (ot_comm_all_reduce(comm, &tokens, &step_tokens, 1, OT_COMM_I64, OT_COMM_SUM, &err)) FAIL("%s", err.msg);
-        st.tokens_seen += step_tokens;
-        stopping = sig_max != 0;
-
-        double now = ot_now_seconds();
-        st.elapsed_seconds += now - t_last;
-        t_last = now;
-        if (rank == 0) {
-            // rates over training time only (validation and checkpoint writes excluded)
-            double done_steps = (double)(st.step - steps_at_start), el = st.elapsed_seconds - elapsed_at_start;
-            double tps = el > 0 ? (double)(st.tokens_seen - tokens_at_start) / el : 0;
-            double eta = done_steps > 0 ? el / done_steps * (double)(o.steps - st.step) : -1;
-            fprintf(metrics,
-                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
-                    "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d, "
-                    "\"base_weight_bytes\": %zu, \"base_weight_bytes_one_rank\": %zu, \"base_layer_buffer_bytes\": %zu}\n",
-                    (long long)st.step, loss, lr, gnorm, (long long)st.samples_seen, (long long)st.tokens_seen,
-                    (long long)st.targets_seen, (long long)step_tokens, (long long)batch.global_targets, tps,
-                    st.elapsed_seconds, rss_mib(), world, base_bytes, base_one_rank, base_layer_buf);
-            fflush(metrics);
-            if (st.step % o.log_every == 0 || st.step == o.steps || stopping) {
-                char eta_s[32];
-                format_duration(eta_s, sizeof eta_s, eta);
-                fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s | "
-                        "mem %.0f MiB\n", (long long)st.step, o.steps, loss, lr, gnorm, tps, eta_s, rss_mib());
-            }
-        }
-        if (eval_open && (st.step == o.steps || stopping || (o.eval_every > 0 && st.step % o.eval_every == 0))) {
+        if (ot_run_step_done(&log, &st, &batch, &after, loss, gnorm, lr, g_stop_signal, &stopping, &err))
+            FAIL("%s", err.msg);
+        if (eval_open && ot_run_eval_due(&log, &st, stopping)) {
             double eval_loss = 0, t_eval = ot_now_seconds();
             int64_t eval_targets = 0;
             int eval_rc;
@@ -424,17 +326,9 @@ int main(int argc, char **argv) {
 #endif
                 eval_rc = ot_eval_loss(&m, &lo, &eval_pairs, comm, o.eval_samples, ws, &eval_loss, &eval_targets, &err);
             if (eval_rc) FAIL("validation on %s: %s", o.eval_data, err.msg);
-            if (rank == 0) {
-                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_targets\": %lld, \"eval_seconds\": %.3f}\n",
-                        (long long)st.step, eval_loss, (long long)eval_targets, ot_now_seconds() - t_eval);
-                fflush(metrics);
-                fprintf(stderr, "step %lld/%ld | validation loss %.4f over %lld answer tokens\n", (long long)st.step,
-                        o.steps, eval_loss, (long long)eval_targets);
-            }
-            t_last = ot_now_seconds(); // validation time does not count as training time
+            ot_run_eval_record(&log, &st, eval_loss, eval_targets, ot_now_seconds() - t_eval);
         }
-        int save_now = st.step == o.steps || stopping || (o.save_every > 0 && st.step % o.save_every == 0);
-        if (save_now) {
+        if (ot_run_save_due(&log, &st, stopping)) {
             int save_rc = 0;
 #ifdef OT_HAVE_CUDA
             if (use_cuda && rank == 0) { // the adapter and AdamW state live on the GPU: bring them back to save
@@ -442,24 +336,17 @@ int main(int argc, char **argv) {
                 ot_cuda_optimizer_get(cctx, &opt);
             }
 #endif
-            if (rank == 0) {
-                save_rc = ot_ckpt_save(o.run_dir, &st, &lo, &m, &opt, o.keep_last, &err);
-                if (save_rc) fprintf(stderr, "osstune-train: checkpoint at step %lld failed: %s\n", (long long)st.step, err.msg);
-                else fprintf(stderr, "osstune-train: checkpoint %s/ckpt/step-%06lld written\n", o.run_dir, (long long)st.step);
-            }
-            int64_t bad = save_rc != 0, any_bad = 0;
-            if (ot_comm_all_reduce(comm, &bad, &any_bad, 1, OT_COMM_I64, OT_COMM_MAX, &err)) FAIL("%s", err.msg);
-            if (any_bad) {
+            ot_err save_err = {0};
+            if (rank == 0) save_rc = ot_ckpt_save(o.run_dir, &st, &lo, &m, &opt, o.keep_last, &save_err);
+            int saved = ot_run_saved(&log, &st, save_rc, &save_err, NULL, &err);
+            if (saved < 0) FAIL("%s", err.msg);
+            if (saved > 0) {
                 exit_code = 1;
                 goto done;
             }
-            t_last = ot_now_seconds(); // checkpoint writes do not count as training time
         }
         if (stopping) {
-            if (rank == 0)
-                fprintf(stderr, "osstune-train: stopped by signal %lld at step %lld; start again with the same "
-                        "--run-dir to resume (exit %d)\n", (long long)sig_max, (long long)st.step, EXIT_PREEMPTED);
-            exit_code = EXIT_PREEMPTED;
+            exit_code = ot_run_stopped(&log, &st);
             break;
         }
     }
@@ -479,7 +366,7 @@ int main(int argc, char **argv) {
 
 done:
     if (eval_open) ot_pairs_h5_close(&eval_pairs);
-    if (metrics) fclose(metrics);
+    ot_run_log_close(&log);
     if (loader) ot_loader_close(loader);
     ot_batch_free(&batch);
     ot_batch_free(&row);
