@@ -11,21 +11,11 @@ BIN=$1
 WORK=$2
 shift 2
 CASES=${*:-grad learn ranks sigterm lora}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OSSTUNE_COMM_TIMEOUT=60
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$WORK"
-fails=0
-passes=0
-ok() { echo "ok   $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/train_test_lib.sh"
 
 SMALL=(--preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 --set intermediate_size=32)
 [ -f "$WORK/model/config.json" ] || "$BIN/osstune-init-model" "${SMALL[@]}" --dense-experts --out "$WORK/model" >/dev/null
-if [ ! -f "$WORK/pairs.h5" ]; then
-  head -n 21 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" >/dev/null
-fi
+prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 21
 STEPS=8
 ARGS=(--backend cpu --full --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 128
       --rows-per-step 4 --lr 3e-3 --warmup 1 --seed 3 --log-every 100)
@@ -91,17 +81,8 @@ PY
     rm -rf "$d"
     stop_at=$(( (RANDOM % (STEPS - 3)) + 2 ))
     train 1 "$d" --save-every 2 2>"$d.log" &
-    pid=$!
-    for _ in $(seq 600); do
-      n=0; [ -f "$d/metrics.jsonl" ] && n=$(wc -l <"$d/metrics.jsonl")
-      [ "$n" -ge "$stop_at" ] && break
-      sleep 0.1
-    done
-    pkill -TERM -f "^$BIN/osstune-train .*--run-dir $d" || true
-    set +e
-    wait $pid
-    st=$?
-    set -e
+    st=0
+    stop_after_step "$d" "$stop_at" $! || st=$?
     if [ $st -ne 75 ] && [ $st -ne 0 ]; then
       tail -5 "$d.log"
       bad "SIGTERM gave exit status $st (want 75)"

@@ -11,27 +11,14 @@ BIN=$1
 WORK=$2
 shift 2
 CASES=${*:-ranks sigterm reshard sigkill corrupt}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OSSTUNE_COMM_TIMEOUT=60
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$WORK"
-fails=0
-passes=0
-ok() { echo "ok   $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/train_test_lib.sh"
 
 # A small model with the real vocabulary (the data is real o200k tokens) and every LoRA target.
 if [ ! -f "$WORK/model/config.json" ]; then
   "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null
 fi
-if [ ! -f "$WORK/pairs.h5" ]; then
-  head -n 41 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" >/dev/null
-fi
-if [ ! -f "$WORK/eval.h5" ]; then
-  head -n 9 "$ROOT/data/sample/dev.tsv" >"$WORK/eval.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/eval.tsv" --out "$WORK/eval.h5" >/dev/null
-fi
+prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 41
+prep_pairs "$WORK/eval.h5" "$ROOT/data/sample/dev.tsv" 9
 STEPS=6
 ARGS=(--backend cpu --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6 --lora-r 4
       --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100
@@ -77,17 +64,8 @@ for c in $CASES; do
       stop_at=$(( (RANDOM % (STEPS - 2)) + 1 ))
       # stop after step stop_at: wait for that step's line in the metrics, then SIGTERM every rank
       train "$np" "$d" --save-every 2 2>"$d.log" &
-      pid=$!
-      for _ in $(seq 600); do
-        n=0; [ -f "$d/metrics.jsonl" ] && n=$(wc -l <"$d/metrics.jsonl")
-        [ "$n" -ge "$stop_at" ] && break
-        sleep 0.1
-      done
-      pkill -TERM -f "^$BIN/osstune-train .*--run-dir $d" || true
-      set +e
-      wait $pid
-      st=$?
-      set -e
+      st=0
+      stop_after_step "$d" "$stop_at" $! || st=$?
       if [ $st -ne 75 ] && [ $st -ne 0 ]; then
         tail -5 "$d.log"
         bad "$np ranks: SIGTERM gave exit status $st (want 75)"

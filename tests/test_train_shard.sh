@@ -9,26 +9,13 @@
 set -euo pipefail
 BIN=$1
 WORK=$2
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OSSTUNE_COMM_TIMEOUT=60
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$WORK"
-fails=0
-passes=0
-ok() { echo "ok   $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+. "$(dirname "$0")/train_test_lib.sh"
 
 if [ ! -f "$WORK/model/config.json" ]; then
   "$BIN/osstune-init-model" --preset tiny --seed 5 --out "$WORK/model" --set num_hidden_layers=3 >/dev/null
 fi
-if [ ! -f "$WORK/pairs.h5" ]; then
-  head -n 31 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" >/dev/null
-fi
-if [ ! -f "$WORK/eval.h5" ]; then
-  head -n 6 "$ROOT/data/sample/dev.tsv" >"$WORK/eval.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/eval.tsv" --out "$WORK/eval.h5" >/dev/null
-fi
+prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 31
+prep_pairs "$WORK/eval.h5" "$ROOT/data/sample/dev.tsv" 6
 STEPS=4
 # 5 rows per step: 2, 3 and 4 ranks hold different numbers of rows (the idle passes are exercised)
 ARGS=(--backend cpu --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 128 --rows-per-step 5
