@@ -1,5 +1,5 @@
-// ot_lmhead_xent cut at vocabulary-block boundaries (kernels/ops_list.h): the inner loops are those of
-// lmhead_xent.c, so a head processed block by block gives the bits of the whole-head kernel.
+// The pieces of the output head's cross-entropy (kernels/ops_list.h): ot_lmhead_xent (lmhead_xent.c) runs them over
+// the whole vocabulary, a sharded head block by block, so both give the same bits.
 #include <math.h>
 
 #include "common/ot_common.h"

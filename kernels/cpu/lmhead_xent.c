@@ -24,38 +24,16 @@ double OT_FN(ot_lmhead_xent)(real *dh, real *dWlm, const real *h, const real *Wl
                 ot_die("ot_lmhead_xent: target %d has label %d outside the vocabulary 0..%d", i0 + b, label[i0 + b],
                        V - 1);
         }
-        // logits[b, v] = h[pos_b] · Wlm[v]: one vocabulary row is read once and used for the whole block.
-        for (int v = 0; v < V; v++) {
-            const real *wv = Wlm + (size_t)v * H;
-            for (int b = 0; b < nb; b++)
-                logits[(size_t)b * V + v] = (real)ot_dot_rr(h + (size_t)pos[i0 + b] * H, wv, H);
-        }
-        for (int b = 0; b < nb; b++) {
-            real *lb = logits + (size_t)b * V;
-            double m = (double)lb[0], sum = 0;
-            for (int v = 1; v < V; v++)
-                if ((double)lb[v] > m)
-                    m = (double)lb[v];
-            for (int v = 0; v < V; v++)
-                sum += exp((double)lb[v] - m);
-            double lse = m + log(sum);
-            total += lse - (double)lb[label[i0 + b]];
-            if (!want_grad)
-                continue;
-            // The logits buffer becomes dlogits = grad_scale · (softmax − onehot) in place.
-            for (int v = 0; v < V; v++)
-                lb[v] = (real)((double)grad_scale * exp((double)lb[v] - lse));
-            lb[label[i0 + b]] = (real)((double)lb[label[i0 + b]] - (double)grad_scale);
-        }
+        // logits[b, v] = h[pos_b] · Wlm[v]: one vocabulary row is read once and used for the whole block; then
+        // the loss, and (for gradients) the logits buffer becomes dlogits = grad_scale · (softmax − onehot) in
+        // place. The pieces are those a sharded head runs block by block (lmhead_parts.c), so both give these bits.
+        OT_FN(ot_lmhead_logits_part)(logits, V, h, Wlm, pos + i0, nb, H, V);
+        total = OT_FN(ot_xent_rows)(logits, label + i0, nb, V, grad_scale, want_grad, total);
         if (!want_grad)
             continue;
         if (dh) { // dh[pos_b] += Σ_v dlogits[b, v] · Wlm[v]
             memset(acc, 0, (size_t)nb * H * sizeof(double));
-            for (int v = 0; v < V; v++) {
-                const real *wv = Wlm + (size_t)v * H;
-                for (int b = 0; b < nb; b++)
-                    ot_axpy_r(acc + (size_t)b * H, (double)logits[(size_t)b * V + v], wv, H);
-            }
+            OT_FN(ot_lmhead_dh_part)(acc, logits, V, Wlm, nb, H, V);
             for (int b = 0; b < nb; b++)
                 ot_add_acc(dh + (size_t)pos[i0 + b] * H, acc + (size_t)b * H, (size_t)H);
         }
