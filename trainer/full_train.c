@@ -92,11 +92,10 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
         int lr = ot_full_ckpt_load_latest(o->run_dir, &saved, &m, &fp, &opt, loaded, sizeof loaded, &err);
         if (lr < 0) FAIL("%s", err.msg);
         if (lr == 0) {
-            if (ot_ckpt_check_compatible(&saved, &st, o->force_resume, &err)) {
+            if (ot_run_continue(&st, &saved, o->force_resume, comm, "osstune-train --full", loaded, &err)) {
                 ot_train_state_free(&saved);
                 FAIL("%s", err.msg);
             }
-            ot_run_continue(&st, &saved, comm, "osstune-train --full", loaded);
         }
         ot_train_state_free(&saved);
     }
@@ -146,7 +145,6 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
     // rank's rows run as one batch and the ranks' gradients are summed in rank order (full_cuda.h).
     if (!use_cuda) slots = ot_malloc(sizeof(float) * fp.total * (size_t)(max_rows + 1));
     loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
-    float loss_out[2];
 
     int stopping = 0;
     while (st.step < o->steps) {
@@ -161,8 +159,7 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
             double rank_loss = 0;
             if (ot_full_cuda_grads(fc, &batch, scale, &rank_loss, &err)) FAIL("%s", err.msg);
             if (ot_full_cuda_sum_ranks(fc, comm, &err)) FAIL("%s", err.msg);
-            loss_slots[0] = (float)rank_loss;
-            loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
+            ot_loss_pair(loss_slots, rank_loss);
             n_loss_slots = 1;
         }
 #endif
@@ -174,15 +171,12 @@ int ot_full_train_run(const ot_train_options *o, ot_comm *comm, volatile sig_ato
             ot_full_grad_view(&gi, &m, slot);
             double rl = ot_cpu_forward_backward_full(&m, &gi, &row, scale, ws);
             ot_full_grad_view_free(&gi);
-            loss_slots[2 * i] = (float)rl;
-            loss_slots[2 * i + 1] = (float)(rl - (double)(float)rl);
+            ot_loss_pair(loss_slots + 2 * i, rl);
         }
         if (!use_cuda && ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, fp.total, grads, &err))
             FAIL("%s", err.msg);
-        if (ot_comm_all_reduce_ordered(comm, loss_slots, n_loss_slots, 2, loss_out, &err)) FAIL("%s", err.msg);
-        double loss = batch.global_targets > 0
-                          ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
-                          : 0.0;
+        double loss = 0;
+        if (ot_run_step_loss(comm, loss_slots, n_loss_slots, batch.global_targets, &loss, &err)) FAIL("%s", err.msg);
 #ifdef OT_HAVE_CUDA
         if (fc) gnorm = ot_full_cuda_optimizer_step(fc, &opt, &fp, &lr);
 #endif

@@ -46,8 +46,9 @@ int ot_run_identity(const ot_train_options *o, ot_comm *comm, ot_train_state *st
     return ot_comm_barrier(comm, err);
 }
 
-void ot_run_continue(ot_train_state *st, const ot_train_state *saved, const ot_comm *comm, const char *prog,
-                     const char *from) {
+int ot_run_continue(ot_train_state *st, const ot_train_state *saved, int force, const ot_comm *comm, const char *prog,
+                    const char *from, ot_err *err) {
+    if (ot_ckpt_check_compatible(saved, st, force, err)) return -1;
     st->step = saved->step;
     st->data_epoch = saved->data_epoch;
     st->data_next = saved->data_next;
@@ -60,6 +61,19 @@ void ot_run_continue(ot_train_state *st, const ot_train_state *saved, const ot_c
     if (comm->rank == 0)
         fprintf(stderr, "%s: resuming from %s at step %lld (saved by %d rank%s, now %d)\n", prog, from,
                 (long long)st->step, saved->world_size, saved->world_size == 1 ? "" : "s", comm->size);
+    return 0;
+}
+
+void ot_loss_pair(float *pair, double loss) {
+    pair[0] = (float)loss;
+    pair[1] = (float)(loss - (double)pair[0]);
+}
+
+int ot_run_step_loss(ot_comm *comm, const float *pairs, int n, int64_t global_targets, double *loss, ot_err *err) {
+    float sum[2];
+    if (ot_comm_all_reduce_ordered(comm, pairs, n, 2, sum, err)) return -1;
+    *loss = global_targets > 0 ? ((double)sum[0] + (double)sum[1]) / (double)global_targets : 0.0;
+    return 0;
 }
 
 int ot_run_log_open(ot_run_log *r, const ot_train_options *o, ot_comm *comm, const char *prog, const char *mode,

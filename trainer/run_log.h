@@ -35,10 +35,15 @@ typedef struct {
 // rank 0; a barrier, so no rank starts before the run directory exists. *config_json is the caller's to free.
 int ot_run_identity(const ot_train_options *o, ot_comm *comm, ot_train_state *st, char **config_json, ot_err *err);
 
-// After a compatible checkpoint was loaded: continue its step, data cursor and counters (our fingerprints and
-// config stay), and say so on rank 0.
-void ot_run_continue(ot_train_state *st, const ot_train_state *saved, const ot_comm *comm, const char *prog,
-                     const char *from);
+// After a checkpoint was loaded: refuse it unless it is compatible with this run (ot_ckpt_check_compatible, unless
+// force), else continue its step, data cursor and counters (our fingerprints and config stay) and say so on rank 0.
+int ot_run_continue(ot_train_state *st, const ot_train_state *saved, int force, const ot_comm *comm, const char *prog,
+                    const char *from, ot_err *err);
+
+// A row's (or a rank's) loss sum as a (hi, lo) float pair, so that the ordered float sum across ranks keeps
+// double precision; and the step's mean loss over its targets from n such pairs, summed in global order.
+void ot_loss_pair(float *pair, double loss);
+int ot_run_step_loss(ot_comm *comm, const float *pairs, int n, int64_t global_targets, double *loss, ot_err *err);
 
 // Opens metrics.jsonl on rank 0 and starts the training-time clock from st.
 int ot_run_log_open(ot_run_log *r, const ot_train_options *o, ot_comm *comm, const char *prog, const char *mode,

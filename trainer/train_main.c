@@ -100,8 +100,7 @@ int main(int argc, char **argv) {
     ot_batch_init(&batch);
     ot_batch_init(&row);
     ot_cpu_workspace *ws = NULL;
-    float *slots = NULL, *grad_sum = NULL;
-    double *row_loss = NULL;
+    float *slots = NULL;
     ot_run_log log;
     memset(&log, 0, sizeof log);
     char *config_json = NULL;
@@ -174,8 +173,11 @@ int main(int argc, char **argv) {
                      : ot_ckpt_load(o.resume, &saved, &lo, &m, &opt, &err);
         if (lr < 0) FAIL("%s", err.msg);
         if (lr == 0) {
-            if (ot_ckpt_check_compatible(&saved, &st, o.force_resume, &err)) FAIL("%s", err.msg);
-            ot_run_continue(&st, &saved, comm, "osstune-train", loaded[0] ? loaded : o.resume);
+            if (ot_run_continue(&st, &saved, o.force_resume, comm, "osstune-train", loaded[0] ? loaded : o.resume,
+                                &err)) {
+                ot_train_state_free(&saved);
+                FAIL("%s", err.msg);
+            }
         }
         ot_train_state_free(&saved);
     }
@@ -242,10 +244,7 @@ int main(int argc, char **argv) {
     const int max_rows = (o.rows_per_step + world - 1) / world;
     // CPU: one gradient slot per row; GPU: one per rank (its rows run as one batch), summed in rank order.
     slots = ot_malloc(sizeof(float) * lo.n_params * (size_t)(use_cuda ? 1 : max_rows + 1));
-    grad_sum = ot_malloc(sizeof(float) * lo.n_params);
-    row_loss = ot_malloc(sizeof(double) * (size_t)(max_rows + 1));
     float *loss_slots = ot_malloc(sizeof(float) * 2 * (size_t)(max_rows + 1));
-    float loss_out[2];
 
     // Per-rank base-weight memory for the metrics (the GPU: the device arena).
     if (!use_cuda) log.base_bytes = ot_model_base_bytes(&m, &log.base_bytes_one_rank, &log.base_layer_buffer_bytes);
@@ -267,8 +266,7 @@ int main(int argc, char **argv) {
             ot_cuda_lora_zero_grads(cctx);
             if (ot_cuda_forward_backward(cctx, &batch, scale, 1, &err) || ot_cuda_take_loss(cctx, &rank_loss, &err))
                 FAIL("%s", err.msg);
-            loss_slots[0] = (float)rank_loss;
-            loss_slots[1] = (float)(rank_loss - (double)loss_slots[0]);
+            ot_loss_pair(loss_slots, rank_loss);
             if (world > 1 && nccl_grads_on(gcomm, &o)) {
                 // NCCL all-reduce in place on the device (take_loss synchronized the compute stream, so the
                 // gradients are complete; the wait returns once the sum has landed), then replicated AdamW: every
@@ -281,9 +279,7 @@ int main(int argc, char **argv) {
                 if (ot_comm_all_reduce_ordered(comm, slots, 1, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
                 ot_cuda_lora_set_grads(cctx, lo.grads);
             }
-            if (ot_comm_all_reduce_ordered(comm, loss_slots, 1, 2, loss_out, &err)) FAIL("%s", err.msg);
-            loss = batch.global_targets > 0 ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
-                                            : 0.0;
+            if (ot_run_step_loss(comm, loss_slots, 1, batch.global_targets, &loss, &err)) FAIL("%s", err.msg);
             gnorm = ot_cuda_optimizer_step(cctx, &opt, &lr);
 #endif
         } else {
@@ -299,16 +295,11 @@ int main(int argc, char **argv) {
                 lo.grads = slots + (size_t)i * lo.n_params;
                 memset(lo.grads, 0, sizeof(float) * lo.n_params);
                 float scale = batch.global_targets > 0 ? 1.0f / (float)batch.global_targets : 0.0f;
-                row_loss[i] = ot_cpu_forward_backward(&m, &lo, &row, scale, 1, ws);
-                // loss as a (hi, lo) float pair so the ordered float sum keeps double precision
-                loss_slots[2 * i] = (float)row_loss[i];
-                loss_slots[2 * i + 1] = (float)(row_loss[i] - (double)(float)row_loss[i]);
+                ot_loss_pair(loss_slots + 2 * i, ot_cpu_forward_backward(&m, &lo, &row, scale, 1, ws));
             }
             lo.grads = grads_keep;
             if (ot_comm_all_reduce_ordered(comm, slots, batch.n_rows, lo.n_params, lo.grads, &err)) FAIL("%s", err.msg);
-            if (ot_comm_all_reduce_ordered(comm, loss_slots, batch.n_rows, 2, loss_out, &err)) FAIL("%s", err.msg);
-            loss = batch.global_targets > 0 ? ((double)loss_out[0] + (double)loss_out[1]) / (double)batch.global_targets
-                                            : 0.0;
+            if (ot_run_step_loss(comm, loss_slots, batch.n_rows, batch.global_targets, &loss, &err)) FAIL("%s", err.msg);
             gnorm = ot_optimizer_step(&opt, lo.params, lo.grads, &lr);
         }
         if (ot_run_step_done(&log, &st, &batch, &after, loss, gnorm, lr, g_stop_signal, &stopping, &err))
@@ -377,8 +368,6 @@ done:
     if (exit_code != 1) ot_comm_free(gcomm); // collective; a failed rank aborts the job below instead
 #endif
     free(slots);
-    free(grad_sum);
-    free(row_loss);
     free(config_json);
     ot_train_state_free(&st);
     ot_optimizer_free(&opt);
