@@ -20,25 +20,26 @@
 # usage: benchmarks/learning_proof.sh
 # Environment: WORK (default /tmp/osstune-learning-proof), OSSTUNE_BUNDLE (a bundle dir with bin/ and lib/;
 #   else BIN, default build/bin), TAIGI_DIR (default shared/data/taigi or ../shared/data/taigi), BACKEND (cuda|cpu,
-#   default cuda), model shape HIDDEN LAYERS HEADS KV_HEADS HEAD_DIM EXPERTS TOPK INTER (default 384 4 6 2 64 8 2
-#   384), FULL_STEPS FULL_TARGET_SECONDS FULL_SECONDS FULL_LR ROWS SEQ (default auto 270 330 2e-3 16 512),
+#   default cuda), model shape HIDDEN LAYERS HEADS KV_HEADS HEAD_DIM EXPERTS TOPK INTER (default 384 6 6 2 64 8 2
+#   384), FULL_STEPS FULL_TARGET_SECONDS FULL_SECONDS FULL_LR FULL_BETA2 ROWS SEQ (default auto 270 330 6e-4 0.95 16
+#   512),
 #   LORA_STEPS LORA_SECONDS
 #   LORA_LR (default 300 60 1e-3), DECODE_BACKEND (default: BACKEND), EVAL_PER_SOURCE (0 = every dev row; default 0
 #   when decoding on the GPU, 100 on the CPU), JOBS (parallel translate processes: 1 on the GPU, nproc on the CPU),
-#   MAX_NEW (default 64),
+#   MAX_NEW (default 96),
 #   TRAIN_LIMIT (use only the first N training pairs; default all: for a quick CPU smoke test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=${WORK:-/tmp/osstune-learning-proof}
 BACKEND=${BACKEND:-cuda}
-HIDDEN=${HIDDEN:-384} LAYERS=${LAYERS:-4} HEADS=${HEADS:-6} KV_HEADS=${KV_HEADS:-2} HEAD_DIM=${HEAD_DIM:-64}
+HIDDEN=${HIDDEN:-384} LAYERS=${LAYERS:-6} HEADS=${HEADS:-6} KV_HEADS=${KV_HEADS:-2} HEAD_DIM=${HEAD_DIM:-64}
 EXPERTS=${EXPERTS:-8} TOPK=${TOPK:-2} INTER=${INTER:-384}
 FULL_STEPS=${FULL_STEPS:-auto} FULL_TARGET_SECONDS=${FULL_TARGET_SECONDS:-270} FULL_SECONDS=${FULL_SECONDS:-330}
-FULL_LR=${FULL_LR:-2e-3}
+FULL_LR=${FULL_LR:-6e-4} FULL_BETA2=${FULL_BETA2:-0.95}
 ROWS=${ROWS:-16} SEQ=${SEQ:-512}
 LORA_STEPS=${LORA_STEPS:-300} LORA_SECONDS=${LORA_SECONDS:-60} LORA_LR=${LORA_LR:-1e-3}
-MAX_NEW=${MAX_NEW:-64} TRAIN_LIMIT=${TRAIN_LIMIT:-0}
+MAX_NEW=${MAX_NEW:-96} TRAIN_LIMIT=${TRAIN_LIMIT:-0}
 TOK=$ROOT/data/o200k_base.tiktoken
 # ---- THE decode backend (stage 5): the one place it is chosen. On the GPU one batched process decodes the whole
 # dev split; on the CPU the evaluation subset is cut into JOBS shards translated in parallel.
@@ -148,7 +149,7 @@ fi
 say "3 full: osstune-train --full ($FULL_STEPS steps, at most ${FULL_SECONDS}s, lr $FULL_LR, $ROWS x $SEQ tokens)"
 mkdir -p "$WORK"
 train_stage full "$FULL_SECONDS" "$FULL" --full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" \
-  --steps "$FULL_STEPS" --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$FULL_LR" --min-lr "$(python3 -c "print($FULL_LR/10)")" \
+  --steps "$FULL_STEPS" --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$FULL_LR" --beta2 "$FULL_BETA2" --min-lr "$(python3 -c "print($FULL_LR/10)")" \
   --warmup $((FULL_STEPS / 20)) --weight-decay 0.1 --eval-data "$WORK/dev.h5" --eval-samples 400 \
   --eval-every $((FULL_STEPS / 10 > 0 ? FULL_STEPS / 10 : 1)) --log-every 20 --seed 1
 FULL_MODEL=$FULL/ckpt/$(cat "$FULL/ckpt/latest")/model
