@@ -122,6 +122,9 @@ train_stage() { # train_stage NAME SECONDS RUN_DIR args...
   touch "$dir/DONE"
 }
 FULL=$WORK/full
+# The options the calibration and the run share (the run adds its length, schedule and validation).
+FULL_ARGS=(--full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" --rows-per-step "$ROWS" --seq-len "$SEQ"
+  --lr "$FULL_LR" --beta2 "$FULL_BETA2" --weight-decay 0.1 --seed 1)
 if [ "$FULL_STEPS" = auto ]; then
   # Calibration: 40 steps with the real options (its own run directory, thrown away), then the seconds per step
   # between steps 10 and 40 from metrics.jsonl (elapsed_s), which leaves out the start-up and the first steps.
@@ -129,8 +132,7 @@ if [ "$FULL_STEPS" = auto ]; then
   if [ ! -f "$CAL/steps" ]; then
     say "3 full: calibration (40 steps) to size the run to ${FULL_TARGET_SECONDS}s"
     rm -rf "$CAL" && mkdir -p "$CAL"
-    "$BIN/osstune-train" --run-dir "$CAL/run" --full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" \
-      --steps 40 --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$FULL_LR" --log-every 10 --seed 1 >"$CAL/log" 2>&1 ||
+    "$BIN/osstune-train" --run-dir "$CAL/run" "${FULL_ARGS[@]}" --steps 40 --log-every 10 >"$CAL/log" 2>&1 ||
       die "the calibration run failed (log: $CAL/log)"
     python3 - "$CAL/run/metrics.jsonl" "$FULL_TARGET_SECONDS" >"$CAL/steps" <<'PY' || die "calibration: no timing"
 import json, sys
@@ -146,12 +148,11 @@ PY
   FULL_STEPS=$(head -1 "$CAL/steps")
   echo "calibration: FULL_STEPS=$FULL_STEPS for ${FULL_TARGET_SECONDS}s ($(grep -h '^step 40/' "$CAL/log" || true))"
 fi
-say "3 full: osstune-train --full ($FULL_STEPS steps, at most ${FULL_SECONDS}s, lr $FULL_LR, $ROWS x $SEQ tokens)"
+say "3 full: osstune-train --full ($FULL_STEPS steps, at most ${FULL_SECONDS}s, lr $FULL_LR, beta2 $FULL_BETA2, $ROWS x $SEQ tokens)"
 mkdir -p "$WORK"
-train_stage full "$FULL_SECONDS" "$FULL" --full --backend "$BACKEND" --model "$MODEL" --data "$WORK/train.h5" \
-  --steps "$FULL_STEPS" --rows-per-step "$ROWS" --seq-len "$SEQ" --lr "$FULL_LR" --beta2 "$FULL_BETA2" --min-lr "$(python3 -c "print($FULL_LR/10)")" \
-  --warmup $((FULL_STEPS / 20)) --weight-decay 0.1 --eval-data "$WORK/dev.h5" --eval-samples 400 \
-  --eval-every $((FULL_STEPS / 10 > 0 ? FULL_STEPS / 10 : 1)) --log-every 20 --seed 1
+train_stage full "$FULL_SECONDS" "$FULL" "${FULL_ARGS[@]}" --steps "$FULL_STEPS" \
+  --min-lr "$(python3 -c "print($FULL_LR/10)")" --warmup $((FULL_STEPS / 20)) --eval-data "$WORK/dev.h5" \
+  --eval-samples 400 --eval-every $((FULL_STEPS / 10 > 0 ? FULL_STEPS / 10 : 1)) --log-every 20
 FULL_MODEL=$FULL/ckpt/$(cat "$FULL/ckpt/latest")/model
 [ -f "$FULL_MODEL/model.safetensors" ] || die "the full run's checkpoint has no model directory ($FULL_MODEL)"
 echo "full model: $FULL_MODEL"
