@@ -5,14 +5,15 @@
 //   forward:   y[p, c]  = Σ_k x_p[k] · W_e[c, k] + b_e[c]        (reduction over K = cols of W, c < N = rows)
 //   backward:  dx[p, c] (+)= Σ_n dy[p, n] · W_e[n, c]           (reduction over N = rows of W, c < K = cols)
 //
-// One block computes a tile of 128 rows (one expert's permuted rows) × 128 output columns with 8 warps (2 × 4,
-// each 64 × 32) on the bf16 tensor cores (mma.sync m16n8k16, fp32 accumulators), stepping the reduction by 32:
-//   - the activation tile (x or dy, 128 × 32 bf16) and the weight tile's raw MXFP4 bytes (128 groups halves of 8
+// One block computes a tile of 128 rows (one expert's permuted rows) × 128 output columns with 4 warps (2 × 2,
+// each 64 × 64: per product, the fewest shared-memory fragment reads, which bound mma.sync kernels) on the bf16
+// tensor cores (mma.sync m16n8k16, fp32 accumulators), stepping the reduction by 32; two blocks share an SM:
+//   - the activation tile (x or dy, 128 × 32 bf16) and the weight tile's raw MXFP4 bytes (128 groups of 16
 //     bytes: forward, one 32-group per weight row; backward, 32 weight rows × 4 groups) travel by cp.async through
 //     a 4-stage ring in shared memory, so three steps of loads are in flight while the tensor cores work;
-//   - each thread dequantizes the 8 bytes it copied itself (16 weights; no barrier needed between its copy and
-//     its decode) into a double-buffered bf16 weight tile, one step ahead of the products that read it, so a
-//     step needs a single __syncthreads; the scale bytes (1 per group, not 16-byte aligned) come by plain loads
+//   - each thread dequantizes the group it copied itself (32 weights; no barrier needed between its copy and its
+//     decode) into a double-buffered bf16 weight tile, one step ahead of the products that read it, so a step
+//     needs a single __syncthreads; the scale bytes (1 per group, not 16-byte aligned) come by plain loads
 //     issued a step before their use;
 //   - operand fragments come by ldmatrix.x4 from XOR-swizzled tiles (every 8-row read hits 8 distinct 16-byte
 //     bank groups); the backward reads its weight tile [32 n][128 c] with ldmatrix .trans, which hands each lane
@@ -26,8 +27,9 @@
 // library path sizes its calls from it too) and travels in the kernel's parameters (≤ 256 experts), so the host
 // never waits for the GPU; each block finds its expert by a binary search over the experts' first tiles. Ragged
 // ends are handled by clamping: rows past the expert's end re-read its last row, weight rows / groups past the
-// matrix re-read its last one, and only the stores are masked; warps whose rows or columns lie wholly outside
-// skip their products (a warp-uniform test, so the tensor cores of a ragged last tile do only the real work).
+// matrix re-read its last one, and only the stores are masked; a warp skips the products of its 16-row fragments
+// past the expert's end, and all of them when its 64 columns lie past the matrix (warp-uniform tests: the tensor
+// cores of a ragged last tile do little more than the real work).
 // Blocks run column tiles fastest: the 23-45 blocks of one row tile read the same activation rows from L2, and
 // the 2-3 row tiles of an expert read its weight tiles within one wave.
 #include "kernels/cuda/moe_gemm.cuh"
@@ -38,10 +40,10 @@
 #define MX_BN 128     // output columns of a tile
 #define MX_BK 32      // reduction step: one MXFP4 group
 #define MX_STAGES 4   // cp.async ring depth
-#define MX_THREADS 256
+#define MX_THREADS 128
 #define MX_MAX_EXPERTS 256
 #define MX_A_BYTES (MX_BM * MX_BK * 2)   // activation tile of a stage: 128 rows × 64 bytes
-#define MX_RAW_BYTES (MX_THREADS * 8)     // raw MXFP4 nibbles of a stage: 8 bytes per thread
+#define MX_RAW_BYTES (MX_THREADS * 16)    // raw MXFP4 nibbles of a stage: one group (16 bytes) per thread
 #define MX_STAGE_BYTES (MX_A_BYTES + MX_RAW_BYTES)
 #define MX_W_BYTES (MX_BN * MX_BK * 2)   // one dequantized bf16 weight tile (forward [128][32], backward [32][128])
 #define MX_SMEM_BYTES (MX_STAGES * MX_STAGE_BYTES + 2 * MX_W_BYTES) // 57,344
@@ -139,7 +141,7 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
     uint8_t *smem = reinterpret_cast<uint8_t *>(mx_smem);
     uint8_t *wtile = smem + MX_STAGES * MX_STAGE_BYTES; // two dequantized weight tiles
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     // This tile's expert: the last one whose first tile is at or before it (experts without rows own none).
     const int tile = blockIdx.y;
     int e = 0;
@@ -153,37 +155,38 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
     const int ncols = BWD ? K : N, red = BWD ? N : K; // output columns, reduction length
     const int G = K / 32, nk = red / MX_BK;
 
-    // Activation loads: rows tid/4 and tid/4 + 64 of the tile, 16-byte chunk tid%4 of the step's 64 bytes.
-    const bf16 *a_src[2];
-    int a_dst[2];
+    // Activation loads: rows tid/4 + 32i (i < 4) of the tile, 16-byte chunk tid%4 of the step's 64 bytes.
+    const bf16 *a_src[4];
+    int a_dst[4];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int r = (tid >> 2) + 64 * i;
+    for (int i = 0; i < 4; i++) {
+        const int r = (tid >> 2) + 32 * i;
         int p = min(m0 + r, m_end - 1);
         if (row_token) p = row_token[p];
         a_src[i] = act + (size_t)p * red + (tid & 3) * 8;
         a_dst[i] = swz64(r, tid & 3);
     }
-    // Weight loads and decode: 8 bytes of nibbles (16 weights) and their group's scale per thread and step.
-    //   forward:  weight row c0 + tid/2, half tid%2 of the step's group; advance one group per step
-    //   backward: weight row 32·step + tid/8, group c0/32 + (tid/2)%4, half tid%2; advance 32 rows per step
+    // Weight loads and decode: one group (16 bytes of nibbles, 32 weights) and its scale per thread and step.
+    //   forward:  weight row c0 + tid, the step's group; advance one group per step
+    //   backward: weight row 32·step + tid/4, group c0/32 + tid%4; advance 32 rows per step
     const uint8_t *q_src, *s_src;
     size_t q_step, s_step;
-    int w_dst0, w_dst1; // where its 16 decoded weights go in a weight tile
+    int w_dst[4]; // where its 4 × 8 decoded weights go in a weight tile
     if (!BWD) {
-        const int r = tid >> 1, h = tid & 1;
-        const size_t wrow = (size_t)e * N + min(c0 + r, N - 1);
-        q_src = blocks + wrow * G * 16 + h * 8;
+        const size_t wrow = (size_t)e * N + min(c0 + tid, N - 1);
+        q_src = blocks + wrow * G * 16;
         s_src = scales + wrow * G;
         q_step = 16, s_step = 1;
-        w_dst0 = swz64(r, 2 * h), w_dst1 = swz64(r, 2 * h + 1);
+#pragma unroll
+        for (int j = 0; j < 4; j++) w_dst[j] = swz64(tid, j);
     } else {
-        const int r = tid >> 3, g = (tid >> 1) & 3, h = tid & 1;
+        const int r = tid >> 2, g = tid & 3;
         const size_t grp = ((size_t)e * N + r) * G + min(c0 / 32 + g, G - 1);
-        q_src = blocks + grp * 16 + h * 8;
+        q_src = blocks + grp * 16;
         s_src = scales + grp;
         q_step = (size_t)MX_BK * G * 16, s_step = (size_t)MX_BK * G;
-        w_dst0 = swz256(r, 4 * g + 2 * h), w_dst1 = swz256(r, 4 * g + 2 * h + 1);
+#pragma unroll
+        for (int j = 0; j < 4; j++) w_dst[j] = swz256(r, 4 * g + j);
     }
 
     // Fragment addresses of this lane within a tile (ldmatrix: lane l gives row l%8 of matrix l/8).
@@ -192,45 +195,47 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
     //   B backward (tile [n][c], .trans): (n 0-7, c 0-7), (n 8-15, c 0-7), (n 0-7, c 8-15), (n 8-15, c 8-15)
     // so that r[0], r[1] are the b0, b1 of the first 8 output columns and r[2], r[3] those of the next 8.
     const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lhalf = lane >> 4;
-    int a_frag[2], b_frag[2][2];
+    int a_frag[2], b_frag[2][4];
 #pragma unroll
     for (int ks = 0; ks < 2; ks++) {
         a_frag[ks] = swz64(wm * 64 + lrow, 2 * ks + lhalf);
 #pragma unroll
-        for (int np = 0; np < 2; np++)
-            b_frag[ks][np] = BWD ? swz256(16 * ks + lrow, wn * 4 + 2 * np + lhalf)
-                                 : swz64(wn * 32 + 16 * np + (lane & 7) + lhalf * 8, 2 * ks + ((lane >> 3) & 1));
+        for (int np = 0; np < 4; np++)
+            b_frag[ks][np] = BWD ? swz256(16 * ks + lrow, wn * 8 + 2 * np + lhalf)
+                                 : swz64(wn * 64 + 16 * np + (lane & 7) + lhalf * 8, 2 * ks + ((lane >> 3) & 1));
     }
     // Warp-uniform work bounds: rows of this warp still inside the expert, columns inside the matrix.
     const int warp_rows = m_end - (m0 + wm * 64);
-    const bool warp_active = warp_rows > 0 && c0 + wn * 32 < ncols;
+    const bool warp_active = warp_rows > 0 && c0 + wn * 64 < ncols;
 
-    float acc[4][4][4];
+    float acc[4][8][4];
 #pragma unroll
     for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+        for (int nt = 0; nt < 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
 
     // Stage s of the ring: activation tile, then the raw nibbles.
 #define MX_ISSUE(s)                                                                                                   \
     do {                                                                                                              \
         uint8_t *st_ = smem + ((s) % MX_STAGES) * MX_STAGE_BYTES;                                                     \
-        cp_async16(st_ + a_dst[0], a_src[0] + (size_t)(s) * MX_BK);                                                   \
-        cp_async16(st_ + a_dst[1], a_src[1] + (size_t)(s) * MX_BK);                                                   \
-        cp_async8(st_ + MX_A_BYTES + tid * 8, q_src + (size_t)(s) * q_step);                                          \
+        for (int i_ = 0; i_ < 4; i_++) cp_async16(st_ + a_dst[i_], a_src[i_] + (size_t)(s) * MX_BK);                 \
+        cp_async8(st_ + MX_A_BYTES + tid * 16, q_src + (size_t)(s) * q_step);                                         \
+        cp_async8(st_ + MX_A_BYTES + tid * 16 + 8, q_src + (size_t)(s) * q_step + 8);                                 \
     } while (0)
-    // Decode this thread's 8 raw bytes of stage s with scale byte sc into weight tile buffer (s) % 2.
+    // Decode this thread's raw group of stage s with scale byte sc into weight tile buffer (s) % 2.
 #define MX_DECODE(s, sc)                                                                                              \
     do {                                                                                                              \
-        const uint2 q_ = *reinterpret_cast<const uint2 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES +    \
-                                                          tid * 8);                                                   \
-        uint32_t t_[4], v_[8];                                                                                        \
+        const uint4 q_ = *reinterpret_cast<const uint4 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES +    \
+                                                          tid * 16);                                                  \
+        const uint32_t w_[4] = {q_.x, q_.y, q_.z, q_.w};                                                              \
+        uint32_t t_[4];                                                                                               \
         mx_scale_table(t_, sc);                                                                                       \
-        mx_decode8(v_, q_.x, t_);                                                                                     \
-        mx_decode8(v_ + 4, q_.y, t_);                                                                                 \
         uint8_t *wt_ = wtile + ((s) & 1) * MX_W_BYTES;                                                                \
-        *reinterpret_cast<uint4 *>(wt_ + w_dst0) = make_uint4(v_[0], v_[1], v_[2], v_[3]);                            \
-        *reinterpret_cast<uint4 *>(wt_ + w_dst1) = make_uint4(v_[4], v_[5], v_[6], v_[7]);                            \
+        for (int j_ = 0; j_ < 4; j_++) {                                                                              \
+            uint32_t v_[4];                                                                                           \
+            mx_decode8(v_, w_[j_], t_);                                                                               \
+            *reinterpret_cast<uint4 *>(wt_ + w_dst[j_]) = make_uint4(v_[0], v_[1], v_[2], v_[3]);                     \
+        }                                                                                                             \
     } while (0)
 
     // Prologue: stages 0 .. MX_STAGES-2 in flight, stage 0 decoded.
@@ -260,9 +265,9 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
             const uint8_t *at = smem + (kt % MX_STAGES) * MX_STAGE_BYTES, *wt = wtile + (kt & 1) * MX_W_BYTES;
 #pragma unroll
             for (int ks = 0; ks < 2; ks++) {
-                uint32_t b[4][2];
+                uint32_t b[8][2];
 #pragma unroll
-                for (int np = 0; np < 2; np++) {
+                for (int np = 0; np < 4; np++) {
                     uint32_t r[4];
                     if (BWD) ldmatrix_x4_trans(r, wt + b_frag[ks][np]);
                     else ldmatrix_x4(r, wt + b_frag[ks][np]);
@@ -274,7 +279,7 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
                     uint32_t a[4];
                     ldmatrix_x4(a, at + a_frag[ks] + mt * 16 * 64);
 #pragma unroll
-                    for (int nt = 0; nt < 4; nt++) mma_bf16_16816(acc[mt][nt], a, b[nt][0], b[nt][1]);
+                    for (int nt = 0; nt < 8; nt++) mma_bf16_16816(acc[mt][nt], a, b[nt][0], b[nt][1]);
                 }
             }
         }
@@ -294,8 +299,8 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
             const int row = m0 + wm * 64 + mt * 16 + gi + half * 8;
             if (row >= m_end) continue;
 #pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                const int col = c0 + wn * 32 + nt * 8 + ti * 2;
+            for (int nt = 0; nt < 8; nt++) {
+                const int col = c0 + wn * 64 + nt * 8 + ti * 2;
                 if (col >= ncols) continue;
                 float v0 = acc[mt][nt][half * 2], v1 = acc[mt][nt][half * 2 + 1];
                 if (b_e) v0 += bf2f(b_e[col]), v1 += bf2f(b_e[col + 1]);

@@ -3,8 +3,9 @@
 // Every GPU thread of a block is a fiber with its own stack; blocks of a grid run one after the other. A fiber
 // runs until it reaches a barrier: __syncthreads (all threads of the block) or a warp collective (shuffle, ballot,
 // mma.sync, ldmatrix: all 32 lanes of the warp). The scheduler then resolves whatever barrier is complete — a
-// collective is computed from the 32 lanes' inputs, exactly as the hardware combines them — and stops with a message when
-// threads wait at barriers that can never complete (a barrier in divergent code, a collective with exited lanes).
+// collective is computed from the 32 lanes' inputs, exactly as the hardware combines them — and stops with a
+// message when threads wait at barriers that can never complete (a barrier in divergent code, a collective with
+// exited lanes).
 // The order in which threads run between barriers is chosen by EMU_REVERSE and EMU_WARP_AHEAD (see
 // run_block), so that a missing barrier changes the result. Device memory is host memory, filled with 0xFF
 // (NaN) when allocated; static shared arrays and the dynamic shared memory are refilled with 0xFF before every
