@@ -2,7 +2,10 @@
 // do: a measurement program for choosing the design of kernels/cuda/moe_gemm.cu, not a test (the op test checks
 // the numbers). One MoE projection of the 20b shape (32 experts, top-4) on random MXFP4 weights, timed with CUDA
 // events (median of several repetitions):
-//   op        ot_cuda_moe_matmul_fwd / _bwd as the trainer calls them (dequantize + product per expert, on lanes)
+//   op        ot_cuda_moe_matmul_fwd / _bwd as the trainer calls them (the path OT_MOE_PATH or auto picks)
+//   library   the cuBLAS path (moe_gemm.cu): dequantize + product per expert, on lanes
+//   fused     the fused MXFP4 kernels (moe_mxfp4_gemm.cu), which read the 4-bit weights directly; "agree" is
+//             ‖fused − library‖ / ‖library‖ over the outputs (bf16 rounding and summation order only: ~1e-3)
 //   dequant   only the MXFP4 → bf16 dequantization of every expert (the memory traffic it costs)
 //   gemm      only the per-expert products, weights dequantized beforehand (spread over the lanes)
 //   grouped   the same products as one cublasGemmGroupedBatchedEx call
@@ -11,7 +14,9 @@
 //             weights need never reach DRAM
 //
 // usage: bench_moe_gemm [--tokens T] [--reps N] [--slice S]
+//        OT_MOE_PATH=library|fused|auto picks the path of the "op" column (auto by default)
 #include <cublas_v2.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +94,35 @@ static void run_op(void *p, cudaStream_t s) {
     Bench *b = (Bench *)p;
     if (b->fwd) ot_cuda_moe_matmul_fwd(s, (ot_bf16 *)b->y, (const ot_bf16 *)b->x, 0, &b->W, &b->plan);
     else ot_cuda_moe_matmul_bwd(s, (ot_bf16 *)b->y, (const ot_bf16 *)b->x, &b->W, &b->plan, 0);
+}
+
+static void run_library(void *p, cudaStream_t s) {
+    Bench *b = (Bench *)p;
+    if (b->fwd) ot_cuda_moe_gemm_fwd(s, b->y, b->x, 0, &b->W, &b->plan);
+    else ot_cuda_moe_gemm_bwd(s, b->y, b->x, &b->W, &b->plan, 0);
+}
+
+static void run_fused(void *p, cudaStream_t s) {
+    Bench *b = (Bench *)p;
+    if (b->fwd) ot_cuda_moe_mxfp4_fwd(s, b->y, b->x, 0, &b->W, &b->plan);
+    else ot_cuda_moe_mxfp4_bwd(s, b->y, b->x, &b->W, &b->plan, 0);
+}
+
+// ‖fused − library‖ / ‖library‖ over the outputs of one call each.
+static double fused_vs_library(Bench *b, cudaStream_t s, size_t n_out) {
+    std::vector<uint16_t> ref(n_out), got(n_out);
+    run_library(b, s);
+    OT_CUDA_CHECK(cudaMemcpyAsync(ref.data(), b->y, n_out * 2, cudaMemcpyDeviceToHost, s));
+    OT_CUDA_CHECK(cudaMemsetAsync(b->y, 0xFF, n_out * 2, s)); // NaN: an unwritten output shows
+    run_fused(b, s);
+    OT_CUDA_CHECK(cudaMemcpyAsync(got.data(), b->y, n_out * 2, cudaMemcpyDeviceToHost, s));
+    OT_CUDA_CHECK(cudaStreamSynchronize(s));
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n_out; i++) {
+        float a = ot_bf16_to_f32(ref[i]), g = ot_bf16_to_f32(got[i]);
+        d += (double)(g - a) * (g - a), r += (double)a * a;
+    }
+    return r > 0 ? sqrt(d / r) : sqrt(d);
 }
 
 static void run_dequant(void *p, cudaStream_t s) {
@@ -255,7 +289,11 @@ int main(int argc, char **argv) {
         b.off = b.plan.host_offsets;
         size_t in_cols = b.fwd ? b.K : b.N, out_cols = b.fwd ? b.N : b.K;
         OT_CUDA_CHECK(cudaMalloc(&b.x, sizeof(bf16) * n * in_cols));
-        OT_CUDA_CHECK(cudaMemset(b.x, 0x3c, sizeof(bf16) * n * in_cols)); // ~0.01 everywhere
+        { // random activations of ~1 (a constant input would hide a swapped row or column in the agreement check)
+            std::vector<uint16_t> hx((size_t)n * in_cols);
+            for (auto &v : hx) v = ot_f32_to_bf16((float)rand() / RAND_MAX * 2.0f - 1.0f);
+            OT_CUDA_CHECK(cudaMemcpy(b.x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+        }
         OT_CUDA_CHECK(cudaMalloc(&b.y, sizeof(bf16) * n * out_cols));
         OT_CUDA_CHECK(cudaMalloc(&b.wfull, sizeof(bf16) * E * per));
         size_t slice_elems = (size_t)E * slice * (b.fwd ? b.K : b.N);
@@ -265,14 +303,18 @@ int main(int argc, char **argv) {
         OT_CUDA_CHECK(cudaMalloc(&b.dC, sizeof(void *) * 256 * E));
         run_dequant(&b, s);
         double flop = 2.0 * n * b.N * b.K;
+        const double agree = fused_vs_library(&b, s, (size_t)n * out_cols);
         double t_op = time_variant(run_op, &b, s, reps), t_dq = time_variant(run_dequant, &b, s, reps);
+        double t_lib = time_variant(run_library, &b, s, reps), t_fused = time_variant(run_fused, &b, s, reps);
         double t_gemm = time_variant(run_gemm, &b, s, reps), t_grp = time_variant(run_grouped, &b, s, reps);
         double t_rnd = time_variant(run_rounds, &b, s, reps);
         double dq_bytes = E * per * (2.0 + 0.5 + 1.0 / 32);
-        printf("%-22s op %7.3f ms (%5.0f TFLOP/s) | dequant %6.3f ms (%5.2f TB/s) | gemm %6.3f ms (%5.0f TFLOP/s) | "
-               "grouped %6.3f ms (%5.0f) | rounds(slice %d) %6.3f ms (%5.0f)\n",
-               names[c], t_op, flop / t_op / 1e9, t_dq, dq_bytes / t_dq / 1e9, t_gemm, flop / t_gemm / 1e9, t_grp,
-               flop / t_grp / 1e9, slice, t_rnd, flop / t_rnd / 1e9);
+        printf("%-22s op %7.3f ms (%5.0f TFLOP/s) | library %7.3f ms (%5.0f) | fused %7.3f ms (%5.0f) agree %.1e | "
+               "dequant %6.3f ms (%5.2f TB/s) | gemm %6.3f ms (%5.0f TFLOP/s) | grouped %6.3f ms (%5.0f) | "
+               "rounds(slice %d) %6.3f ms (%5.0f)\n",
+               names[c], t_op, flop / t_op / 1e9, t_lib, flop / t_lib / 1e9, t_fused, flop / t_fused / 1e9, agree,
+               t_dq, dq_bytes / t_dq / 1e9, t_gemm, flop / t_gemm / 1e9, t_grp, flop / t_grp / 1e9, slice, t_rnd,
+               flop / t_rnd / 1e9);
         fflush(stdout);
         ot_cuda_moe_plan_free(&b.plan);
         cudaFree(blocks), cudaFree(scales), cudaFree(b.x), cudaFree(b.y), cudaFree(b.wfull);

@@ -89,8 +89,7 @@ __global__ void fill_rows_kernel(bf16 *y, const bf16 *b, int n, int N) {
 }
 
 // ---- host -----------------------------------------------------------------------------------------------------
-// The plan's offsets [E + 1] as ot_cuda_moe_plan_build left them on the host, checked.
-static const int32_t *plan_offsets_host(const ot_cuda_moe_plan *p, const char *op) {
+const int32_t *ot_cuda_moe_plan_host_offsets(const ot_cuda_moe_plan *p, const char *op) {
     const int32_t *off = p->host_offsets;
     OT_REQUIRE(off && off[0] == 0 && off[p->E] == p->n_pairs,
                "%s: plan offsets run 0..%d, expected 0..%d (plan not built?)", op, off ? off[p->E] : -1, p->n_pairs);
@@ -125,7 +124,7 @@ void ot_cuda_moe_gemm_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gathe
                           const ot_cuda_moe_plan *p) {
     const int N = W->rows, K = W->cols, n = p->n_pairs;
     if (n == 0) return;
-    const int32_t *off = plan_offsets_host(p, "ot_cuda_moe_matmul_fwd");
+    const int32_t *off = ot_cuda_moe_plan_host_offsets(p, "ot_cuda_moe_matmul_fwd");
     bf16 *scratch[OT_CUDA_LANES];
     lane_scratch_alloc(scratch, W, stream);
     bf16 *xg = NULL;
@@ -163,7 +162,7 @@ void ot_cuda_moe_gemm_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const o
                           const ot_cuda_moe_plan *p, int accumulate) {
     const int N = W->rows, K = W->cols, n = p->n_pairs;
     if (n == 0) return;
-    const int32_t *off = plan_offsets_host(p, "ot_cuda_moe_matmul_bwd");
+    const int32_t *off = ot_cuda_moe_plan_host_offsets(p, "ot_cuda_moe_matmul_bwd");
     bf16 *scratch[OT_CUDA_LANES];
     lane_scratch_alloc(scratch, W, stream);
     const float one = 1.0f, zero = 0.0f;

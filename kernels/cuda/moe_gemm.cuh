@@ -1,6 +1,7 @@
 // Private to kernels/cuda/: the MXFP4 decode shared by the fused grouped-product kernels (moe_matmul.cu) and the
-// per-expert dequantization of the library path (moe_gemm.cu), so both produce bit-identical bf16 weights, and the
-// entry points of that library path.
+// per-expert dequantization of the library path (moe_gemm.cu), so both produce bit-identical bf16 weights (the
+// training-size kernels of moe_mxfp4_gemm.cu decode by table to the same bits), and the entry points of the
+// library path and of those kernels.
 #ifndef OT_KERNELS_CUDA_MOE_GEMM_CUH
 #define OT_KERNELS_CUDA_MOE_GEMM_CUH
 
@@ -34,5 +35,18 @@ void ot_cuda_moe_gemm_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gathe
                           const ot_cuda_moe_plan *p);
 void ot_cuda_moe_gemm_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
                           const ot_cuda_moe_plan *p, int accumulate);
+
+// The plan's offsets [E + 1] as ot_cuda_moe_plan_build left them on the host, checked (`op` names the caller).
+const int32_t *ot_cuda_moe_plan_host_offsets(const ot_cuda_moe_plan *p, const char *op);
+
+// The fused MXFP4 products for training-size calls (moe_mxfp4_gemm.cu): same contract again. They need MXFP4
+// weights whose rows and columns are multiples of 32, at most 256 experts, a 16-byte aligned input (x or dy) and
+// a 4-byte aligned output; ot_cuda_moe_mxfp4_fits says whether a call qualifies.
+int ot_cuda_moe_mxfp4_fits(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const void *in,
+                           const void *out);
+void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,
+                           const ot_cuda_moe_plan *p);
+void ot_cuda_moe_mxfp4_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
+                           const ot_cuda_moe_plan *p, int accumulate);
 
 #endif

@@ -12,9 +12,20 @@
 // values have 2 significant bits and the scale is a power of two). The next tile's global loads are issued into
 // registers before the current tile's products, so memory latency overlaps the math.
 //
-// These kernels serve calls with few rows per expert (decoding a batch, small evaluations); larger ones take
-// the cuBLAS path of moe_gemm.cu, which has the same contract.
-#include "kernels/cuda/moe_gemm.cuh" // MXFP4 decode, the cuBLAS path
+// These kernels serve calls with few rows per expert (decoding a batch, small evaluations). Larger ones (from
+// MM_LIBRARY_MIN_ROWS_PER_EXPERT rows per expert on average) take, with the same contract:
+//   MXFP4 weights:  the fused kernels of moe_mxfp4_gemm.cu (128 × 128 tiles, cp.async pipeline, MXFP4 read
+//                   directly), when the shapes fit them (rows and columns multiples of 32, ≤ 256 experts);
+//   otherwise:      the cuBLAS path of moe_gemm.cu (each expert's matrix dequantized to a bf16 scratch matrix).
+// The environment variable OT_MOE_PATH, read once, overrides the choice for MXFP4 weights (to compare the paths
+// on a GPU; tests use ot_cuda_moe_set_path):
+//   auto     (default) as above;
+//   library  the cuBLAS path for the larger calls, as before the fused kernels existed;
+//   fused    the kernels of moe_mxfp4_gemm.cu for every call they fit, however few rows per expert.
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/moe_gemm.cuh" // MXFP4 decode, the cuBLAS path, the fused MXFP4 kernels
 
 #include "kernels/ops.h" // OT_EXPERT_MXFP4, OT_EXPERT_DENSE
 
@@ -23,14 +34,42 @@
 #define MM_BK 32
 #define MM_PAD 8
 #define MM_THREADS 256
-// From this many (token, slot) pairs per expert on average, the products go through cuBLAS (moe_gemm.cu): there
-// each used expert's MXFP4 matrix is dequantized whole, which pays off once each expert has many rows (training
-// batches: ~256 per expert at 2048 tokens of the 20b). With a few rows per expert (decoding 32 sentences gives
-// ~4) the fused kernels here read each weight once as MXFP4 and win by far.
+// From this many (token, slot) pairs per expert on average, the products go through the training-size paths
+// (moe_mxfp4_gemm.cu for MXFP4, cuBLAS in moe_gemm.cu otherwise), whose 128-row tiles or whole-expert
+// dequantization pay off once each expert has many rows (training batches: ~256 per expert at 2048 tokens of the
+// 20b). With a few rows per expert (decoding 32 sentences gives ~4) the 64-row kernels here waste the least.
 #define MM_LIBRARY_MIN_ROWS_PER_EXPERT 32
 
 static int use_library(const ot_cuda_moe_plan *p) {
     return p->n_pairs >= MM_LIBRARY_MIN_ROWS_PER_EXPERT * p->E;
+}
+
+static int g_moe_path = -1; // OT_CUDA_MOE_PATH_*, -1 until OT_MOE_PATH is read
+
+void ot_cuda_moe_set_path(int path) {
+    OT_REQUIRE(path >= OT_CUDA_MOE_PATH_AUTO && path <= OT_CUDA_MOE_PATH_FUSED, "ot_cuda_moe_set_path: bad path %d",
+               path);
+    g_moe_path = path;
+}
+
+static int moe_path(void) {
+    if (g_moe_path < 0) {
+        const char *v = getenv("OT_MOE_PATH");
+        int path = OT_CUDA_MOE_PATH_AUTO;
+        if (v && !strcmp(v, "library")) path = OT_CUDA_MOE_PATH_LIBRARY;
+        else if (v && !strcmp(v, "fused")) path = OT_CUDA_MOE_PATH_FUSED;
+        else if (v && *v && strcmp(v, "auto")) ot_die("OT_MOE_PATH=%s: expected library, fused or auto", v);
+        g_moe_path = path;
+    }
+    return g_moe_path;
+}
+
+// Whether an MXFP4 call goes to the fused training kernels (moe_mxfp4_gemm.cu).
+static int use_mxfp4_kernels(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const void *in,
+                             const void *out) {
+    if (W->kind != OT_EXPERT_MXFP4 || !ot_cuda_moe_mxfp4_fits(W, p, in, out)) return 0;
+    const int path = moe_path();
+    return path == OT_CUDA_MOE_PATH_FUSED || (path == OT_CUDA_MOE_PATH_AUTO && use_library(p));
 }
 
 typedef struct {
@@ -287,6 +326,10 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
                             const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_fwd");
     OT_REQUIRE((uintptr_t)x % 16 == 0, "ot_cuda_moe_matmul_fwd: x must be 16-byte aligned");
+    if (use_mxfp4_kernels(W, p, x, y)) {
+        ot_cuda_moe_mxfp4_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p);
+        return;
+    }
     if (use_library(p)) {
         ot_cuda_moe_gemm_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p);
         return;
@@ -305,6 +348,10 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
                             const ot_cuda_moe_plan *p, int accumulate) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_bwd");
+    if (use_mxfp4_kernels(W, p, dy, dx)) {
+        ot_cuda_moe_mxfp4_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate);
+        return;
+    }
     if (use_library(p)) {
         ot_cuda_moe_gemm_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate);
         return;

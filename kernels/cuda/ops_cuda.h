@@ -173,14 +173,24 @@ typedef struct {
 
 // y[p, :] = x_p · W_eᵀ + b_e for every permuted row p of expert e; y [n_pairs, rows]. x_p is x[row_token[p]] when
 // `gather` (x [T, cols], the token activations) or x[p] otherwise (x [n_pairs, cols], already permuted).
-// From 32 (token, slot) pairs per expert on average: through cuBLAS, each expert's MXFP4 matrix dequantized into
-// a bf16 scratch matrix (one per side stream, never all experts at once), the experts spread over a few side
-// streams. Below that (decoding): fused tensor-core kernels that dequantize MXFP4 tiles in shared memory.
+// From 32 (token, slot) pairs per expert on average: MXFP4 weights through fused tensor-core kernels that read the
+// 4-bit weights directly (128-row tiles), dense ones (and MXFP4 shapes those kernels do not take) through cuBLAS,
+// each expert's MXFP4 matrix dequantized into a bf16 scratch matrix (one per side stream, never all experts at
+// once), the experts spread over a few side streams. Below that (decoding): fused tensor-core kernels that
+// dequantize MXFP4 tiles in shared memory, 64 rows at a time. OT_MOE_PATH (kernels/cuda/moe_matmul.cu) or
+// ot_cuda_moe_set_path overrides the choice for MXFP4 weights.
 void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
                             const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p);
 // dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
                             const ot_cuda_moe_plan *p, int accumulate);
+// Which implementation the two calls above use for MXFP4 weights, for every later call of the process (tests and
+// benchmarks; the default comes from the environment variable OT_MOE_PATH=auto|library|fused):
+//   AUTO     the fused MXFP4 kernels from 32 rows per expert on average, the small-call kernels below that;
+//   LIBRARY  cuBLAS on dequantized copies from 32 rows per expert, the small-call kernels below that;
+//   FUSED    the fused MXFP4 kernels whenever the shapes fit them, whatever the rows per expert.
+enum { OT_CUDA_MOE_PATH_AUTO = 0, OT_CUDA_MOE_PATH_LIBRARY = 1, OT_CUDA_MOE_PATH_FUSED = 2 };
+void ot_cuda_moe_set_path(int path);
 // Full training, dense experts only: dW [E, rows, cols] fp32 += Σ_p dy[p]ᵀ · x_p per expert over its permuted rows,
 // db [E, rows] fp32 (may be NULL) += Σ_p dy[p]; x_p as in ot_cuda_moe_matmul_fwd (`gather`). One thread per
 // weight, fp32 sums in permuted-row order: deterministic. CPU twin: ot_expert_matmul_bwd_weight per expert group.

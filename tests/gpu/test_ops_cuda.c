@@ -803,11 +803,17 @@ static void free_weight(test_weight *w) {
 }
 
 // The grouped product of one projection, forward (gathered token rows or already-permuted rows) and backward
-// (overwrite and accumulate), against ot_expert_matmul_* per expert group.
-static void test_moe_matmul(const ot_cuda_moe_plan *plan, const ref_plan *rp, int kind, int rows, int cols) {
+// (overwrite and accumulate), against ot_expert_matmul_* per expert group, with MXFP4 weights through `path`
+// (OT_CUDA_MOE_PATH_*: each implementation the op can choose).
+static void test_moe_matmul(const ot_cuda_moe_plan *plan, const ref_plan *rp, int kind, int rows, int cols,
+                            int path) {
     int T = plan->T, k = plan->k, E = plan->E, n = plan->n_pairs;
     char what[96];
-    const char *kname = kind == OT_EXPERT_MXFP4 ? "mxfp4" : "dense";
+    const char *kname = kind == OT_EXPERT_DENSE                 ? "dense"
+                        : path == OT_CUDA_MOE_PATH_LIBRARY      ? "mxfp4/library"
+                        : path == OT_CUDA_MOE_PATH_FUSED        ? "mxfp4/fused"
+                                                                : "mxfp4";
+    ot_cuda_moe_set_path(path);
     test_weight w = make_weight(kind, E, rows, cols);
     for (int gather = 1; gather >= 0; gather--) {
         int xrows = gather ? T : n;
@@ -848,6 +854,14 @@ static void test_moe_matmul(const ot_cuda_moe_plan *plan, const ref_plan *rp, in
     free(dy), free(grad), free(dx0), free(ref);
     dfree(dy_d), dfree(dx_d), dfree(dxa_d);
     free_weight(&w);
+    ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_AUTO);
+}
+
+// Every MXFP4 implementation the op can choose for a plan (auto picks one of them by the rows per expert).
+static void test_moe_matmul_mxfp4_paths(const ot_cuda_moe_plan *plan, const ref_plan *rp, int rows, int cols) {
+    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_AUTO);
+    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_LIBRARY);
+    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_FUSED);
 }
 
 // Full training: the dense experts' weight and bias gradients, against ot_expert_matmul_bwd_weight on each expert's
@@ -1002,11 +1016,16 @@ static void test_moe(const sizes *z) {
     test_moe_plan(&plan, &rp, T, k, E);
     expect_clean("moe_plan_build");
 
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H); // gate_up shape
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I);     // down shape
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96);   // rows not a multiple of the 32-row k step
-    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H);
-    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96);
+    // Training-sized (over 32 rows per expert): auto takes the fused MXFP4 kernels where the shapes fit them.
+    test_moe_matmul_mxfp4_paths(&plan, &rp, 2 * I, H);                       // gate_up shape
+    test_moe_matmul_mxfp4_paths(&plan, &rp, H, I);                           // down shape
+    // Reductions of 9 (forward) and 6 (backward) steps of 32, longer than the fused kernels' 4-stage ring, and
+    // partial column tiles (192 = 128 + 64, 288 = 2·128 + 32).
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO); // rows not a multiple of 32:
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_FUSED); // never the fused kernels
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H, OT_CUDA_MOE_PATH_AUTO);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
     test_moe_weight_grad(&plan, &rp, 2 * I, H, 1); // gate_up: token rows gathered
     test_moe_weight_grad(&plan, &rp, H, I, 0);     // down: rows already permuted
     test_moe_weight_grad(&plan, &rp, 70, 45, 1);   // neither dimension a multiple of the 32 tile
@@ -1033,13 +1052,43 @@ static void test_moe(const sizes *z) {
     int32_t *idx_sd = up_i32(idx_s, (size_t)Ts * ks);
     ot_cuda_moe_plan_build(g_s, &small, idx_sd);
     test_moe_plan(&small, &rps, Ts, ks, E);
-    test_moe_matmul(&small, &rps, OT_EXPERT_MXFP4, 2 * I, H);
-    test_moe_matmul(&small, &rps, OT_EXPERT_MXFP4, 70, 96);
-    test_moe_matmul(&small, &rps, OT_EXPERT_DENSE, 70, 96);
+    test_moe_matmul_mxfp4_paths(&small, &rps, 2 * I, H); // fused: single short tiles
+    test_moe_matmul(&small, &rps, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO);
+    test_moe_matmul(&small, &rps, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
     ot_cuda_moe_plan_free(&small);
     free_ref_plan(&rps);
     free(idx_s);
     dfree(idx_sd);
+
+    // Skewed routing: expert 0 takes slot 0 of every token (two 128-row tiles of the fused kernels and a ragged
+    // third), expert 1 none, the others share the other slots (one or two tiles, the last one ragged).
+    int Tk = 300, kk = k < 2 ? 2 : k, Ek = E < kk + 2 ? kk + 2 : E;
+    int32_t *idx_k = ot_malloc((size_t)Tk * kk * sizeof(int32_t));
+    for (int t = 0; t < Tk; t++) {
+        idx_k[(size_t)t * kk] = 0;
+        for (int j = 1; j < kk; j++) { // distinct experts from 2 .. Ek-1
+            int e, dup;
+            do {
+                e = 2 + rand_int(Ek - 2);
+                dup = 0;
+                for (int jj = 1; jj < j; jj++) dup |= idx_k[(size_t)t * kk + jj] == e;
+            } while (dup);
+            idx_k[(size_t)t * kk + j] = e;
+        }
+    }
+    ref_plan rpk = make_ref_plan(idx_k, Tk * kk, Ek);
+    ot_cuda_moe_plan skew;
+    ot_cuda_moe_plan_alloc(&skew, Tk, kk, Ek);
+    int32_t *idx_kd = up_i32(idx_k, (size_t)Tk * kk);
+    ot_cuda_moe_plan_build(g_s, &skew, idx_kd);
+    test_moe_plan(&skew, &rpk, Tk, kk, Ek);
+    test_moe_matmul(&skew, &rpk, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&skew, &rpk, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&skew, &rpk, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
+    ot_cuda_moe_plan_free(&skew);
+    free_ref_plan(&rpk);
+    free(idx_k);
+    dfree(idx_kd);
 }
 
 // ---- cross-entropy through the head --------------------------------------------------------------------------------

@@ -2,12 +2,17 @@
 //
 // Every GPU thread of a block is a fiber with its own stack; blocks of a grid run one after the other. A fiber
 // runs until it reaches a barrier: __syncthreads (all threads of the block) or a warp collective (shuffle, ballot,
-// mma.sync: all 32 lanes of the warp). The scheduler then resolves whatever barrier is complete — a collective is
-// computed from the 32 lanes' inputs, exactly as the hardware combines them — and stops with a message when
-// threads wait at barriers that can never complete (a barrier in divergent code, a collective with exited lanes).
+// mma.sync, ldmatrix: all 32 lanes of the warp). The scheduler then resolves whatever barrier is complete — a
+// collective is computed from the 32 lanes' inputs, exactly as the hardware combines them — and stops with a
+// message when threads wait at barriers that can never complete (a barrier in divergent code, a collective with
+// exited lanes).
 // The order in which threads run between barriers is chosen by EMU_REVERSE and EMU_WARP_AHEAD (see
 // run_block), so that a missing barrier changes the result. Device memory is host memory, filled with 0xFF
-// (NaN) when allocated; static shared arrays are refilled with 0xFF before every block.
+// (NaN) when allocated; static shared arrays and the dynamic shared memory are refilled with 0xFF before every
+// block. cp.async copies are per thread and complete as late as the hardware may complete them: the source is
+// read at the copy, the destination is poisoned then and written only at the issuing thread's
+// cp.async.wait_group that covers the copy's group, so a read before that wait (or, by another thread, before
+// the barrier after it) sees NaN.
 #include "cuda_emu.h"
 
 #include <sanitizer/common_interface_defs.h>
@@ -16,13 +21,21 @@
 #include <stdlib.h>
 #include <ucontext.h>
 
+#include <map>
 #include <vector>
 
 uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 
 enum State { ST_RUN, ST_WAIT_BLOCK, ST_WAIT_WARP, ST_DONE };
-enum WarpOp { OP_NONE, OP_SHFL_F, OP_SHFL_D, OP_BALLOT, OP_MMA };
+enum WarpOp { OP_NONE, OP_SHFL_F, OP_SHFL_D, OP_BALLOT, OP_MMA, OP_LDMATRIX };
+
+// One cp.async in flight: its bytes (read at issue), destination, and commit group (-1: not committed yet).
+struct CpAsync {
+    unsigned char bytes[16];
+    void *dst;
+    int n, group;
+};
 
 struct Fiber {
     ucontext_t ctx; // only to start the fiber on its own stack
@@ -34,6 +47,11 @@ struct Fiber {
     int arg;        //   shuffle lane mask
     uint32_t a[4], b0, b1;
     float d[4];     //   mma fragments (d: accumulators in, results out)
+    const void *lm_row; //   ldmatrix: this lane's row address, .trans, the registers it receives
+    int lm_trans;
+    uint32_t lm_out[4];
+    std::vector<CpAsync> cp; // this thread's copies in flight
+    int cp_groups;           // groups it committed
     double out;     // ... and its results
     unsigned uout;
     int pred;       // ballot / __syncthreads_count predicate
@@ -126,6 +144,12 @@ void emu_mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b
     memcpy(d, g_f[g_cur].d, sizeof(f.d));
 }
 void *emu_dyn_smem(void) { return g_dyn.data(); }
+void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans) {
+    Fiber &f = g_f[g_cur];
+    f.op = OP_LDMATRIX, f.lm_row = p, f.lm_trans = trans;
+    yield_as(ST_WAIT_WARP);
+    memcpy(r, g_f[g_cur].lm_out, sizeof(g_f[g_cur].lm_out));
+}
 
 // Static shared arrays are function-scope statics in the rewritten kernels (shared by the fibers of a block, as
 // blocks run one at a time); each registers itself the first time a thread passes its declaration.
@@ -139,6 +163,44 @@ void emu_shared(void *p, size_t n) {
         if (r.p == p) return;
     g_shared.push_back({p, n});
     memset(p, 0xFF, n);
+}
+
+static void die(const char *msg);
+void emu_unsupported(const char *what) { die(what); }
+
+// Whether [p, p + n) lies inside the dynamic shared memory or one registered static shared array.
+static bool in_shared(const void *p, size_t n) {
+    const char *c = (const char *)p;
+    if (c >= g_dyn.data() && c + n <= g_dyn.data() + g_dyn.size() - 16) return true;
+    for (auto &r : g_shared)
+        if (c >= (const char *)r.p && c + n <= (const char *)r.p + r.n) return true;
+    return false;
+}
+
+void emu_cp_async(void *dst, const void *src, int n) {
+    if (n != 4 && n != 8 && n != 16) die("cp.async of a size other than 4, 8, 16 bytes");
+    if ((uintptr_t)dst % n || (uintptr_t)src % n) die("cp.async address not aligned to its size");
+    if (!in_shared(dst, n)) die("cp.async destination outside shared memory");
+    CpAsync c;
+    memcpy(c.bytes, src, n);
+    c.dst = dst, c.n = n, c.group = -1;
+    memset(dst, 0xFF, n); // undefined until the copy completes
+    g_f[g_cur].cp.push_back(c);
+}
+void emu_cp_async_commit(void) {
+    Fiber &f = g_f[g_cur];
+    for (auto &c : f.cp)
+        if (c.group < 0) c.group = f.cp_groups;
+    f.cp_groups++;
+}
+void emu_cp_async_wait(int n) { // complete every copy of the groups before the newest n
+    Fiber &f = g_f[g_cur];
+    std::vector<CpAsync> left;
+    for (auto &c : f.cp) {
+        if (c.group >= 0 && c.group < f.cp_groups - n) memcpy(c.dst, c.bytes, c.n);
+        else left.push_back(c);
+    }
+    f.cp.swap(left);
 }
 
 static float bf_lo(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r & 0xffff))); }
@@ -191,6 +253,25 @@ static void warp_collective(int w) {
             L[l].d[0] = D[g][2 * c], L[l].d[1] = D[g][2 * c + 1];
             L[l].d[2] = D[g + 8][2 * c], L[l].d[3] = D[g + 8][2 * c + 1];
         }
+    } else if (op == OP_LDMATRIX) {
+        // Matrix i's row j comes from the address of lane 8i + j (8 b16, 16-byte aligned, in shared memory).
+        // Lane l receives, per matrix, row l/4's elements 2(l%4), 2(l%4)+1 — or with .trans column l/4's rows
+        // 2(l%4), 2(l%4)+1 — the lower index in the low half.
+        uint16_t M[4][8][8];
+        for (int l = 0; l < 32; l++) {
+            if (L[l].lm_trans != L[0].lm_trans) die("lanes of a warp disagree on ldmatrix .trans");
+            if ((uintptr_t)L[l].lm_row % 16) die("ldmatrix row address not 16-byte aligned");
+            if (!in_shared(L[l].lm_row, 16)) die("ldmatrix row outside shared memory");
+            memcpy(M[l / 8][l % 8], L[l].lm_row, 16);
+        }
+        for (int l = 0; l < 32; l++) {
+            int g = l / 4, c = l % 4;
+            for (int i = 0; i < 4; i++) {
+                uint16_t lo = L[0].lm_trans ? M[i][2 * c][g] : M[i][g][2 * c];
+                uint16_t hi = L[0].lm_trans ? M[i][2 * c + 1][g] : M[i][g][2 * c + 1];
+                L[l].lm_out[i] = (uint32_t)lo | (uint32_t)hi << 16;
+            }
+        }
     } else {
         die("unknown warp collective");
     }
@@ -202,6 +283,7 @@ static void warp_collective(int w) {
 // it reaches a __syncthreads (warps in order or reversed).
 static void run_block() {
     for (auto &r : g_shared) memset(r.p, 0xFF, r.n);
+    memset(g_dyn.data(), 0xFF, g_dyn.size() - 16); // the 16 bytes past the end keep their 0xA5 guard
     for (int t = 0; t < g_n; t++) {
         Fiber &f = g_f[t];
         getcontext(&f.ctx);
@@ -212,6 +294,8 @@ static void run_block() {
         f.started = false;
         f.st = ST_RUN;
         f.op = OP_NONE;
+        f.cp.clear();
+        f.cp_groups = 0;
     }
     for (;;) {
         if (!g_warp_ahead) { // lockstep: every thread runs to its next barrier, then the barriers resolve
@@ -266,7 +350,11 @@ static void run_block() {
     }
 }
 
-cudaError_t emu_run_grid(const std::function<void()> &k, dim3 grid, dim3 block, size_t shmem) {
+// Dynamic shared memory a kernel may take (cudaFuncSetAttribute), and the most an H100's block can have.
+static std::map<const void *, int> g_max_dyn;
+static const int MAX_DYN_OPT_IN = 227 * 1024;
+
+cudaError_t emu_run_grid(const std::function<void()> &k, dim3 grid, dim3 block, size_t shmem, const void *kernel) {
     g_launches++;
     if (g_reverse < 0) {
         g_reverse = getenv("EMU_REVERSE") && atoi(getenv("EMU_REVERSE"));
@@ -275,7 +363,9 @@ cudaError_t emu_run_grid(const std::function<void()> &k, dim3 grid, dim3 block, 
     unsigned n = block.x * block.y * block.z;
     if (n == 0 || n > 1024 || n % 32) die("bad block size");
     if (grid.y > 65535 || grid.z > 65535 || grid.x == 0 || grid.y == 0 || grid.z == 0) die("bad grid");
-    if (shmem > 48 * 1024) die("dynamic shared memory above 48 KB without opt-in");
+    size_t allowed = 48 * 1024;
+    if (g_max_dyn.count(kernel)) allowed = std::max(allowed, (size_t)g_max_dyn[kernel]);
+    if (shmem > allowed) die("dynamic shared memory above 48 KB without opt-in (cudaFuncSetAttribute)");
     g_n = (int)n;
     if (g_f.size() < n) g_f.resize(n);
     while (g_stacks.size() < n) g_stacks.push_back((char *)malloc(STACK));
@@ -325,6 +415,11 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) { free(e); return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 cudaError_t cudaMallocHost(void **p, size_t n) { *p = malloc(n ? n : 1); return *p ? cudaSuccess : cudaErrorInvalidValue; }
 cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+cudaError_t cudaFuncSetAttribute(const void *f, cudaFuncAttribute a, int v) {
+    if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 || v > MAX_DYN_OPT_IN) return cudaErrorInvalidValue;
+    g_max_dyn[f] = v;
+    return cudaSuccess;
+}
 
 // ---- cuBLAS ----
 const char *cublasGetStatusString(cublasStatus_t s) { return s ? "emulated cuBLAS error" : "success"; }

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Rewrite kernels/cuda sources so a host C++ compiler can build them against the CUDA emulation (cuda_emu.h):
 kernel launches `k<<<grid, block, shmem, stream>>>(args)` become `emu_launch(k, grid, block, shmem, stream, args)`,
-the mma.sync inline assembly becomes a call to the emulated warp-wide product, dynamic shared memory becomes the
-emulator's buffer, and every static shared array is registered so the emulator poisons it before each block.
+each inline assembly statement the emulator knows (by its opcode, see ASM) becomes a call to its emulation (the
+mma.sync and ldmatrix warp collectives, cp.async copies and their groups), dynamic shared memory becomes the
+emulator's buffer, and every static shared array is registered so the emulator poisons it before each block. The
+replacement calls name the parameters of the wrapper function around each asm statement (cuda_common.cuh,
+moe_mxfp4_gemm.cu), so a wrapper must use those names; any other inline assembly is refused.
 
 Usage: transform.py SRC_DIR DST_DIR   (copies every file of SRC_DIR, rewritten, into DST_DIR)"""
 import os
@@ -17,9 +20,31 @@ def register_shared(m):
     return decl + ' ' + ' '.join('emu_shared(&%s, sizeof(%s));' % (n, n) for n in names)
 
 
+# (opcode prefix of the asm string, replacement); checked in order, so the longer prefixes come first.
+ASM = [
+    ('mma.sync', 'emu_mma_bf16_16816(d, a, b0, b1);'),
+    ('ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16', 'emu_ldmatrix_x4(r, p, 1);'),
+    ('ldmatrix.sync.aligned.m8n8.x4.shared.b16', 'emu_ldmatrix_x4(r, p, 0);'),
+    ('cp.async.cg.shared.global [%0], [%1], 16;', 'emu_cp_async(dst, src, 16);'),
+    ('cp.async.ca.shared.global [%0], [%1], 16;', 'emu_cp_async(dst, src, 16);'),
+    ('cp.async.ca.shared.global [%0], [%1], 8;', 'emu_cp_async(dst, src, 8);'),
+    ('cp.async.ca.shared.global [%0], [%1], 4;', 'emu_cp_async(dst, src, 4);'),
+    ('cp.async.commit_group;', 'emu_cp_async_commit();'),
+    ('cp.async.wait_group %0;', 'emu_cp_async_wait(N);'),
+]
+
+
+def rewrite_asm(m):
+    text = m.group(1)
+    for opcode, call in ASM:
+        if text.startswith(opcode):
+            return call
+    raise SystemExit('transform.py: inline assembly the emulator does not know: ' + text[:60])
+
+
 def rewrite(s):
-    s, n_mma = re.subn(r'asm volatile\("mma\.sync.*?\);', 'emu_mma_bf16_16816(d, a, b0, b1);', s, flags=re.S)
-    if 'asm' in s.replace('emu_mma', ''):
+    s = re.sub(r'asm volatile\("([^"]*)".*?\);', rewrite_asm, s, flags=re.S)
+    if re.search(r'\basm\s*(volatile\s*)?\(', s):
         raise SystemExit('transform.py: inline assembly the emulator does not know')
     s = re.sub(r'extern __shared__ (\w+) (\w+)\[\];', r'\1 *\2 = (\1 *)emu_dyn_smem();', s)
     s = re.sub(r'(\w+(?:<[^;<>()]*>)?)\s*<<<(.*?)>>>\s*\(', r'emu_launch(\1, \2, ', s, flags=re.S)

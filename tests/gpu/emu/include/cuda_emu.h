@@ -46,6 +46,8 @@ cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
 cudaError_t cudaMallocHost(void **p, size_t n);
 cudaError_t cudaFreeHost(void *p);
+typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
+cudaError_t cudaFuncSetAttribute(const void *f, cudaFuncAttribute a, int v);
 
 // cuBLAS subset
 typedef enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 } cublasStatus_t;
@@ -138,6 +140,16 @@ static inline float __fsub_rn(float a, float b) { volatile float r = a - b; retu
 static inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
 static inline float __fsqrt_rn(float a) { return sqrtf(a); }
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+// prmt in its default mode: byte n of the result is byte (s >> 4n) & 7 of the 8 bytes {x, y}. Bit 3 of a selector
+// (PTX: replicate the byte's sign) is not emulated: emu_unsupported stops the run if a kernel relies on it.
+void emu_unsupported(const char *what);
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    if (s & 0x8888u) emu_unsupported("__byte_perm with a sign-replicating selector");
+    uint64_t v = (uint64_t)y << 32 | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; n++) r |= (unsigned)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xffu) << (8 * n);
+    return r;
+}
 
 void __syncthreads(void);
 int __syncthreads_count(int pred);
@@ -145,6 +157,13 @@ float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
 double __shfl_xor_sync(unsigned mask, double v, int lane_mask);
 unsigned __ballot_sync(unsigned mask, int pred);
 void emu_mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: a warp collective (each lane gives one row address).
+void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans);
+// cp.async: the source is read when the copy is issued, the destination (poisoned meanwhile) is written when a
+// cp.async.wait_group of the issuing thread covers its group.
+void emu_cp_async(void *dst, const void *src, int bytes);
+void emu_cp_async_commit(void);
+void emu_cp_async_wait(int n);
 void *emu_dyn_smem(void);
 void emu_shared(void *p, size_t n); // register a static shared array: poisoned (0xFF) before every block
 
@@ -163,11 +182,15 @@ static inline int atomicMin(int *p, int v) { int o = *p; if (v < o) *p = v; retu
 #define __align__(n) __attribute__((aligned(n)))
 
 template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
-cudaError_t emu_run_grid(const std::function<void()> &f, dim3 grid, dim3 block, size_t shmem);
+template <class T> static inline cudaError_t cudaFuncSetAttribute(T *f, cudaFuncAttribute a, int v) {
+    return cudaFuncSetAttribute(reinterpret_cast<const void *>(f), a, v);
+}
+// `kernel` identifies the function for its attributes (the dynamic shared memory it may take).
+cudaError_t emu_run_grid(const std::function<void()> &f, dim3 grid, dim3 block, size_t shmem, const void *kernel);
 template <typename... KArgs, typename... Args>
 static inline void emu_launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t shmem, cudaStream_t, Args... args) {
     std::function<void()> f = [=]() { k(args...); };
-    emu_run_grid(f, grid, block, shmem);
+    emu_run_grid(f, grid, block, shmem, reinterpret_cast<const void *>(k));
 }
 #endif
 #endif

@@ -1,0 +1,365 @@
+// The grouped expert products of training-size MoE calls with MXFP4 weights, read straight from their 4-bit form:
+// no bf16 copy of a weight matrix is ever written to global memory (the library path of moe_gemm.cu writes and
+// re-reads 2 bytes per weight and call, about half its time). Same contract as ot_cuda_moe_matmul_fwd / _bwd:
+//
+//   forward:   y[p, c]  = Σ_k x_p[k] · W_e[c, k] + b_e[c]        (reduction over K = cols of W, c < N = rows)
+//   backward:  dx[p, c] (+)= Σ_n dy[p, n] · W_e[n, c]           (reduction over N = rows of W, c < K = cols)
+//
+// One block computes a tile of 128 rows (one expert's permuted rows) × 128 output columns with 4 warps (2 × 2,
+// each 64 × 64: per product, the fewest shared-memory fragment reads, which bound mma.sync kernels) on the bf16
+// tensor cores (mma.sync m16n8k16, fp32 accumulators), stepping the reduction by 32; two blocks share an SM:
+//   - the activation tile (x or dy, 128 × 32 bf16) and the weight tile's raw MXFP4 bytes (128 groups of 16
+//     bytes: forward, one 32-group per weight row; backward, 32 weight rows × 4 groups) travel by cp.async through
+//     a 4-stage ring in shared memory, so three steps of loads are in flight while the tensor cores work;
+//   - each thread dequantizes the group it copied itself (32 weights; no barrier needed between its copy and its
+//     decode) into a double-buffered bf16 weight tile, one step ahead of the products that read it, so a step
+//     needs a single __syncthreads; the scale bytes (1 per group, not 16-byte aligned) come by plain loads
+//     issued a step before their use;
+//   - operand fragments come by ldmatrix.x4 from XOR-swizzled tiles (every 8-row read hits 8 distinct 16-byte
+//     bank groups); the backward reads its weight tile [32 n][128 c] with ldmatrix .trans, which hands each lane
+//     the pairs along n that the mma's B operand wants.
+// The decode gives the bits of mx_dequant16 (moe_gemm.cuh) for every code and scale: the 8 magnitudes are
+// scaled once per group exactly as there (v · f1 · f2, rounded to bf16 once), then looked up with byte
+// permutes (prmt) by the 3-bit magnitude of each nibble, and the sign bit is copied in (scaling and rounding are
+// symmetric in the sign, so −v decodes to the bits of v with the sign set).
+//
+// Rows: a tile never straddles two experts. The tile table comes from the plan's host copy of the offsets (the
+// library path sizes its calls from it too) and travels in the kernel's parameters (≤ 256 experts), so the host
+// never waits for the GPU; each block finds its expert by a binary search over the experts' first tiles. Ragged
+// ends are handled by clamping: rows past the expert's end re-read its last row, weight rows / groups past the
+// matrix re-read its last one, and only the stores are masked; a warp skips the products of its 16-row fragments
+// past the expert's end, and all of them when its 64 columns lie past the matrix (warp-uniform tests: the tensor
+// cores of a ragged last tile do little more than the real work).
+// Blocks run column tiles fastest: the 23-45 blocks of one row tile read the same activation rows from L2, and
+// the 2-3 row tiles of an expert read its weight tiles within one wave.
+#include "kernels/cuda/moe_gemm.cuh"
+
+#include "kernels/ops.h" // OT_EXPERT_MXFP4
+
+#define MX_BM 128     // rows of a tile (one expert's)
+#define MX_BN 128     // output columns of a tile
+#define MX_BK 32      // reduction step: one MXFP4 group
+#define MX_STAGES 4   // cp.async ring depth
+#define MX_THREADS 128
+#define MX_MAX_EXPERTS 256
+#define MX_A_BYTES (MX_BM * MX_BK * 2)   // activation tile of a stage: 128 rows × 64 bytes
+#define MX_RAW_BYTES (MX_THREADS * 16)    // raw MXFP4 nibbles of a stage: one group (16 bytes) per thread
+#define MX_STAGE_BYTES (MX_A_BYTES + MX_RAW_BYTES)
+#define MX_W_BYTES (MX_BN * MX_BK * 2)   // one dequantized bf16 weight tile (forward [128][32], backward [32][128])
+#define MX_SMEM_BYTES (MX_STAGES * MX_STAGE_BYTES + 2 * MX_W_BYTES) // 57,344
+
+// The row tiles of one call: expert e owns rows row0[e] .. row0[e+1]-1 and row tiles tile0[e] .. tile0[e+1]-1.
+typedef struct {
+    int E;
+    int32_t row0[MX_MAX_EXPERTS + 1];
+    int32_t tile0[MX_MAX_EXPERTS + 1];
+} MxTiles;
+
+// ---- PTX wrappers (the emulator, tests/gpu/emu/transform.py, rewrites each asm by its opcode and relies on
+// these parameter names) -----------------------------------------------------------------------------------------
+// Asynchronous global → shared copies: 16 bytes bypassing L1 (activations, read once per block), 8 bytes through
+// L1 (MXFP4 nibbles, only 8-byte aligned).
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async8(void *dst, const void *src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Wait until at most N of this thread's committed copy groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait(void) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Four 8 × 8 bf16 matrices: lane 8i + j gives the address of row j of matrix i (16 bytes, 16-byte aligned);
+// r[i] of lane l = row l/4, elements 2(l%4), 2(l%4)+1 of matrix i (.trans: column l/4, rows 2(l%4), 2(l%4)+1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
+}
+
+// ---- MXFP4 decode by table ------------------------------------------------------------------------------------
+// The bf16 bits of the 8 E2M1 magnitudes (0, .5, 1, 1.5, 2, 3, 4, 6) times 2^(s − 127), computed as mx_dequant16
+// does, as byte tables for prmt: t[0] = low bytes of magnitudes 0-3, t[1] = of 4-7, t[2], t[3] = their high bytes.
+__device__ __forceinline__ void mx_scale_table(uint32_t t[4], unsigned s) {
+    const float f1 = __uint_as_float(s == 0 ? 0x00400000u : (min(s, 254u) << 23));
+    const float f2 = s == 255 ? 2.0f : 1.0f;
+    const uint32_t m01 = pack_bf16x2(0.0f * f1 * f2, 0.5f * f1 * f2), m23 = pack_bf16x2(1.0f * f1 * f2, 1.5f * f1 * f2);
+    const uint32_t m45 = pack_bf16x2(2.0f * f1 * f2, 3.0f * f1 * f2), m67 = pack_bf16x2(4.0f * f1 * f2, 6.0f * f1 * f2);
+    t[0] = __byte_perm(m01, m23, 0x6420);
+    t[1] = __byte_perm(m45, m67, 0x6420);
+    t[2] = __byte_perm(m01, m23, 0x7531);
+    t[3] = __byte_perm(m45, m67, 0x7531);
+}
+
+// 8 weights of one 32-bit word of nibbles (element i in bits 4i..4i+3) as 4 registers of bf16 pairs (element 2j
+// in the low half of out[j]), as mx_dequant16 lays them out.
+__device__ __forceinline__ void mx_decode8(uint32_t out[4], uint32_t w, const uint32_t t[4]) {
+    const uint32_t mag = w & 0x77777777u; // 3-bit magnitude codes: prmt byte selectors
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const uint32_t sel = half ? mag >> 16 : mag;    // elements 4·half .. 4·half+3
+        const uint32_t lo = __byte_perm(t[0], t[1], sel); // their low bytes
+        const uint32_t hi = __byte_perm(t[2], t[3], sel); // their high bytes
+        out[2 * half] = __byte_perm(lo, hi, 0x5140);
+        out[2 * half + 1] = __byte_perm(lo, hi, 0x7362);
+    }
+    // Signs: element 2j's is bit 3 of byte j, 2j+1's bit 7; they belong in bits 15 and 31 of out[j].
+    const uint32_t w4 = w << 4;
+    out[0] |= __byte_perm(w4, w, 0x4000) & 0x80008000u;
+    out[1] |= __byte_perm(w4, w, 0x5010) & 0x80008000u;
+    out[2] |= __byte_perm(w4, w, 0x6020) & 0x80008000u;
+    out[3] |= __byte_perm(w4, w, 0x7030) & 0x80008000u;
+}
+
+// ---- shared-memory layouts ------------------------------------------------------------------------------------
+// Tiles of 64-byte rows (activations [128][32], forward weights [128][32]): 16-byte chunk c of row r lives at
+// chunk c ^ ((r / 2) % 4), so the 8 rows an ldmatrix reads (and the 8 lanes of a quarter warp that write)
+// cover all 8 bank groups of 16 bytes.
+__device__ __forceinline__ int swz64(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
+// Tiles of 256-byte rows (backward weights [32][128]): chunk c of row r lives at chunk c ^ (r % 8).
+__device__ __forceinline__ int swz256(int row, int chunk) { return row * 256 + ((chunk ^ (row & 7)) << 4); }
+
+// ---- the kernel -----------------------------------------------------------------------------------------------
+// Forward (BWD false): out = y [n_pairs, N], act = x ([T, K] gathered through row_token, or [n_pairs, K]),
+// bias [E, N] or NULL. Backward: out = dx [n_pairs, K], act = dy [n_pairs, N], accumulate onto out or not.
+template <bool BWD>
+__global__ void __launch_bounds__(MX_THREADS, 2)
+    moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
+                          const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
+                          const bf16 *__restrict__ bias, int N, int K, int accumulate, MxTiles tiles) {
+    extern __shared__ uint4 mx_smem[];
+    uint8_t *smem = reinterpret_cast<uint8_t *>(mx_smem);
+    uint8_t *wtile = smem + MX_STAGES * MX_STAGE_BYTES; // two dequantized weight tiles
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    // This tile's expert: the last one whose first tile is at or before it (experts without rows own none).
+    const int tile = blockIdx.y;
+    int e = 0;
+    for (int hi = tiles.E; hi - e > 1;) {
+        const int mid = (e + hi) >> 1;
+        if (tiles.tile0[mid] <= tile) e = mid;
+        else hi = mid;
+    }
+    const int m0 = tiles.row0[e] + (tile - tiles.tile0[e]) * MX_BM, m_end = tiles.row0[e + 1];
+    const int c0 = blockIdx.x * MX_BN;
+    const int ncols = BWD ? K : N, red = BWD ? N : K; // output columns, reduction length
+    const int G = K / 32, nk = red / MX_BK;
+
+    // Activation loads: rows tid/4 + 32i (i < 4) of the tile, 16-byte chunk tid%4 of the step's 64 bytes.
+    const bf16 *a_src[4];
+    int a_dst[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r = (tid >> 2) + 32 * i;
+        int p = min(m0 + r, m_end - 1);
+        if (row_token) p = row_token[p];
+        a_src[i] = act + (size_t)p * red + (tid & 3) * 8;
+        a_dst[i] = swz64(r, tid & 3);
+    }
+    // Weight loads and decode: one group (16 bytes of nibbles, 32 weights) and its scale per thread and step.
+    //   forward:  weight row c0 + tid, the step's group; advance one group per step
+    //   backward: weight row 32·step + tid/4, group c0/32 + tid%4; advance 32 rows per step
+    const uint8_t *q_src, *s_src;
+    size_t q_step, s_step;
+    int w_dst[4]; // where its 4 × 8 decoded weights go in a weight tile
+    if (!BWD) {
+        const size_t wrow = (size_t)e * N + min(c0 + tid, N - 1);
+        q_src = blocks + wrow * G * 16;
+        s_src = scales + wrow * G;
+        q_step = 16, s_step = 1;
+#pragma unroll
+        for (int j = 0; j < 4; j++) w_dst[j] = swz64(tid, j);
+    } else {
+        const int r = tid >> 2, g = tid & 3;
+        const size_t grp = ((size_t)e * N + r) * G + min(c0 / 32 + g, G - 1);
+        q_src = blocks + grp * 16;
+        s_src = scales + grp;
+        q_step = (size_t)MX_BK * G * 16, s_step = (size_t)MX_BK * G;
+#pragma unroll
+        for (int j = 0; j < 4; j++) w_dst[j] = swz256(r, 4 * g + j);
+    }
+
+    // Fragment addresses of this lane within a tile (ldmatrix: lane l gives row l%8 of matrix l/8).
+    //   A (16 × 16 at rows wm·64 + 16·mt): matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
+    //   B forward (tile [n][k]): (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) of 16 columns
+    //   B backward (tile [n][c], .trans): (n 0-7, c 0-7), (n 8-15, c 0-7), (n 0-7, c 8-15), (n 8-15, c 8-15)
+    // so that r[0], r[1] are the b0, b1 of the first 8 output columns and r[2], r[3] those of the next 8.
+    const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lhalf = lane >> 4;
+    int a_frag[2], b_frag[2][4];
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        a_frag[ks] = swz64(wm * 64 + lrow, 2 * ks + lhalf);
+#pragma unroll
+        for (int np = 0; np < 4; np++)
+            b_frag[ks][np] = BWD ? swz256(16 * ks + lrow, wn * 8 + 2 * np + lhalf)
+                                 : swz64(wn * 64 + 16 * np + (lane & 7) + lhalf * 8, 2 * ks + ((lane >> 3) & 1));
+    }
+    // Warp-uniform work bounds: rows of this warp still inside the expert, columns inside the matrix.
+    const int warp_rows = m_end - (m0 + wm * 64);
+    const bool warp_active = warp_rows > 0 && c0 + wn * 64 < ncols;
+
+    float acc[4][8][4];
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+
+    // Stage s of the ring: activation tile, then the raw nibbles.
+#define MX_ISSUE(s)                                                                                                   \
+    do {                                                                                                              \
+        uint8_t *st_ = smem + ((s) % MX_STAGES) * MX_STAGE_BYTES;                                                     \
+        for (int i_ = 0; i_ < 4; i_++) cp_async16(st_ + a_dst[i_], a_src[i_] + (size_t)(s) * MX_BK);                 \
+        cp_async8(st_ + MX_A_BYTES + tid * 16, q_src + (size_t)(s) * q_step);                                         \
+        cp_async8(st_ + MX_A_BYTES + tid * 16 + 8, q_src + (size_t)(s) * q_step + 8);                                 \
+    } while (0)
+    // Decode this thread's raw group of stage s with scale byte sc into weight tile buffer (s) % 2.
+#define MX_DECODE(s, sc)                                                                                              \
+    do {                                                                                                              \
+        const uint4 q_ = *reinterpret_cast<const uint4 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES +    \
+                                                          tid * 16);                                                  \
+        const uint32_t w_[4] = {q_.x, q_.y, q_.z, q_.w};                                                              \
+        uint32_t t_[4];                                                                                               \
+        mx_scale_table(t_, sc);                                                                                       \
+        uint8_t *wt_ = wtile + ((s) & 1) * MX_W_BYTES;                                                                \
+        for (int j_ = 0; j_ < 4; j_++) {                                                                              \
+            uint32_t v_[4];                                                                                           \
+            mx_decode8(v_, w_[j_], t_);                                                                               \
+            *reinterpret_cast<uint4 *>(wt_ + w_dst[j_]) = make_uint4(v_[0], v_[1], v_[2], v_[3]);                     \
+        }                                                                                                             \
+    } while (0)
+
+    // Prologue: stages 0 .. MX_STAGES-2 in flight, stage 0 decoded.
+#pragma unroll
+    for (int s = 0; s < MX_STAGES - 1; s++) {
+        if (s < nk) MX_ISSUE(s);
+        cp_async_commit(); // one group per stage, empty or not, so the waits below count stages
+    }
+    unsigned scale_next = s_src[0];
+    cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage 0
+    MX_DECODE(0, scale_next);
+    scale_next = nk > 1 ? s_src[s_step] : 127u;
+    __syncthreads(); // stage 0's activations (all threads' copies) and decoded weights are visible
+
+    for (int kt = 0; kt < nk; kt++) {
+        // The slot of stage kt-1 is free: every warp passed the barrier after its products.
+        if (kt + MX_STAGES - 1 < nk) MX_ISSUE(kt + MX_STAGES - 1);
+        cp_async_commit();
+        // Decode stage kt+1 into the other weight buffer (last read by the products of step kt-1).
+        cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage kt+1
+        if (kt + 1 < nk) {
+            MX_DECODE(kt + 1, scale_next);
+            if (kt + 2 < nk) scale_next = s_src[(size_t)(kt + 2) * s_step]; // a step ahead of its use
+        }
+        // Products of stage kt.
+        if (warp_active) {
+            const uint8_t *at = smem + (kt % MX_STAGES) * MX_STAGE_BYTES, *wt = wtile + (kt & 1) * MX_W_BYTES;
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                uint32_t b[8][2];
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    uint32_t r[4];
+                    if (BWD) ldmatrix_x4_trans(r, wt + b_frag[ks][np]);
+                    else ldmatrix_x4(r, wt + b_frag[ks][np]);
+                    b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
+                }
+#pragma unroll
+                for (int mt = 0; mt < 4; mt++) {
+                    if (mt * 16 >= warp_rows) continue; // rows past the expert's end: no products
+                    uint32_t a[4];
+                    ldmatrix_x4(a, at + a_frag[ks] + mt * 16 * 64);
+#pragma unroll
+                    for (int nt = 0; nt < 8; nt++) mma_bf16_16816(acc[mt][nt], a, b[nt][0], b[nt][1]);
+                }
+            }
+        }
+        __syncthreads(); // stage kt's slot and weight buffer may be rewritten; stage kt+1 is visible
+    }
+#undef MX_ISSUE
+#undef MX_DECODE
+
+    // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
+    if (!warp_active) return;
+    const int gi = lane >> 2, ti = lane & 3;
+    const bf16 *b_e = bias ? bias + (size_t)e * N : NULL;
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int row = m0 + wm * 64 + mt * 16 + gi + half * 8;
+            if (row >= m_end) continue;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                const int col = c0 + wn * 64 + nt * 8 + ti * 2;
+                if (col >= ncols) continue;
+                float v0 = acc[mt][nt][half * 2], v1 = acc[mt][nt][half * 2 + 1];
+                if (b_e) v0 += bf2f(b_e[col]), v1 += bf2f(b_e[col + 1]);
+                uint32_t *d = reinterpret_cast<uint32_t *>(out + (size_t)row * ncols + col);
+                if (accumulate) {
+                    const uint32_t old = *d;
+                    v0 += bf2f(__ushort_as_bfloat16((unsigned short)(old & 0xffffu)));
+                    v1 += bf2f(__ushort_as_bfloat16((unsigned short)(old >> 16)));
+                }
+                *d = pack_bf16x2(v0, v1);
+            }
+        }
+    }
+}
+
+// ---- host -----------------------------------------------------------------------------------------------------
+int ot_cuda_moe_mxfp4_fits(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const void *in,
+                           const void *out) {
+    return W->kind == OT_EXPERT_MXFP4 && W->rows % 32 == 0 && W->cols % 32 == 0 && p->E <= MX_MAX_EXPERTS &&
+           (uintptr_t)in % 16 == 0 && (uintptr_t)out % 4 == 0 && (long)p->n_pairs / MX_BM + p->E <= 65535;
+}
+
+// The call's row tiles from the plan's host offsets; returns their number.
+static int mx_tiles(MxTiles *t, const ot_cuda_moe_plan *p, const char *op) {
+    const int32_t *off = ot_cuda_moe_plan_host_offsets(p, op);
+    t->E = p->E;
+    int n = 0;
+    for (int e = 0; e <= p->E; e++) {
+        t->row0[e] = off[e];
+        t->tile0[e] = n;
+        if (e < p->E) n += (off[e + 1] - off[e] + MX_BM - 1) / MX_BM;
+    }
+    return n;
+}
+
+template <bool BWD>
+static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
+                      const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate, const char *op) {
+    OT_REQUIRE(ot_cuda_moe_mxfp4_fits(W, p, act, out), "%s: weights or buffers unfit for the MXFP4 kernels", op);
+    if (p->n_pairs == 0) return;
+    MxTiles tiles;
+    const int n_tiles = mx_tiles(&tiles, p, op);
+    if (n_tiles == 0) return;
+    const int ncols = BWD ? W->cols : W->rows;
+    OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       MX_SMEM_BYTES));
+    dim3 grid(ot_cdiv(ncols, MX_BN), n_tiles);
+    moe_mxfp4_gemm_kernel<BWD><<<grid, MX_THREADS, MX_SMEM_BYTES, stream>>>(
+        out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
+        tiles);
+    OT_LAUNCH_CHECK();
+}
+
+void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,
+                           const ot_cuda_moe_plan *p) {
+    mx_launch<false>(stream, y, x, gather ? p->row_token : NULL, W, p, 0, "ot_cuda_moe_matmul_fwd");
+}
+
+void ot_cuda_moe_mxfp4_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
+                           const ot_cuda_moe_plan *p, int accumulate) {
+    mx_launch<true>(stream, dx, dy, NULL, W, p, accumulate, "ot_cuda_moe_matmul_bwd");
+}
