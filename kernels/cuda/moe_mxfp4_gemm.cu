@@ -90,11 +90,24 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) 
 // ---- MXFP4 decode by table ------------------------------------------------------------------------------------
 // The bf16 bits of the 8 E2M1 magnitudes (0, .5, 1, 1.5, 2, 3, 4, 6) times 2^(s − 127), computed as mx_dequant16
 // does, as byte tables for prmt: t[0] = low bytes of magnitudes 0-3, t[1] = of 4-7, t[2], t[3] = their high bytes.
+// For scales 2..252 every nonzero product is a normal bf16, so scaling only adds s − 127 to the exponent field of
+// the magnitudes' bits (integer adds on both halves at once: no half leaves 0x0100..0x7fff, so none borrows or
+// carries into its neighbour); the rest (zero-ish, huge and NaN scales) take the float route of mx_dequant16.
 __device__ __forceinline__ void mx_scale_table(uint32_t t[4], unsigned s) {
-    const float f1 = __uint_as_float(s == 0 ? 0x00400000u : (min(s, 254u) << 23));
-    const float f2 = s == 255 ? 2.0f : 1.0f;
-    const uint32_t m01 = pack_bf16x2(0.0f * f1 * f2, 0.5f * f1 * f2), m23 = pack_bf16x2(1.0f * f1 * f2, 1.5f * f1 * f2);
-    const uint32_t m45 = pack_bf16x2(2.0f * f1 * f2, 3.0f * f1 * f2), m67 = pack_bf16x2(4.0f * f1 * f2, 6.0f * f1 * f2);
+    uint32_t m01, m23, m45, m67; // bf16 pairs (low half first) of magnitudes (0, .5), (1, 1.5), (2, 3), (4, 6)
+    if (s >= 2u && s <= 252u) {
+        const int d = ((int)s - 127) * 128; // exponent step in bf16 bits
+        const uint32_t dd = (uint32_t)(d * 65537); // d added to both halves
+        m01 = 0x3F000000u + ((uint32_t)d << 16); // the low half (magnitude 0) stays 0
+        m23 = 0x3FC03F80u + dd;
+        m45 = 0x40404000u + dd;
+        m67 = 0x40C04080u + dd;
+    } else {
+        const float f1 = __uint_as_float(s == 0 ? 0x00400000u : (min(s, 254u) << 23));
+        const float f2 = s == 255 ? 2.0f : 1.0f;
+        m01 = pack_bf16x2(0.0f * f1 * f2, 0.5f * f1 * f2), m23 = pack_bf16x2(1.0f * f1 * f2, 1.5f * f1 * f2);
+        m45 = pack_bf16x2(2.0f * f1 * f2, 3.0f * f1 * f2), m67 = pack_bf16x2(4.0f * f1 * f2, 6.0f * f1 * f2);
+    }
     t[0] = __byte_perm(m01, m23, 0x6420);
     t[1] = __byte_perm(m45, m67, 0x6420);
     t[2] = __byte_perm(m01, m23, 0x7531);
@@ -128,6 +141,34 @@ __device__ __forceinline__ void mx_decode8(uint32_t out[4], uint32_t w, const ui
 __device__ __forceinline__ int swz64(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
 // Tiles of 256-byte rows (backward weights [32][128]): chunk c of row r lives at chunk c ^ (r % 8).
 __device__ __forceinline__ int swz256(int row, int chunk) { return row * 256 + ((chunk ^ (row & 7)) << 4); }
+
+// ---- the products of one step --------------------------------------------------------------------------------
+// A warp's products for one 32-wide step: its MT (1-4) 16-row fragments × 64 columns. All fragments of both k16
+// halves are loaded first (ldmatrix.x4: 2 × MT for the activations, 2 × 4 for the weights), so their latencies
+// overlap, then the 2 × MT × 8 products run back to back. a_frag / b_frag are this lane's fragment offsets.
+template <bool BWD, int MT>
+__device__ __forceinline__ void mx_warp_products(float (&acc)[4][8][4], const uint8_t *at, const uint8_t *wt,
+                                                 const int (&a_frag)[2], const int (&b_frag)[2][4]) {
+    uint32_t a[2][MT][4], b[2][8][2];
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t r[4];
+            if (BWD) ldmatrix_x4_trans(r, wt + b_frag[ks][np]);
+            else ldmatrix_x4(r, wt + b_frag[ks][np]);
+            b[ks][2 * np][0] = r[0], b[ks][2 * np][1] = r[1], b[ks][2 * np + 1][0] = r[2], b[ks][2 * np + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) ldmatrix_x4(a[ks][mt], at + a_frag[ks] + mt * 16 * 64);
+    }
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) mma_bf16_16816(acc[mt][nt], a[ks][mt], b[ks][nt][0], b[ks][nt][1]);
+}
 
 // ---- the kernel -----------------------------------------------------------------------------------------------
 // Forward (BWD false): out = y [n_pairs, N], act = x ([T, K] gathered through row_token, or [n_pairs, K]),
@@ -222,11 +263,12 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         cp_async8(st_ + MX_A_BYTES + tid * 16, q_src + (size_t)(s) * q_step);                                         \
         cp_async8(st_ + MX_A_BYTES + tid * 16 + 8, q_src + (size_t)(s) * q_step + 8);                                 \
     } while (0)
-    // Decode this thread's raw group of stage s with scale byte sc into weight tile buffer (s) % 2.
-#define MX_DECODE(s, sc)                                                                                              \
+    // This thread's raw group (16 bytes of nibbles) of stage s.
+#define MX_RAW(s) (*reinterpret_cast<const uint4 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES + tid * 16))
+    // Decode raw group q (of stage s) with scale byte sc into weight tile buffer (s) % 2.
+#define MX_DECODE(s, q, sc)                                                                                           \
     do {                                                                                                              \
-        const uint4 q_ = *reinterpret_cast<const uint4 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES +    \
-                                                          tid * 16);                                                  \
+        const uint4 q_ = (q);                                                                                         \
         const uint32_t w_[4] = {q_.x, q_.y, q_.z, q_.w};                                                              \
         uint32_t t_[4];                                                                                               \
         mx_scale_table(t_, sc);                                                                                       \
@@ -244,49 +286,37 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         if (s < nk) MX_ISSUE(s);
         cp_async_commit(); // one group per stage, empty or not, so the waits below count stages
     }
-    unsigned scale_next = s_src[0];
     cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage 0
-    MX_DECODE(0, scale_next);
-    scale_next = nk > 1 ? s_src[s_step] : 127u;
+    MX_DECODE(0, MX_RAW(0), s_src[0]);
+    unsigned scale_next = nk > 1 ? s_src[s_step] : 127u;      // stage kt+1's, at step kt
+    unsigned scale_after = nk > 2 ? s_src[2 * s_step] : 127u; // stage kt+2's
     __syncthreads(); // stage 0's activations (all threads' copies) and decoded weights are visible
 
     for (int kt = 0; kt < nk; kt++) {
         // The slot of stage kt-1 is free: every warp passed the barrier after its products.
         if (kt + MX_STAGES - 1 < nk) MX_ISSUE(kt + MX_STAGES - 1);
         cp_async_commit();
-        // Decode stage kt+1 into the other weight buffer (last read by the products of step kt-1).
         cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage kt+1
-        if (kt + 1 < nk) {
-            MX_DECODE(kt + 1, scale_next);
-            if (kt + 2 < nk) scale_next = s_src[(size_t)(kt + 2) * s_step]; // a step ahead of its use
-        }
-        // Products of stage kt.
+        const uint4 q_next = kt + 1 < nk ? MX_RAW(kt + 1) : make_uint4(0u, 0u, 0u, 0u);
+        // Products of stage kt, by a straight run of fragment loads and products for the warp's rows inside the
+        // expert (a branch per 16-row fragment inside the run stalls the warp at every product: measured on H200).
         if (warp_active) {
             const uint8_t *at = smem + (kt % MX_STAGES) * MX_STAGE_BYTES, *wt = wtile + (kt & 1) * MX_W_BYTES;
-#pragma unroll
-            for (int ks = 0; ks < 2; ks++) {
-                uint32_t b[8][2];
-#pragma unroll
-                for (int np = 0; np < 4; np++) {
-                    uint32_t r[4];
-                    if (BWD) ldmatrix_x4_trans(r, wt + b_frag[ks][np]);
-                    else ldmatrix_x4(r, wt + b_frag[ks][np]);
-                    b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
-                }
-#pragma unroll
-                for (int mt = 0; mt < 4; mt++) {
-                    if (mt * 16 >= warp_rows) continue; // rows past the expert's end: no products
-                    uint32_t a[4];
-                    ldmatrix_x4(a, at + a_frag[ks] + mt * 16 * 64);
-#pragma unroll
-                    for (int nt = 0; nt < 8; nt++) mma_bf16_16816(acc[mt][nt], a, b[nt][0], b[nt][1]);
-                }
-            }
+            if (warp_rows > 48) mx_warp_products<BWD, 4>(acc, at, wt, a_frag, b_frag);
+            else if (warp_rows > 32) mx_warp_products<BWD, 3>(acc, at, wt, a_frag, b_frag);
+            else if (warp_rows > 16) mx_warp_products<BWD, 2>(acc, at, wt, a_frag, b_frag);
+            else mx_warp_products<BWD, 1>(acc, at, wt, a_frag, b_frag);
         }
+        // Decode stage kt+1 into the other weight buffer (last read by the products of step kt-1), its raw bytes
+        // read before the products so that the shared-memory latency hides behind them.
+        if (kt + 1 < nk) MX_DECODE(kt + 1, q_next, scale_next);
+        scale_next = scale_after;
+        scale_after = kt + 3 < nk ? s_src[(size_t)(kt + 3) * s_step] : 127u; // two steps ahead of its use
         __syncthreads(); // stage kt's slot and weight buffer may be rewritten; stage kt+1 is visible
     }
 #undef MX_ISSUE
 #undef MX_DECODE
+#undef MX_RAW
 
     // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
     if (!warp_active) return;

@@ -864,6 +864,52 @@ static void test_moe_matmul_mxfp4_paths(const ot_cuda_moe_plan *plan, const ref_
     test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_FUSED);
 }
 
+// The fused kernels' MXFP4 decode, exactly: with one-hot activations each output is one weight, so the forward
+// must give W_e[c, k_p] and the backward W_e[n_p, c] bit for bit as ot_mxfp4_dequant_row decodes them, for every
+// code and every scale byte whose weights are all finite normal bf16 (2..252: the decode's integer route; the
+// others take mx_dequant16's float route). No bias: a sum would round.
+static void test_moe_mxfp4_decode(const ot_cuda_moe_plan *plan, const ref_plan *rp) {
+    const int E = plan->E, n = plan->n_pairs, rows = 128, cols = 256, G = cols / 32;
+    ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_FUSED);
+    test_weight w = make_weight(OT_EXPERT_MXFP4, E, rows, cols);
+    for (size_t i = 0; i < (size_t)E * rows * G; i++) w.scales[i] = (uint8_t)(2 + (i * 7 + i / 251) % 251);
+    OT_CUDA_CHECK(cudaMemcpy(w.d_scales, w.scales, (size_t)E * rows * G, cudaMemcpyHostToDevice));
+    w.gpu.bias = NULL;
+    float *W = ot_malloc((size_t)E * rows * cols * sizeof(float)); // [E, rows, cols] decoded on the host
+    for (size_t r = 0; r < (size_t)E * rows; r++)
+        ot_mxfp4_dequant_row(W + r * cols, w.blocks + r * G * 16, w.scales + r * G, cols);
+    int *row_e = ot_malloc(n * sizeof(int)); // expert of each permuted row
+    for (int e = 0; e < E; e++)
+        for (int p = rp->offsets[e]; p < rp->offsets[e + 1]; p++) row_e[p] = e;
+    for (int bwd = 0; bwd <= 1; bwd++) {
+        const int in = bwd ? rows : cols, out = bwd ? cols : rows; // input / output row lengths
+        float *x = zeros_f((size_t)n * in), *ref = zeros_f((size_t)n * out);
+        for (int p = 0; p < n; p++) {
+            const int hot = (p * 37) % in;
+            x[(size_t)p * in + hot] = 1.0f;
+            const float *We = W + (size_t)row_e[p] * rows * cols;
+            for (int c = 0; c < out; c++)
+                ref[(size_t)p * out + c] = bwd ? We[(size_t)hot * cols + c] : We[(size_t)c * cols + hot];
+        }
+        ot_bf16 *x_d = up_bf16(x, (size_t)n * in), *y_d = poison((size_t)n * out * 2);
+        if (bwd) ot_cuda_moe_matmul_bwd(g_s, y_d, x_d, &w.gpu, plan, 0);
+        else ot_cuda_moe_matmul_fwd(g_s, y_d, x_d, 0, &w.gpu, plan);
+        float *y = down_bf16(y_d, (size_t)n * out);
+        size_t bad = 0;
+        // by value: a weight −0 comes out +0 (its product plus the other products' +0)
+        for (size_t i = 0; i < (size_t)n * out; i++) bad += !(y[i] == ref[i]);
+        count_check(bwd ? "moe_matmul_bwd mxfp4/fused one-hot = decoded weights (exact)"
+                        : "moe_matmul_fwd mxfp4/fused one-hot = decoded weights (exact)",
+                    bad, (size_t)n * out);
+        free(x), free(ref), free(y);
+        dfree(x_d), dfree(y_d);
+    }
+    expect_clean("moe_matmul mxfp4 decode");
+    free(W), free(row_e);
+    free_weight(&w);
+    ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_AUTO);
+}
+
 // Full training: the dense experts' weight and bias gradients, against ot_expert_matmul_bwd_weight on each expert's
 // gathered rows; accumulation onto non-zero buffers; fp32 sums of bf16 products (TOL_F32 relative, norm-wise).
 static void test_moe_weight_grad(const ot_cuda_moe_plan *plan, const ref_plan *rp, int rows, int cols, int gather) {
@@ -1022,6 +1068,7 @@ static void test_moe(const sizes *z) {
     // Reductions of 9 (forward) and 6 (backward) steps of 32, longer than the fused kernels' 4-stage ring, and
     // partial column tiles (192 = 128 + 64, 288 = 2·128 + 32).
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_mxfp4_decode(&plan, &rp);
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO); // rows not a multiple of 32:
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_FUSED); // never the fused kernels
     test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H, OT_CUDA_MOE_PATH_AUTO);
