@@ -13,8 +13,9 @@
 //     a 4-stage ring in shared memory, so three steps of loads are in flight while the tensor cores work;
 //   - each thread dequantizes the group it copied itself (32 weights; no barrier needed between its copy and its
 //     decode) into a double-buffered bf16 weight tile, one step ahead of the products that read it, so a step
-//     needs a single __syncthreads; the scale bytes (1 per group, not 16-byte aligned) come by plain loads
-//     issued a step before their use;
+//     needs a single __syncthreads; each group's scale byte rides in the same ring, as the aligned 4-byte word
+//     that holds it (plain loads a step or two ahead stalled the products on H200: the copy of the register
+//     that carries them across steps waits for the load);
 //   - operand fragments come by ldmatrix.x4 from XOR-swizzled tiles (every 8-row read hits 8 distinct 16-byte
 //     bank groups); the backward reads its weight tile [32 n][128 c] with ldmatrix .trans, which hands each lane
 //     the pairs along n that the mma's B operand wants.
@@ -44,9 +45,10 @@
 #define MX_MAX_EXPERTS 256
 #define MX_A_BYTES (MX_BM * MX_BK * 2)   // activation tile of a stage: 128 rows × 64 bytes
 #define MX_RAW_BYTES (MX_THREADS * 16)    // raw MXFP4 nibbles of a stage: one group (16 bytes) per thread
-#define MX_STAGE_BYTES (MX_A_BYTES + MX_RAW_BYTES)
+#define MX_SCALE_BYTES (MX_THREADS * 4)  // the 4-byte words holding each group's scale byte
+#define MX_STAGE_BYTES (MX_A_BYTES + MX_RAW_BYTES + MX_SCALE_BYTES)
 #define MX_W_BYTES (MX_BN * MX_BK * 2)   // one dequantized bf16 weight tile (forward [128][32], backward [32][128])
-#define MX_SMEM_BYTES (MX_STAGES * MX_STAGE_BYTES + 2 * MX_W_BYTES) // 57,344
+#define MX_SMEM_BYTES (MX_STAGES * MX_STAGE_BYTES + 2 * MX_W_BYTES) // 59,392
 
 // The row tiles of one call: expert e owns rows row0[e] .. row0[e+1]-1 and row tiles tile0[e] .. tile0[e+1]-1.
 typedef struct {
@@ -58,7 +60,7 @@ typedef struct {
 // ---- PTX wrappers (the emulator, tests/gpu/emu/transform.py, rewrites each asm by its opcode and relies on
 // these parameter names) -----------------------------------------------------------------------------------------
 // Asynchronous global → shared copies: 16 bytes bypassing L1 (activations, read once per block), 8 bytes through
-// L1 (MXFP4 nibbles, only 8-byte aligned).
+// L1 (MXFP4 nibbles, only 8-byte aligned), 4 bytes through L1 (the word around a scale byte).
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
                  "l"(src)
@@ -66,6 +68,11 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
 }
 __device__ __forceinline__ void cp_async8(void *dst, const void *src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
                  "l"(src)
                  : "memory");
 }
@@ -262,9 +269,17 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         for (int i_ = 0; i_ < 4; i_++) cp_async16(st_ + a_dst[i_], a_src[i_] + (size_t)(s) * MX_BK);                 \
         cp_async8(st_ + MX_A_BYTES + tid * 16, q_src + (size_t)(s) * q_step);                                         \
         cp_async8(st_ + MX_A_BYTES + tid * 16 + 8, q_src + (size_t)(s) * q_step + 8);                                 \
+        const uintptr_t sa_ = (uintptr_t)(s_src + (size_t)(s) * s_step);                                             \
+        cp_async4(st_ + MX_A_BYTES + MX_RAW_BYTES + tid * 4, (const void *)(sa_ & ~(uintptr_t)3));                    \
     } while (0)
     // This thread's raw group (16 bytes of nibbles) of stage s.
 #define MX_RAW(s) (*reinterpret_cast<const uint4 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES + tid * 16))
+    // This thread's scale byte of stage s, out of its word.
+#define MX_SCALE(s)                                                                                                   \
+    ((*reinterpret_cast<const uint32_t *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES + MX_RAW_BYTES +     \
+                                          tid * 4) >>                                                                 \
+      (8u * (unsigned)((uintptr_t)(s_src + (size_t)(s) * s_step) & 3u))) &                                            \
+     0xffu)
     // Decode raw group q (of stage s) with scale byte sc into weight tile buffer (s) % 2.
 #define MX_DECODE(s, q, sc)                                                                                           \
     do {                                                                                                              \
@@ -287,9 +302,7 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         cp_async_commit(); // one group per stage, empty or not, so the waits below count stages
     }
     cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage 0
-    MX_DECODE(0, MX_RAW(0), s_src[0]);
-    unsigned scale_next = nk > 1 ? s_src[s_step] : 127u;      // stage kt+1's, at step kt
-    unsigned scale_after = nk > 2 ? s_src[2 * s_step] : 127u; // stage kt+2's
+    MX_DECODE(0, MX_RAW(0), MX_SCALE(0));
     __syncthreads(); // stage 0's activations (all threads' copies) and decoded weights are visible
 
     for (int kt = 0; kt < nk; kt++) {
@@ -298,6 +311,7 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         cp_async_commit();
         cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage kt+1
         const uint4 q_next = kt + 1 < nk ? MX_RAW(kt + 1) : make_uint4(0u, 0u, 0u, 0u);
+        const unsigned scale_next = kt + 1 < nk ? MX_SCALE(kt + 1) : 127u;
         // Products of stage kt, by a straight run of fragment loads and products for the warp's rows inside the
         // expert (a branch per 16-row fragment inside the run stalls the warp at every product: measured on H200).
         if (warp_active) {
@@ -310,13 +324,12 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         // Decode stage kt+1 into the other weight buffer (last read by the products of step kt-1), its raw bytes
         // read before the products so that the shared-memory latency hides behind them.
         if (kt + 1 < nk) MX_DECODE(kt + 1, q_next, scale_next);
-        scale_next = scale_after;
-        scale_after = kt + 3 < nk ? s_src[(size_t)(kt + 3) * s_step] : 127u; // two steps ahead of its use
         __syncthreads(); // stage kt's slot and weight buffer may be rewritten; stage kt+1 is visible
     }
 #undef MX_ISSUE
 #undef MX_DECODE
 #undef MX_RAW
+#undef MX_SCALE
 
     // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
     if (!warp_active) return;
@@ -349,8 +362,11 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
 // ---- host -----------------------------------------------------------------------------------------------------
 int ot_cuda_moe_mxfp4_fits(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const void *in,
                            const void *out) {
+    // scales 4-byte aligned: the word around each scale byte then lies inside the array (its length, E·rows·cols/32,
+    // is a multiple of 4)
     return W->kind == OT_EXPERT_MXFP4 && W->rows % 32 == 0 && W->cols % 32 == 0 && p->E <= MX_MAX_EXPERTS &&
-           (uintptr_t)in % 16 == 0 && (uintptr_t)out % 4 == 0 && (long)p->n_pairs / MX_BM + p->E <= 65535;
+           (uintptr_t)W->scales % 4 == 0 && (uintptr_t)in % 16 == 0 && (uintptr_t)out % 4 == 0 &&
+           (long)p->n_pairs / MX_BM + p->E <= 65535;
 }
 
 // The call's row tiles from the plan's host offsets; returns their number.
