@@ -9,11 +9,22 @@
 //                  dh[pos_i] += dh_sel[i] (bf16 atomics, so a repeated position sums correctly).
 // The passes take the head's rows in blocks (ot_cuda_xent_*), so a sharded head can be fed a gathered chunk at a
 // time; the whole-head ot_cuda_lmhead_xent is the same calls with one block.
+//
+// With the head frozen (dh wanted, no dWlm: LoRA), ot_cuda_lmhead_xent makes one pass instead, so each chunk's
+// logits are computed once (the logits products are two thirds of the head's time in two passes): the input
+// gradient is gathered against the running maximum m_i, as flash attention gathers its output,
+//   acc_i = Σ_v exp(logit_iv − m_i) · W_v      (rescaled by exp(m_old − m_new) whenever the maximum grows)
+//   dh_sel_i = grad_scale · (acc_i / s_i − W_label_i)      at the end, s_i the running sum (softmax = exp(·−m)/s).
+// The weights' gradient needs the final normaliser in every chunk's product, so it keeps the two passes.
 #include <cublas_v2.h>
 
 #include "kernels/cuda/cuda_common.cuh"
 
 #define XENT_CHUNK_ELEMS (1 << 24) // fp32 logits per chunk (64 MiB), whatever n is
+
+static long g_chunk_elems = XENT_CHUNK_ELEMS; // tests shrink it to make many chunks of a small vocabulary
+
+void ot_cuda_xent_set_chunk_elems(long elems) { g_chunk_elems = elems > 0 ? elems : XENT_CHUNK_ELEMS; }
 #define XENT_THREADS 256
 
 // h_sel[i] = h[pos[i]]; a position or label out of range flags bad input, zeroes the row and marks the target
@@ -87,6 +98,51 @@ __global__ void xent_dlogits_kernel(bf16 *dlogits, const float *logits, const fl
     }
 }
 
+// One pass, per chunk (one block per target): the chunk's maximum folds into the running maximum m; the running
+// sum and the gathered gradient acc (dh_sel row) are rescaled by exp(m_old − m_new) (0 at the first chunk, 1
+// while the maximum holds: then acc is left alone); p[i, j] = exp(logit − m_new) in bf16 for the product
+// acc += p · W_chunk that follows (zero for an invalid target).
+__global__ void xent_chunk_onepass_kernel(float *run_max, float *run_sum, float *zlab, bf16 *p, float *dh_sel,
+                                          const float *logits, const int32_t *lab, int vc, int v0, int H) {
+    __shared__ float scratch[32];
+    const int i = blockIdx.x, l = lab[i];
+    const float *row = logits + (size_t)i * vc;
+    bf16 *prow = p + (size_t)i * vc;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < vc; j += blockDim.x) mx = fmaxf(mx, row[j]);
+    mx = block_max(mx, scratch);
+    const float m_old = run_max[i], m_new = fmaxf(m_old, mx);
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < vc; j += blockDim.x) {
+        const float e = expf(row[j] - m_new);
+        s += e;
+        prow[j] = f2bf(l < 0 ? 0.0f : e);
+    }
+    s = block_sum(s, scratch); // its barriers also order every thread's read of run_max before thread 0's write
+    const float r = expf(m_old - m_new);
+    if (r != 1.0f)
+        for (int c = threadIdx.x; c < H; c += blockDim.x) dh_sel[(size_t)i * H + c] *= r;
+    if (threadIdx.x == 0) {
+        run_sum[i] = run_sum[i] * r + s;
+        run_max[i] = m_new;
+        if (l >= v0 && l < v0 + vc) zlab[i] = row[l - v0];
+    }
+}
+
+// One pass, at the end: dh_sel_i = grad_scale · (acc_i / s_i − W[label_i]); zero for an invalid target.
+__global__ void xent_onepass_dh_kernel(float *dh_sel, const float *run_sum, const int32_t *lab, const bf16 *Wlm,
+                                       int H, float grad_scale) {
+    const int i = blockIdx.x, l = lab[i];
+    float *row = dh_sel + (size_t)i * H;
+    if (l < 0) {
+        for (int c = threadIdx.x; c < H; c += blockDim.x) row[c] = 0.0f;
+        return;
+    }
+    const float inv = grad_scale / run_sum[i];
+    const bf16 *w = Wlm + (size_t)l * H;
+    for (int c = threadIdx.x; c < H; c += blockDim.x) row[c] = row[c] * inv - grad_scale * bf2f(w[c]);
+}
+
 // dh[pos_i] += dh_sel[i]
 __global__ void xent_scatter_kernel(bf16 *dh, const float *dh_sel, const int32_t *pos, const int32_t *lab, int H) {
     int i = blockIdx.x;
@@ -127,7 +183,7 @@ ot_cuda_xent *ot_cuda_xent_begin(cudaStream_t stream, ot_cuda_blas *blas, const 
     x->n = n, x->T = T, x->H = H, x->V = V;
     x->grad_scale = grad_scale;
     if (!n) return x;
-    long want = XENT_CHUNK_ELEMS / n;
+    long want = g_chunk_elems / n;
     x->vc = (int)(want < 256 ? 256 : want > V ? V : want);
     if (x->vc < V) x->vc -= x->vc % 8; // keep chunk starts 16-byte aligned in the [V, H] weight and the logits rows
     x->h_sel = ot_cuda_tmp<bf16>((size_t)n * H, stream);
@@ -210,10 +266,41 @@ void ot_cuda_xent_end(ot_cuda_xent *x, ot_bf16 *dh) {
     free(x);
 }
 
+// The loss and the input gradient in one sweep over the whole head (see the top of the file).
+static void xent_onepass(ot_cuda_xent *x, double *loss_sum, const ot_bf16 *Wlm) {
+    if (!x->n) return;
+    const int n = x->n, H = x->H;
+    cudaStream_t stream = x->stream;
+    OT_CUBLAS_CHECK(cublasSetStream(x->hb, stream));
+    x->dlogits = ot_cuda_tmp<bf16>((size_t)n * x->vc, stream); // holds p
+    const bf16 *W = as_bf16(Wlm);
+    float one = 1.0f;
+    for (int c0 = 0; c0 < x->V; c0 += x->vc) {
+        int w = x->V - c0 < x->vc ? x->V - c0 : x->vc;
+        const bf16 *Wc = W + (size_t)c0 * H;
+        chunk_logits(x->hb, x->logits, Wc, x->h_sel, 0, w, n, H);
+        xent_chunk_onepass_kernel<<<n, XENT_THREADS, 0, stream>>>(x->run_max, x->run_sum, x->zlab, x->dlogits,
+                                                                  x->dh_sel, x->logits, x->lab, w, c0, H);
+        OT_LAUNCH_CHECK();
+        // dh_selᵀ (H × n) += W_chunk_cm (H × w) · p_cm (w × n)
+        OT_CUBLAS_CHECK(cublasGemmEx(x->hb, CUBLAS_OP_N, CUBLAS_OP_N, H, n, w, &one, Wc, CUDA_R_16BF, H, x->dlogits,
+                                     CUDA_R_16BF, w, &one, x->dh_sel, CUDA_R_32F, H, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+    }
+    ot_cuda_xent_loss_end(x, loss_sum);
+    xent_onepass_dh_kernel<<<n, XENT_THREADS, 0, stream>>>(x->dh_sel, x->run_sum, x->lab, W, H, x->grad_scale);
+    OT_LAUNCH_CHECK();
+}
+
 void ot_cuda_lmhead_xent(cudaStream_t stream, ot_cuda_blas *blas, double *loss_sum, ot_bf16 *dh, float *dWlm,
                          const ot_bf16 *h, const ot_bf16 *Wlm, const int32_t *pos, const int32_t *label, int n, int T,
                          int H, int V, float grad_scale) {
     ot_cuda_xent *x = ot_cuda_xent_begin(stream, blas, h, pos, label, n, T, H, V, grad_scale, dh != NULL);
+    if (dh && !dWlm) { // the head frozen: one pass
+        xent_onepass(x, loss_sum, Wlm);
+        ot_cuda_xent_end(x, dh);
+        return;
+    }
     ot_cuda_xent_loss_rows(x, Wlm, 0, V);
     ot_cuda_xent_loss_end(x, loss_sum);
     if (dh || dWlm) ot_cuda_xent_grad_rows(x, Wlm, dWlm, 0, V);

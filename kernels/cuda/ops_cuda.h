@@ -219,10 +219,13 @@ void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, floa
 // ---- cross-entropy at n selected positions through the output head, chunked over the vocabulary ---------------
 // As ot_lmhead_xent (h [T, H], Wlm [V, H] bf16): *loss_sum (DEVICE double) += Σ_i loss_i; dh [T, H] bf16 and dWlm
 // [V, H] fp32 (either may be NULL) accumulate grad_scale · (softmax − onehot) products. Logits exist only for one
-// vocabulary chunk at a time ([n, chunk] fp32, chunk ≈ 2^24 / n columns), never [n, V].
+// vocabulary chunk at a time ([n, chunk] fp32, chunk ≈ 2^24 / n columns), never [n, V]. With dh and no dWlm the
+// logits are computed once (one pass, the input gradient gathered against a running maximum), else twice.
 void ot_cuda_lmhead_xent(cudaStream_t stream, ot_cuda_blas *blas, double *loss_sum, ot_bf16 *dh, float *dWlm,
                          const ot_bf16 *h, const ot_bf16 *Wlm, const int32_t *pos, const int32_t *label, int n, int T,
                          int H, int V, float grad_scale);
+// Tests: the fp32 logits per chunk (chunk = elems / n columns, at least 256); elems <= 0 restores the default 2^24.
+void ot_cuda_xent_set_chunk_elems(long elems);
 
 // ---- batched decoding over a KV cache (decode_attention.cu) ------------------------------------------------------
 // The cache of one layer is [S slots, nkv, L, D] bf16 (k_cache and v_cache alike): slot s holds one sequence, its

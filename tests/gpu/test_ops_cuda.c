@@ -1174,6 +1174,23 @@ static void test_xent(const sizes *z) {
     OT_CUDA_CHECK(cudaMemcpy(&got, loss_d, sizeof(double), cudaMemcpyDeviceToHost));
     ot_check_close("lmhead_xent loss only", fabs((got - start) - loss) / fabs(loss), TOL_F32);
     expect_clean("lmhead_xent");
+    // The head frozen (dh, no dWlm): the one-pass sweep, in the default chunks and in chunks of 256 columns (many
+    // chunks, so the running maximum grows mid-sweep and the gathered gradient is rescaled).
+    for (int small = 0; small <= 1; small++) {
+        ot_cuda_xent_set_chunk_elems(small ? 256L * n : 0);
+        OT_CUDA_CHECK(cudaMemcpy(loss_d, &start, sizeof(double), cudaMemcpyHostToDevice));
+        ot_bf16 *dh1_d = up_bf16(dh0, (size_t)T * H);
+        ot_cuda_lmhead_xent(g_s, &g_blas, loss_d, dh1_d, NULL, h_d, W_d, pos_d, label_d, n, T, H, V, grad_scale);
+        OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+        OT_CUDA_CHECK(cudaMemcpy(&got, loss_d, sizeof(double), cudaMemcpyDeviceToHost));
+        snprintf(what, sizeof(what), "lmhead_xent one pass%s: loss", small ? " (256-column chunks)" : "");
+        ot_check_close(what, fabs((got - start) - loss) / fabs(loss), TOL_F32);
+        snprintf(what, sizeof(what), "lmhead_xent one pass%s: dh", small ? " (256-column chunks)" : "");
+        check_bf16(what, dh1_d, dh_ref, (size_t)T * H, TOL_BF16);
+        dfree(dh1_d);
+    }
+    ot_cuda_xent_set_chunk_elems(0);
+    expect_clean("lmhead_xent one pass");
     // The sweep fed in blocks of rows (a sharded head: gathered chunks), edges not the sweep's own chunks and one
     // block a single row: the loss and dh to the same bounds.
     {
