@@ -658,8 +658,8 @@ static void test_router(const sizes *z) {
 }
 
 // ---- SwiGLU ------------------------------------------------------------------------------------------------------
-static void test_swiglu(const sizes *z) {
-    int n = z->T, I = z->mI;
+// I a multiple of 4 takes the vector kernels, any other I the one-output kernels.
+static void test_swiglu(int n, int I) {
     float alpha = 1.702f, limit = 7.0f;
     size_t ng = (size_t)n * 2 * I, na = (size_t)n * I;
     float *gu = randn_bf16(ng, 4.0); // wide enough that both clamps are hit
@@ -668,13 +668,16 @@ static void test_swiglu(const sizes *z) {
     ot_swiglu_fwd(act, gu, n, I, alpha, limit);
     ot_bf16 *gu_d = up_bf16(gu, ng), *act_d = poison(na * 2);
     ot_cuda_swiglu_fwd(g_s, act_d, gu_d, n, I, alpha, limit);
-    check_bf16("swiglu_fwd (clamped, interleaved)", act_d, act, na, TOL_BF16);
+    char what[96];
+    snprintf(what, sizeof(what), "swiglu_fwd (clamped, interleaved) I %d", I);
+    check_bf16(what, act_d, act, na, TOL_BF16);
     float *dact = randn_bf16(na, 1.0), *grad = zeros_f(ng);
     ot_swiglu_bwd(grad, dact, gu, n, I, alpha, limit);
     float *d0 = init_like(grad, ng, 1), *ref = plus(d0, grad, ng);
     ot_bf16 *dact_d = up_bf16(dact, na), *dgu_d = up_bf16(d0, ng);
     ot_cuda_swiglu_bwd(g_s, dgu_d, dact_d, gu_d, n, I, alpha, limit);
-    check_bf16("swiglu_bwd dgu", dgu_d, ref, ng, TOL_BF16);
+    snprintf(what, sizeof(what), "swiglu_bwd dgu I %d", I);
+    check_bf16(what, dgu_d, ref, ng, TOL_BF16);
     expect_clean("swiglu");
     free(gu), free(act), free(dact), free(grad), free(d0), free(ref);
     dfree(gu_d), dfree(act_d), dfree(dact_d), dfree(dgu_d);
@@ -1290,7 +1293,8 @@ int main(int argc, char **argv) {
     test_attention_cache(z, 37);
     test_argmax(z);
     test_router(z);
-    test_swiglu(z);
+    test_swiglu(z->T, z->mI);
+    test_swiglu(z->T, 37);
     test_moe(z);
     test_xent(z);
     test_optim(z);
