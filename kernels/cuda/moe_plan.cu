@@ -134,20 +134,50 @@ void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int3
 }
 
 // ---- combine ---------------------------------------------------------------------------------------------------
-// out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]: one block per token, each output element written once.
+// One block per token. Memory bound, so rows whose width is a multiple of 8 (and aligned) move as 16-byte vectors
+// of 8 bf16 (V = 8), others element by element (V = 1); the arithmetic is the same per element.
+template <int V> __device__ __forceinline__ void load_bf16s(float (&v)[V], const bf16 *p) {
+    if constexpr (V == 8) {
+        const uint4 u = *reinterpret_cast<const uint4 *>(p);
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = __uint_as_float(w[j] << 16);
+            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++) v[j] = bf2f(p[j]);
+    }
+}
+template <int V> __device__ __forceinline__ void store_bf16s(bf16 *p, const float (&v)[V]) {
+    if constexpr (V == 8) {
+        *reinterpret_cast<uint4 *>(p) = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
+                                                   pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++) p[j] = f2bf(v[j]);
+    }
+}
+
+// out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]: each output element written once.
+template <int V>
 __global__ void moe_combine_fwd_kernel(bf16 *out, const bf16 *y, const float *w, const int32_t *inv, int k, int H) {
     int t = blockIdx.x;
-    for (int c = threadIdx.x; c < H; c += blockDim.x) {
-        float acc = 0.0f;
+    for (int c = threadIdx.x * V; c < H; c += blockDim.x * V) {
+        float acc[V] = {}, v[V];
         for (int s = 0; s < k; s++) {
             size_t pair = (size_t)t * k + s;
-            acc += w[pair] * bf2f(y[(size_t)inv[pair] * H + c]);
+            load_bf16s<V>(v, y + (size_t)inv[pair] * H + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) acc[j] += w[pair] * v[j];
         }
-        out[(size_t)t * H + c] = f2bf(acc);
+        store_bf16s<V>(out + (size_t)t * H + c, acc);
     }
 }
 
 // dy[row of (t, slot)] = w · dout[t];  dw[t, slot] += dout[t] · y[row]
+template <int V>
 __global__ void moe_combine_bwd_kernel(bf16 *dy, float *dw, const bf16 *dout, const bf16 *y, const float *w,
                                        const int32_t *inv, int k, int H) {
     __shared__ float scratch[32];
@@ -157,10 +187,16 @@ __global__ void moe_combine_bwd_kernel(bf16 *dy, float *dw, const bf16 *dout, co
         size_t pair = (size_t)t * k + s;
         size_t row = (size_t)inv[pair];
         float ws = w[pair], dot = 0.0f;
-        for (int c = threadIdx.x; c < H; c += blockDim.x) {
-            float d = bf2f(dt[c]);
-            dy[row * H + c] = f2bf(ws * d);
-            dot += d * bf2f(y[row * H + c]);
+        for (int c = threadIdx.x * V; c < H; c += blockDim.x * V) {
+            float d[V], yv[V], o[V];
+            load_bf16s<V>(d, dt + c);
+            load_bf16s<V>(yv, y + row * H + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                o[j] = ws * d[j];
+                dot += d[j] * yv[j];
+            }
+            store_bf16s<V>(dy + row * H + c, o);
         }
         if (dw) {
             dot = block_sum(dot, scratch); // uniform: dw is the same pointer for the whole block
@@ -170,32 +206,54 @@ __global__ void moe_combine_bwd_kernel(bf16 *dy, float *dw, const bf16 *dout, co
 }
 
 // dx[t] += Σ_slot dx_perm[inv[t·k + slot]]
+template <int V>
 __global__ void moe_unpermute_add_kernel(bf16 *dx, const bf16 *dx_perm, const int32_t *inv, int k, int H) {
     int t = blockIdx.x;
-    for (int c = threadIdx.x; c < H; c += blockDim.x) {
-        float acc = bf2f(dx[(size_t)t * H + c]);
-        for (int s = 0; s < k; s++) acc += bf2f(dx_perm[(size_t)inv[(size_t)t * k + s] * H + c]);
-        dx[(size_t)t * H + c] = f2bf(acc);
+    for (int c = threadIdx.x * V; c < H; c += blockDim.x * V) {
+        float acc[V], v[V];
+        load_bf16s<V>(acc, dx + (size_t)t * H + c);
+        for (int s = 0; s < k; s++) {
+            load_bf16s<V>(v, dx_perm + (size_t)inv[(size_t)t * k + s] * H + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) acc[j] += v[j];
+        }
+        store_bf16s<V>(dx + (size_t)t * H + c, acc);
     }
+}
+
+// Whether rows of width H in these buffers move as 16-byte vectors.
+static bool rows_vec8(int H, const void *a, const void *b, const void *c) {
+    return H % 8 == 0 && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0 && (!c || (uintptr_t)c % 16 == 0);
 }
 
 void ot_cuda_moe_combine_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *y, const float *w,
                              const ot_cuda_moe_plan *p, int H) {
     OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_combine_fwd: bad hidden size %d or plan not allocated", H);
-    moe_combine_fwd_kernel<<<p->T, 256, 0, stream>>>(as_bf16(out), as_bf16(y), w, p->inv, p->k, H);
+    if (rows_vec8(H, out, y, NULL))
+        moe_combine_fwd_kernel<8><<<p->T, 128, 0, stream>>>(as_bf16(out), as_bf16(y), w, p->inv, p->k, H);
+    else
+        moe_combine_fwd_kernel<1><<<p->T, 256, 0, stream>>>(as_bf16(out), as_bf16(y), w, p->inv, p->k, H);
     OT_LAUNCH_CHECK();
 }
 
 void ot_cuda_moe_combine_bwd(cudaStream_t stream, ot_bf16 *dy, float *dw, const ot_bf16 *dout, const ot_bf16 *y,
                              const float *w, const ot_cuda_moe_plan *p, int H) {
     OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_combine_bwd: bad hidden size %d or plan not allocated", H);
-    moe_combine_bwd_kernel<<<p->T, 256, 0, stream>>>(as_bf16(dy), dw, as_bf16(dout), as_bf16(y), w, p->inv, p->k, H);
+    if (rows_vec8(H, dy, dout, y))
+        moe_combine_bwd_kernel<8><<<p->T, 128, 0, stream>>>(as_bf16(dy), dw, as_bf16(dout), as_bf16(y), w, p->inv,
+                                                            p->k, H);
+    else
+        moe_combine_bwd_kernel<1><<<p->T, 256, 0, stream>>>(as_bf16(dy), dw, as_bf16(dout), as_bf16(y), w, p->inv,
+                                                            p->k, H);
     OT_LAUNCH_CHECK();
 }
 
 void ot_cuda_moe_unpermute_add(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dx_perm, const ot_cuda_moe_plan *p,
                                int H) {
     OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_unpermute_add: bad hidden size %d or plan not allocated", H);
-    moe_unpermute_add_kernel<<<p->T, 256, 0, stream>>>(as_bf16(dx), as_bf16(dx_perm), p->inv, p->k, H);
+    if (rows_vec8(H, dx, dx_perm, NULL))
+        moe_unpermute_add_kernel<8><<<p->T, 128, 0, stream>>>(as_bf16(dx), as_bf16(dx_perm), p->inv, p->k, H);
+    else
+        moe_unpermute_add_kernel<1><<<p->T, 256, 0, stream>>>(as_bf16(dx), as_bf16(dx_perm), p->inv, p->k, H);
     OT_LAUNCH_CHECK();
 }

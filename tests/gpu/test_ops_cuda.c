@@ -1079,7 +1079,8 @@ static void test_moe(const sizes *z) {
     test_moe_weight_grad(&plan, &rp, 2 * I, H, 1); // gate_up: token rows gathered
     test_moe_weight_grad(&plan, &rp, H, I, 0);     // down: rows already permuted
     test_moe_weight_grad(&plan, &rp, 70, 45, 1);   // neither dimension a multiple of the 32 tile
-    test_moe_combine(&plan, &rp, H);
+    test_moe_combine(&plan, &rp, H);  // 16-byte vectors
+    test_moe_combine(&plan, &rp, 36); // a width that is no multiple of 8: element by element
     test_moe_lora(&plan, &rp, H, 2 * I, 6, 1); // gate_up: token rows gathered
     test_moe_lora(&plan, &rp, I, H, 6, 0);     // down: rows already permuted
 
