@@ -60,22 +60,29 @@ static void rm_gemm_split(cublasHandle_t h, int ta, int tb, int M, int N, int K,
 
 // ---- expansions from rank r ---------------------------------------------------------------------------------------
 // y[t, o] = bf16(y[t, o] + scale · Σ_j u[t, j] · W(o, j)), u [T, r] fp32 row-major, W(o, j) = W[o·w_so + j·w_sj]
-// fp32 (so B [out, r] and A [r, in] both serve without a transpose). A block takes 32 rows × 128 columns; each
-// thread two adjacent columns (one bf16x2 store) of 8 rows. r goes through shared memory 16 at a time.
-#define EXP_ROWS 32
-#define EXP_COLS 128
+// fp32 (so B [out, r] and A [r, in] both serve without a transpose). Memory bound (the activation is read and
+// written once; r is small), so a block takes 64 rows × 256 columns, each thread 8 adjacent columns (one 16-byte
+// load and store of bf16 where the row allows) of 8 rows; r goes through shared memory 16 at a time, and each
+// weight tile serves 64 rows.
+#define EXP_ROWS 64
+#define EXP_COLS 256
 #define EXP_RC 16
 #define EXP_THREADS 256
+#define EXP_TX (EXP_COLS / 8)           // 32 threads across the columns
+#define EXP_TY (EXP_THREADS / EXP_TX)   // 8 across the rows
+#define EXP_RPT (EXP_ROWS / EXP_TY)     // rows per thread: 8
 __global__ void __launch_bounds__(EXP_THREADS)
     lora_expand_kernel(bf16 *y, const float *u, const float *W, size_t w_so, size_t w_sj, int T, int n, int r,
                        float scale) {
     __shared__ float Us[EXP_ROWS][EXP_RC + 1];
-    __shared__ float Ws[EXP_RC][EXP_COLS + 2]; // +2: rows start on other banks
+    __shared__ __align__(16) float Ws[EXP_RC][EXP_COLS];
     const int t0 = blockIdx.y * EXP_ROWS, o0 = blockIdx.x * EXP_COLS;
-    const int tid = threadIdx.x, tx = tid % (EXP_COLS / 2), ty = tid / (EXP_COLS / 2); // ty in 0..3
-    float acc[EXP_ROWS / 4][2];
+    const int tid = threadIdx.x, tx = tid % EXP_TX, ty = tid / EXP_TX;
+    float acc[EXP_RPT][8];
 #pragma unroll
-    for (int i = 0; i < EXP_ROWS / 4; i++) acc[i][0] = acc[i][1] = 0.0f;
+    for (int i = 0; i < EXP_RPT; i++)
+#pragma unroll
+        for (int c = 0; c < 8; c++) acc[i][c] = 0.0f;
 
     for (int j0 = 0; j0 < r; j0 += EXP_RC) {
         for (int i = tid; i < EXP_ROWS * EXP_RC; i += EXP_THREADS) {
@@ -93,29 +100,39 @@ __global__ void __launch_bounds__(EXP_THREADS)
         __syncthreads();
 #pragma unroll
         for (int jj = 0; jj < EXP_RC; jj++) {
-            const float w0 = Ws[jj][2 * tx], w1 = Ws[jj][2 * tx + 1];
+            const float4 wa = *reinterpret_cast<const float4 *>(&Ws[jj][8 * tx]);
+            const float4 wb = *reinterpret_cast<const float4 *>(&Ws[jj][8 * tx + 4]);
+            const float w[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
 #pragma unroll
-            for (int i = 0; i < EXP_ROWS / 4; i++) {
-                float uv = Us[ty + 4 * i][jj];
-                acc[i][0] += uv * w0;
-                acc[i][1] += uv * w1;
+            for (int i = 0; i < EXP_RPT; i++) {
+                const float uv = Us[ty + EXP_TY * i][jj];
+#pragma unroll
+                for (int c = 0; c < 8; c++) acc[i][c] += uv * w[c];
             }
         }
         __syncthreads();
     }
-    const int o = o0 + 2 * tx;
+    const int o = o0 + 8 * tx;
     if (o >= n) return;
+    const bool vec = o + 8 <= n && n % 8 == 0 && ((uintptr_t)y & 15u) == 0; // whole aligned 16-byte pieces
 #pragma unroll
-    for (int i = 0; i < EXP_ROWS / 4; i++) {
-        int t = t0 + ty + 4 * i;
+    for (int i = 0; i < EXP_RPT; i++) {
+        int t = t0 + ty + EXP_TY * i;
         if (t >= T) break;
         bf16 *d = y + (size_t)t * n + o;
-        if (o + 1 < n && (n % 2) == 0) { // aligned pair
-            float a = bf2f(d[0]) + scale * acc[i][0], b = bf2f(d[1]) + scale * acc[i][1];
-            *reinterpret_cast<uint32_t *>(d) = pack_bf16x2(a, b);
+        if (vec) {
+            uint4 old = *reinterpret_cast<const uint4 *>(d);
+            const uint32_t ow[4] = {old.x, old.y, old.z, old.w};
+            uint32_t nw[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                nw[q] = pack_bf16x2(__uint_as_float(ow[q] << 16) + scale * acc[i][2 * q],
+                                    __uint_as_float(ow[q] & 0xffff0000u) + scale * acc[i][2 * q + 1]);
+            *reinterpret_cast<uint4 *>(d) = make_uint4(nw[0], nw[1], nw[2], nw[3]);
         } else {
-            d[0] = f2bf(bf2f(d[0]) + scale * acc[i][0]);
-            if (o + 1 < n) d[1] = f2bf(bf2f(d[1]) + scale * acc[i][1]);
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+                if (o + c < n) d[c] = f2bf(bf2f(d[c]) + scale * acc[i][c]);
         }
     }
 }
