@@ -33,22 +33,35 @@
 // cores of a ragged last tile do little more than the real work).
 // Blocks run column tiles fastest: the 23-45 blocks of one row tile read the same activation rows from L2, and
 // the 2-3 row tiles of an expert read its weight tiles within one wave.
+#include <stdlib.h>
+#include <string.h>
+
 #include "kernels/cuda/moe_gemm.cuh"
 
 #include "kernels/ops.h" // OT_EXPERT_MXFP4
 
 #define MX_BM 128     // rows of a tile (one expert's)
 #define MX_BN 128     // output columns of a tile
-#define MX_BK 32      // reduction step: one MXFP4 group
-#define MX_STAGES 4   // cp.async ring depth
 #define MX_THREADS 128
 #define MX_MAX_EXPERTS 256
-#define MX_A_BYTES (MX_BM * MX_BK * 2)   // activation tile of a stage: 128 rows × 64 bytes
-#define MX_RAW_BYTES (MX_THREADS * 16)    // raw MXFP4 nibbles of a stage: one group (16 bytes) per thread
-#define MX_SCALE_BYTES (MX_THREADS * 4)  // the 4-byte words holding each group's scale byte
-#define MX_STAGE_BYTES (MX_A_BYTES + MX_RAW_BYTES + MX_SCALE_BYTES)
-#define MX_W_BYTES (MX_BN * MX_BK * 2)   // one dequantized bf16 weight tile (forward [128][32], backward [32][128])
-#define MX_SMEM_BYTES (MX_STAGES * MX_STAGE_BYTES + 2 * MX_W_BYTES) // 59,392
+#define MX_DEFAULT_BK 32 // OT_MOE_FUSED_BK unset
+
+// The layout of one variant: BK (32 or 64) is the reduction step, GPS = BK / 32 MXFP4 groups per thread and step.
+// A stage of the ring holds the activation tile [128][BK] bf16, the raw nibbles (GPS groups of 16 bytes per thread)
+// and the words of their scale bytes (GPS × 4 bytes per thread); two dequantized weight tiles follow the ring
+// (forward [128 n][BK k], backward [BK n][128 c]). BK 32: 4 stages, 59,392 bytes; BK 64: 3 stages, 97,280 bytes,
+// so that two blocks still share an SM.
+template <int BK> struct MxCfg {
+    static constexpr int GPS = BK / 32;
+    static constexpr int STAGES = BK == 32 ? 4 : 3;
+    static constexpr int ROW_BYTES = BK * 2; // of the [128][BK] tiles
+    static constexpr int A_BYTES = MX_BM * ROW_BYTES;
+    static constexpr int RAW_BYTES = MX_THREADS * 16 * GPS;
+    static constexpr int SCALE_BYTES = MX_THREADS * 4 * GPS;
+    static constexpr int STAGE_BYTES = A_BYTES + RAW_BYTES + SCALE_BYTES;
+    static constexpr int W_BYTES = MX_BN * BK * 2;
+    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 2 * W_BYTES;
+};
 
 // The row tiles of one call: expert e owns rows row0[e] .. row0[e+1]-1 and row tiles tile0[e] .. tile0[e+1]-1.
 typedef struct {
@@ -142,20 +155,23 @@ __device__ __forceinline__ void mx_decode8(uint32_t out[4], uint32_t w, const ui
 }
 
 // ---- shared-memory layouts ------------------------------------------------------------------------------------
-// Tiles of 64-byte rows (activations [128][32], forward weights [128][32]): 16-byte chunk c of row r lives at
-// chunk c ^ ((r / 2) % 4), so the 8 rows an ldmatrix reads (and the 8 lanes of a quarter warp that write)
-// cover all 8 bank groups of 16 bytes.
-__device__ __forceinline__ int swz64(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
-// Tiles of 256-byte rows (backward weights [32][128]): chunk c of row r lives at chunk c ^ (r % 8).
-__device__ __forceinline__ int swz256(int row, int chunk) { return row * 256 + ((chunk ^ (row & 7)) << 4); }
+// Tiles of 64-byte rows (activations and forward weights at BK 32): 16-byte chunk c of row r lives at chunk
+// c ^ ((r / 2) % 4), so the 8 rows an ldmatrix reads (and the 8 lanes of a quarter warp that write) cover all 8
+// bank groups of 16 bytes. Rows of 128 bytes (BK 64) and of 256 bytes (backward weights [BK][128]): chunk c of row
+// r lives at chunk c ^ (r % 8).
+template <int ROW_BYTES> __device__ __forceinline__ int swz(int row, int chunk) {
+    if constexpr (ROW_BYTES == 64) return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4);
+    else return row * ROW_BYTES + ((chunk ^ (row & 7)) << 4);
+}
 
 // ---- the products of one step --------------------------------------------------------------------------------
-// A warp's products for one 32-wide step: its MT (1-4) 16-row fragments × 64 columns. All fragments of both k16
-// halves are loaded first (ldmatrix.x4: 2 × MT for the activations, 2 × 4 for the weights), so their latencies
-// overlap, then the 2 × MT × 8 products run back to back. a_frag / b_frag are this lane's fragment offsets.
-template <bool BWD, int MT>
+// A warp's products for 32 of a step's reduction: its MT (1-4) 16-row fragments × 64 columns. All fragments of
+// both k16 slices are loaded first (ldmatrix.x4: 2 × MT for the activations, 2 × 4 for the weights), so their
+// latencies overlap, then the 2 × MT × 8 products run back to back. a_frag / b_frag are this lane's fragment
+// offsets of the two slices; the activation tile's rows are ROW_BYTES long.
+template <bool BWD, int MT, int ROW_BYTES>
 __device__ __forceinline__ void mx_warp_products(float (&acc)[4][8][4], const uint8_t *at, const uint8_t *wt,
-                                                 const int (&a_frag)[2], const int (&b_frag)[2][4]) {
+                                                 const int *a_frag, const int (*b_frag)[4]) {
     uint32_t a[2][MT][4], b[2][8][2];
 #pragma unroll
     for (int ks = 0; ks < 2; ks++) {
@@ -167,7 +183,7 @@ __device__ __forceinline__ void mx_warp_products(float (&acc)[4][8][4], const ui
             b[ks][2 * np][0] = r[0], b[ks][2 * np][1] = r[1], b[ks][2 * np + 1][0] = r[2], b[ks][2 * np + 1][1] = r[3];
         }
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) ldmatrix_x4(a[ks][mt], at + a_frag[ks] + mt * 16 * 64);
+        for (int mt = 0; mt < MT; mt++) ldmatrix_x4(a[ks][mt], at + a_frag[ks] + mt * 16 * ROW_BYTES);
     }
 #pragma unroll
     for (int ks = 0; ks < 2; ks++)
@@ -180,14 +196,17 @@ __device__ __forceinline__ void mx_warp_products(float (&acc)[4][8][4], const ui
 // ---- the kernel -----------------------------------------------------------------------------------------------
 // Forward (BWD false): out = y [n_pairs, N], act = x ([T, K] gathered through row_token, or [n_pairs, K]),
 // bias [E, N] or NULL. Backward: out = dx [n_pairs, K], act = dy [n_pairs, N], accumulate onto out or not.
-template <bool BWD>
+// The reduction length (K forward, N backward) is a multiple of BK.
+template <bool BWD, int BK>
 __global__ void __launch_bounds__(MX_THREADS, 2)
     moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
                           const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
                           const bf16 *__restrict__ bias, int N, int K, int accumulate, MxTiles tiles) {
+    using C = MxCfg<BK>;
+    constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::ROW_BYTES / 16, KS = BK / 16;
     extern __shared__ uint4 mx_smem[];
     uint8_t *smem = reinterpret_cast<uint8_t *>(mx_smem);
-    uint8_t *wtile = smem + MX_STAGES * MX_STAGE_BYTES; // two dequantized weight tiles
+    uint8_t *wtile = smem + STAGES * C::STAGE_BYTES; // two dequantized weight tiles
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     // This tile's expert: the last one whose first tile is at or before it (experts without rows own none).
@@ -201,40 +220,41 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
     const int m0 = tiles.row0[e] + (tile - tiles.tile0[e]) * MX_BM, m_end = tiles.row0[e + 1];
     const int c0 = blockIdx.x * MX_BN;
     const int ncols = BWD ? K : N, red = BWD ? N : K; // output columns, reduction length
-    const int G = K / 32, nk = red / MX_BK;
+    const int G = K / 32, nk = red / BK;
 
-    // Activation loads: rows tid/4 + 32i (i < 4) of the tile, 16-byte chunk tid%4 of the step's 64 bytes.
-    const bf16 *a_src[4];
-    int a_dst[4];
+    // Activation loads: 16-byte chunk tid % CPR of rows tid / CPR + (128 / CPR)·i (i < CPR) of the tile.
+    const int a_chunk = tid % CPR;
+    int a_row[CPR];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int r = (tid >> 2) + 32 * i;
-        int p = min(m0 + r, m_end - 1);
-        if (row_token) p = row_token[p];
-        a_src[i] = act + (size_t)p * red + (tid & 3) * 8;
-        a_dst[i] = swz64(r, tid & 3);
+    for (int i = 0; i < CPR; i++) {
+        int p = min(m0 + tid / CPR + (MX_BM / CPR) * i, m_end - 1);
+        a_row[i] = row_token ? row_token[p] : p;
     }
-    // Weight loads and decode: one group (16 bytes of nibbles, 32 weights) and its scale per thread and step.
-    //   forward:  weight row c0 + tid, the step's group; advance one group per step
-    //   backward: weight row 32·step + tid/4, group c0/32 + tid%4; advance 32 rows per step
+    // Weight loads and decode: GPS groups (16 bytes of nibbles, 32 weights each) and their scales per thread and step.
+    //   forward:  weight row c0 + tid, the step's GPS consecutive groups; advance GPS groups per step
+    //   backward: weight rows BK·step + tid/4 + 32j (j < GPS), group c0/32 + tid%4; advance BK rows per step
     const uint8_t *q_src, *s_src;
-    size_t q_step, s_step;
-    int w_dst[4]; // where its 4 × 8 decoded weights go in a weight tile
+    size_t q_step, s_step, q_j, s_j; // per step, and between a thread's groups of a step
+    int w_dst[GPS][4];               // where each group's 4 × 8 decoded weights go in a weight tile
     if (!BWD) {
         const size_t wrow = (size_t)e * N + min(c0 + tid, N - 1);
         q_src = blocks + wrow * G * 16;
         s_src = scales + wrow * G;
-        q_step = 16, s_step = 1;
+        q_step = 16 * GPS, s_step = GPS, q_j = 16, s_j = 1;
 #pragma unroll
-        for (int j = 0; j < 4; j++) w_dst[j] = swz64(tid, j);
+        for (int j = 0; j < GPS; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) w_dst[j][c] = swz<C::ROW_BYTES>(tid, 4 * j + c);
     } else {
         const int r = tid >> 2, g = tid & 3;
         const size_t grp = ((size_t)e * N + r) * G + min(c0 / 32 + g, G - 1);
         q_src = blocks + grp * 16;
         s_src = scales + grp;
-        q_step = (size_t)MX_BK * G * 16, s_step = (size_t)MX_BK * G;
+        q_step = (size_t)BK * G * 16, s_step = (size_t)BK * G, q_j = (size_t)32 * G * 16, s_j = (size_t)32 * G;
 #pragma unroll
-        for (int j = 0; j < 4; j++) w_dst[j] = swz256(r, 4 * g + j);
+        for (int j = 0; j < GPS; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) w_dst[j][c] = swz<256>(r + 32 * j, 4 * g + c);
     }
 
     // Fragment addresses of this lane within a tile (ldmatrix: lane l gives row l%8 of matrix l/8).
@@ -243,14 +263,15 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
     //   B backward (tile [n][c], .trans): (n 0-7, c 0-7), (n 8-15, c 0-7), (n 0-7, c 8-15), (n 8-15, c 8-15)
     // so that r[0], r[1] are the b0, b1 of the first 8 output columns and r[2], r[3] those of the next 8.
     const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lhalf = lane >> 4;
-    int a_frag[2], b_frag[2][4];
+    int a_frag[KS], b_frag[KS][4];
 #pragma unroll
-    for (int ks = 0; ks < 2; ks++) {
-        a_frag[ks] = swz64(wm * 64 + lrow, 2 * ks + lhalf);
+    for (int ks = 0; ks < KS; ks++) {
+        a_frag[ks] = swz<C::ROW_BYTES>(wm * 64 + lrow, 2 * ks + lhalf);
 #pragma unroll
         for (int np = 0; np < 4; np++)
-            b_frag[ks][np] = BWD ? swz256(16 * ks + lrow, wn * 8 + 2 * np + lhalf)
-                                 : swz64(wn * 64 + 16 * np + (lane & 7) + lhalf * 8, 2 * ks + ((lane >> 3) & 1));
+            b_frag[ks][np] = BWD ? swz<256>(16 * ks + lrow, wn * 8 + 2 * np + lhalf)
+                                 : swz<C::ROW_BYTES>(wn * 64 + 16 * np + (lane & 7) + lhalf * 8,
+                                                     2 * ks + ((lane >> 3) & 1));
     }
     // Warp-uniform work bounds: rows of this warp still inside the expert, columns inside the matrix.
     const int warp_rows = m_end - (m0 + wm * 64);
@@ -262,74 +283,92 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
 
-    // Stage s of the ring: activation tile, then the raw nibbles.
+    // Stage s of the ring: the activation tile, the raw nibbles, the words of the scale bytes.
+#define MX_STAGE(s) (smem + ((s) % STAGES) * C::STAGE_BYTES)
 #define MX_ISSUE(s)                                                                                                   \
     do {                                                                                                              \
-        uint8_t *st_ = smem + ((s) % MX_STAGES) * MX_STAGE_BYTES;                                                     \
-        for (int i_ = 0; i_ < 4; i_++) cp_async16(st_ + a_dst[i_], a_src[i_] + (size_t)(s) * MX_BK);                 \
-        cp_async8(st_ + MX_A_BYTES + tid * 16, q_src + (size_t)(s) * q_step);                                         \
-        cp_async8(st_ + MX_A_BYTES + tid * 16 + 8, q_src + (size_t)(s) * q_step + 8);                                 \
-        const uintptr_t sa_ = (uintptr_t)(s_src + (size_t)(s) * s_step);                                             \
-        cp_async4(st_ + MX_A_BYTES + MX_RAW_BYTES + tid * 4, (const void *)(sa_ & ~(uintptr_t)3));                    \
+        uint8_t *st_ = MX_STAGE(s);                                                                                   \
+        for (int i_ = 0; i_ < CPR; i_++)                                                                              \
+            cp_async16(st_ + swz<C::ROW_BYTES>(tid / CPR + (MX_BM / CPR) * i_, a_chunk),                              \
+                       act + (size_t)a_row[i_] * red + (size_t)(s) * BK + a_chunk * 8);                               \
+        for (int j_ = 0; j_ < GPS; j_++) {                                                                            \
+            const uint8_t *q_ = q_src + (size_t)(s) * q_step + j_ * q_j;                                              \
+            uint8_t *raw_ = st_ + C::A_BYTES + (tid * GPS + j_) * 16;                                                 \
+            cp_async8(raw_, q_);                                                                                      \
+            cp_async8(raw_ + 8, q_ + 8);                                                                              \
+            const uintptr_t sa_ = (uintptr_t)(s_src + (size_t)(s) * s_step + j_ * s_j);                               \
+            cp_async4(st_ + C::A_BYTES + C::RAW_BYTES + (tid * GPS + j_) * 4, (const void *)(sa_ & ~(uintptr_t)3));   \
+        }                                                                                                             \
     } while (0)
-    // This thread's raw group (16 bytes of nibbles) of stage s.
-#define MX_RAW(s) (*reinterpret_cast<const uint4 *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES + tid * 16))
-    // This thread's scale byte of stage s, out of its word.
-#define MX_SCALE(s)                                                                                                   \
-    ((*reinterpret_cast<const uint32_t *>(smem + ((s) % MX_STAGES) * MX_STAGE_BYTES + MX_A_BYTES + MX_RAW_BYTES +     \
-                                          tid * 4) >>                                                                 \
-      (8u * (unsigned)((uintptr_t)(s_src + (size_t)(s) * s_step) & 3u))) &                                            \
+    // This thread's raw group j (16 bytes of nibbles) of stage s, and its scale byte out of its word.
+#define MX_RAW(s, j) (*reinterpret_cast<const uint4 *>(MX_STAGE(s) + C::A_BYTES + (tid * GPS + (j)) * 16))
+#define MX_SCALE(s, j)                                                                                                \
+    ((*reinterpret_cast<const uint32_t *>(MX_STAGE(s) + C::A_BYTES + C::RAW_BYTES + (tid * GPS + (j)) * 4) >>         \
+      (8u * (unsigned)((uintptr_t)(s_src + (size_t)(s) * s_step + (j) * s_j) & 3u))) &                               \
      0xffu)
-    // Decode raw group q (of stage s) with scale byte sc into weight tile buffer (s) % 2.
-#define MX_DECODE(s, q, sc)                                                                                           \
+    // Decode raw group q (group j of stage s) with scale byte sc into weight tile buffer (s) % 2.
+#define MX_DECODE(s, j, q, sc)                                                                                        \
     do {                                                                                                              \
         const uint4 q_ = (q);                                                                                         \
         const uint32_t w_[4] = {q_.x, q_.y, q_.z, q_.w};                                                              \
         uint32_t t_[4];                                                                                               \
         mx_scale_table(t_, sc);                                                                                       \
-        uint8_t *wt_ = wtile + ((s) & 1) * MX_W_BYTES;                                                                \
-        for (int j_ = 0; j_ < 4; j_++) {                                                                              \
+        uint8_t *wt_ = wtile + ((s) & 1) * C::W_BYTES;                                                                \
+        for (int c_ = 0; c_ < 4; c_++) {                                                                              \
             uint32_t v_[4];                                                                                           \
-            mx_decode8(v_, w_[j_], t_);                                                                               \
-            *reinterpret_cast<uint4 *>(wt_ + w_dst[j_]) = make_uint4(v_[0], v_[1], v_[2], v_[3]);                     \
+            mx_decode8(v_, w_[c_], t_);                                                                               \
+            *reinterpret_cast<uint4 *>(wt_ + w_dst[j][c_]) = make_uint4(v_[0], v_[1], v_[2], v_[3]);                  \
         }                                                                                                             \
     } while (0)
 
-    // Prologue: stages 0 .. MX_STAGES-2 in flight, stage 0 decoded.
+    // Prologue: stages 0 .. STAGES-2 in flight, stage 0 decoded.
 #pragma unroll
-    for (int s = 0; s < MX_STAGES - 1; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         if (s < nk) MX_ISSUE(s);
         cp_async_commit(); // one group per stage, empty or not, so the waits below count stages
     }
-    cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage 0
-    MX_DECODE(0, MX_RAW(0), MX_SCALE(0));
+    cp_async_wait<STAGES - 2>(); // this thread's copies of stage 0
+#pragma unroll
+    for (int j = 0; j < GPS; j++) MX_DECODE(0, j, MX_RAW(0, j), MX_SCALE(0, j));
     __syncthreads(); // stage 0's activations (all threads' copies) and decoded weights are visible
 
     for (int kt = 0; kt < nk; kt++) {
         // The slot of stage kt-1 is free: every warp passed the barrier after its products.
-        if (kt + MX_STAGES - 1 < nk) MX_ISSUE(kt + MX_STAGES - 1);
+        if (kt + STAGES - 1 < nk) MX_ISSUE(kt + STAGES - 1);
         cp_async_commit();
-        cp_async_wait<MX_STAGES - 2>(); // this thread's copies of stage kt+1
-        const uint4 q_next = kt + 1 < nk ? MX_RAW(kt + 1) : make_uint4(0u, 0u, 0u, 0u);
-        const unsigned scale_next = kt + 1 < nk ? MX_SCALE(kt + 1) : 127u;
-        // Products of stage kt, by a straight run of fragment loads and products for the warp's rows inside the
+        cp_async_wait<STAGES - 2>(); // this thread's copies of stage kt+1
+        uint4 q_next[GPS];
+        unsigned scale_next[GPS];
+#pragma unroll
+        for (int j = 0; j < GPS; j++) {
+            q_next[j] = kt + 1 < nk ? MX_RAW(kt + 1, j) : make_uint4(0u, 0u, 0u, 0u);
+            scale_next[j] = kt + 1 < nk ? MX_SCALE(kt + 1, j) : 127u;
+        }
+        // Products of stage kt, by straight runs of fragment loads and products for the warp's rows inside the
         // expert (a branch per 16-row fragment inside the run stalls the warp at every product: measured on H200).
         if (warp_active) {
-            const uint8_t *at = smem + (kt % MX_STAGES) * MX_STAGE_BYTES, *wt = wtile + (kt & 1) * MX_W_BYTES;
-            if (warp_rows > 48) mx_warp_products<BWD, 4>(acc, at, wt, a_frag, b_frag);
-            else if (warp_rows > 32) mx_warp_products<BWD, 3>(acc, at, wt, a_frag, b_frag);
-            else if (warp_rows > 16) mx_warp_products<BWD, 2>(acc, at, wt, a_frag, b_frag);
-            else mx_warp_products<BWD, 1>(acc, at, wt, a_frag, b_frag);
+            const uint8_t *at = MX_STAGE(kt), *wt = wtile + (kt & 1) * C::W_BYTES;
+#pragma unroll
+            for (int h = 0; h < KS; h += 2) {
+                if (warp_rows > 48) mx_warp_products<BWD, 4, C::ROW_BYTES>(acc, at, wt, a_frag + h, b_frag + h);
+                else if (warp_rows > 32) mx_warp_products<BWD, 3, C::ROW_BYTES>(acc, at, wt, a_frag + h, b_frag + h);
+                else if (warp_rows > 16) mx_warp_products<BWD, 2, C::ROW_BYTES>(acc, at, wt, a_frag + h, b_frag + h);
+                else mx_warp_products<BWD, 1, C::ROW_BYTES>(acc, at, wt, a_frag + h, b_frag + h);
+            }
         }
         // Decode stage kt+1 into the other weight buffer (last read by the products of step kt-1), its raw bytes
         // read before the products so that the shared-memory latency hides behind them.
-        if (kt + 1 < nk) MX_DECODE(kt + 1, q_next, scale_next);
+        if (kt + 1 < nk) {
+#pragma unroll
+            for (int j = 0; j < GPS; j++) MX_DECODE(kt + 1, j, q_next[j], scale_next[j]);
+        }
         __syncthreads(); // stage kt's slot and weight buffer may be rewritten; stage kt+1 is visible
     }
 #undef MX_ISSUE
 #undef MX_DECODE
 #undef MX_RAW
 #undef MX_SCALE
+#undef MX_STAGE
 
     // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
     if (!warp_active) return;
@@ -382,6 +421,40 @@ static int mx_tiles(MxTiles *t, const ot_cuda_moe_plan *p, const char *op) {
     return n;
 }
 
+// The widest reduction step (64 or 32) that the call's reduction length allows, at most OT_MOE_FUSED_BK (read once;
+// tests use ot_cuda_moe_set_fused_bk).
+static int g_fused_bk = 0;
+
+void ot_cuda_moe_set_fused_bk(int bk) {
+    OT_REQUIRE(bk == 0 || bk == 32 || bk == 64, "ot_cuda_moe_set_fused_bk: %d is not 32 or 64 (or 0: default)", bk);
+    g_fused_bk = bk ? bk : MX_DEFAULT_BK;
+}
+
+static int fused_bk(int red) {
+    if (!g_fused_bk) {
+        const char *v = getenv("OT_MOE_FUSED_BK");
+        g_fused_bk = MX_DEFAULT_BK;
+        if (v && *v) {
+            if (strcmp(v, "32") && strcmp(v, "64")) ot_die("OT_MOE_FUSED_BK=%s: expected 32 or 64", v);
+            g_fused_bk = atoi(v);
+        }
+    }
+    return g_fused_bk == 64 && red % 64 == 0 ? 64 : 32;
+}
+
+template <bool BWD, int BK>
+static void mx_launch_bk(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
+                         const ot_cuda_expert_weight *W, int accumulate, const MxTiles &tiles, int n_tiles) {
+    const int ncols = BWD ? W->cols : W->rows;
+    OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       MxCfg<BK>::SMEM_BYTES));
+    dim3 grid(ot_cdiv(ncols, MX_BN), n_tiles);
+    moe_mxfp4_gemm_kernel<BWD, BK><<<grid, MX_THREADS, MxCfg<BK>::SMEM_BYTES, stream>>>(
+        out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
+        tiles);
+    OT_LAUNCH_CHECK();
+}
+
 template <bool BWD>
 static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
                       const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate, const char *op) {
@@ -390,14 +463,10 @@ static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int
     MxTiles tiles;
     const int n_tiles = mx_tiles(&tiles, p, op);
     if (n_tiles == 0) return;
-    const int ncols = BWD ? W->cols : W->rows;
-    OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       MX_SMEM_BYTES));
-    dim3 grid(ot_cdiv(ncols, MX_BN), n_tiles);
-    moe_mxfp4_gemm_kernel<BWD><<<grid, MX_THREADS, MX_SMEM_BYTES, stream>>>(
-        out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
-        tiles);
-    OT_LAUNCH_CHECK();
+    if (fused_bk(BWD ? W->rows : W->cols) == 64)
+        mx_launch_bk<BWD, 64>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+    else
+        mx_launch_bk<BWD, 32>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
 }
 
 void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,

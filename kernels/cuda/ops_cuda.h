@@ -191,6 +191,9 @@ void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy,
 //   FUSED    the fused MXFP4 kernels whenever the shapes fit them, whatever the rows per expert.
 enum { OT_CUDA_MOE_PATH_AUTO = 0, OT_CUDA_MOE_PATH_LIBRARY = 1, OT_CUDA_MOE_PATH_FUSED = 2 };
 void ot_cuda_moe_set_path(int path);
+// The fused MXFP4 kernels' reduction step: 64 where the reduction length allows it, else 32; bk = 32 keeps 32
+// everywhere, 0 restores the default (the environment variable OT_MOE_FUSED_BK, read once, sets it too).
+void ot_cuda_moe_set_fused_bk(int bk);
 // Full training, dense experts only: dW [E, rows, cols] fp32 += Σ_p dy[p]ᵀ · x_p per expert over its permuted rows,
 // db [E, rows] fp32 (may be NULL) += Σ_p dy[p]; x_p as in ot_cuda_moe_matmul_fwd (`gather`). One thread per
 // weight, fp32 sums in permuted-row order: deterministic. CPU twin: ot_expert_matmul_bwd_weight per expert group.

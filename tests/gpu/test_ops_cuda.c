@@ -1075,6 +1075,19 @@ static void test_moe(const sizes *z) {
     // partial column tiles (192 = 128 + 64, 288 = 2·128 + 32).
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
     test_moe_mxfp4_decode(&plan, &rp);
+    // The fused kernels' 64-wide reduction step (where the reduction length is a multiple of 64; 32 elsewhere).
+    ot_cuda_moe_set_fused_bk(64);
+    printf("info fused MXFP4 kernels with a 64-wide step:\n");
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED); // 7 and 4 steps of 64
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED); // forward 32, backward 64
+    test_moe_mxfp4_decode(&plan, &rp);
+    ot_cuda_moe_set_fused_bk(32);
+    printf("info fused MXFP4 kernels with a 32-wide step:\n");
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_mxfp4_decode(&plan, &rp);
+    ot_cuda_moe_set_fused_bk(0);
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO); // rows not a multiple of 32:
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_FUSED); // never the fused kernels
     test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H, OT_CUDA_MOE_PATH_AUTO);
