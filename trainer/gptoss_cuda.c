@@ -517,7 +517,6 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     const int Q = nh * D, KV = nkv * D;
     cudaStream_t s = c->stream;
     ot_cuda_moe_plan plan = plan_view(&a->plan, T);
-    const size_t P = (size_t)plan.n_pairs;
     const ot_lora_slot *s_gu = slot_of(c, l, OT_LORA_GATE_UP), *s_d = slot_of(c, l, OT_LORA_DOWN);
     const int q_lora = slot_of(c, l, OT_LORA_Q) || slot_of(c, l, OT_LORA_K) || slot_of(c, l, OT_LORA_V);
     // Full training: the base weights' gradients (NULL pointers when the base is frozen).
@@ -551,7 +550,6 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
         ot_cuda_moe_lora_bwd(s, c->dact, lora_dA(c, s_d), lora_dB(c, s_d), dY, a->act, 0, a->xa_d, lora_A(c, s_d),
                              lora_B(c, s_d), &plan, I, c->r, H, c->scale);
     }
-    zero_bf16(c, c->dgu, P * 2 * I);
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     ot_bf16 *dXp = c->dbuf;

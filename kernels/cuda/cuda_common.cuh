@@ -64,6 +64,31 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// V consecutive bf16 from / to p as floats: one 16-byte access for V = 8 (p 16-byte aligned), else one per element.
+template <int V> __device__ __forceinline__ void load_bf16s(float (&v)[V], const bf16 *p) {
+    if constexpr (V == 8) {
+        const uint4 u = *reinterpret_cast<const uint4 *>(p);
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = __uint_as_float(w[j] << 16);
+            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++) v[j] = bf2f(p[j]);
+    }
+}
+template <int V> __device__ __forceinline__ void store_bf16s(bf16 *p, const float (&v)[V]) {
+    if constexpr (V == 8) {
+        *reinterpret_cast<uint4 *>(p) = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
+                                                   pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++) p[j] = f2bf(v[j]);
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -136,29 +136,6 @@ void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int3
 // ---- combine ---------------------------------------------------------------------------------------------------
 // One block per token. Memory bound, so rows whose width is a multiple of 8 (and aligned) move as 16-byte vectors
 // of 8 bf16 (V = 8), others element by element (V = 1); the arithmetic is the same per element.
-template <int V> __device__ __forceinline__ void load_bf16s(float (&v)[V], const bf16 *p) {
-    if constexpr (V == 8) {
-        const uint4 u = *reinterpret_cast<const uint4 *>(p);
-        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            v[2 * j] = __uint_as_float(w[j] << 16);
-            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < V; j++) v[j] = bf2f(p[j]);
-    }
-}
-template <int V> __device__ __forceinline__ void store_bf16s(bf16 *p, const float (&v)[V]) {
-    if constexpr (V == 8) {
-        *reinterpret_cast<uint4 *>(p) = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
-                                                   pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
-    } else {
-#pragma unroll
-        for (int j = 0; j < V; j++) p[j] = f2bf(v[j]);
-    }
-}
 
 // out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]: each output element written once.
 template <int V>

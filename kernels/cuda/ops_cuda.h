@@ -134,6 +134,7 @@ void ot_cuda_router_topk_bwd(cudaStream_t stream, ot_bf16 *dlogits, const float 
 
 // ---- clamped SwiGLU on interleaved gate/up: gu [n, 2I] -> act [n, I] -------------------------------------------
 void ot_cuda_swiglu_fwd(cudaStream_t stream, ot_bf16 *act, const ot_bf16 *gu, int n, int I, float alpha, float limit);
+// dgu [n, 2I] = the gradient through the SwiGLU (overwritten: the CPU twin ot_swiglu_bwd adds onto its output).
 void ot_cuda_swiglu_bwd(cudaStream_t stream, ot_bf16 *dgu, const ot_bf16 *dact, const ot_bf16 *gu, int n, int I,
                         float alpha, float limit);
 

@@ -1,6 +1,6 @@
 // gpt-oss clamped SwiGLU on the GPU (spec §2.8), interleaved gate/up columns: gate = gu[2i], up = gu[2i+1].
 // Memory bound (the MoE's widest activations: [pairs, 2I] in, [pairs, I] out), so when the rows allow it a thread
-// takes 4 outputs at once: 16-byte loads and stores of gu and dgu, 8-byte ones of act and dact. Each element goes
+// takes 4 outputs at once: 16-byte loads of gu and stores of dgu, 8-byte accesses of act and dact. Each element goes
 // through the same per-pair functions either way.
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -12,17 +12,16 @@ __device__ __forceinline__ float swiglu_value(__nv_bfloat162 p, float alpha, flo
     return (up + 1.0f) * gate * sig;
 }
 
-// old + (d gate, d up) for upstream gradient da. The clamps pass gradient inside the closed interval (as torch's
-// clamp backward), none outside it.
-__device__ __forceinline__ __nv_bfloat162 swiglu_grad_add(__nv_bfloat162 old, __nv_bfloat162 p, float da, float alpha,
-                                                         float limit) {
+// (d gate, d up) for upstream gradient da. The clamps pass gradient inside the closed interval (as torch's clamp
+// backward), none outside it. The gradient overwrites dgu (it is the only one: no read of the old values).
+__device__ __forceinline__ __nv_bfloat162 swiglu_grad(__nv_bfloat162 p, float da, float alpha, float limit) {
     float gate_in = bf2f(p.x), up_in = bf2f(p.y);
     float gate = fminf(gate_in, limit);
     float up = fminf(fmaxf(up_in, -limit), limit);
     float sig = 1.0f / (1.0f + expf(-alpha * gate));
     float dgate = gate_in <= limit ? da * (up + 1.0f) * (sig + alpha * gate * sig * (1.0f - sig)) : 0.0f;
     float dup = (up_in >= -limit && up_in <= limit) ? da * gate * sig : 0.0f;
-    return __floats2bfloat162_rn(bf2f(old.x) + dgate, bf2f(old.y) + dup);
+    return __floats2bfloat162_rn(dgate, dup);
 }
 
 // Any I: one output per step.
@@ -39,7 +38,7 @@ __global__ void swiglu_bwd_kernel(bf16 *dgu, const bf16 *dact, const bf16 *gu, s
         size_t r = o / I, i = o % I;
         __nv_bfloat162 p = reinterpret_cast<const __nv_bfloat162 *>(gu + r * 2 * I)[i];
         __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(dgu + r * 2 * I) + i;
-        *d = swiglu_grad_add(*d, p, bf2f(dact[o]), alpha, limit);
+        *d = swiglu_grad(p, bf2f(dact[o]), alpha, limit);
     }
 }
 
@@ -60,17 +59,16 @@ __global__ void swiglu_fwd4_kernel(bf16 *act, const bf16 *gu, size_t n4, float a
 __global__ void swiglu_bwd4_kernel(bf16 *dgu, const bf16 *dact, const bf16 *gu, size_t n4, float alpha,
                                    float limit) {
     for (size_t o = blockIdx.x * (size_t)blockDim.x + threadIdx.x; o < n4; o += (size_t)gridDim.x * blockDim.x) {
-        uint4 g = reinterpret_cast<const uint4 *>(gu)[o], d = reinterpret_cast<const uint4 *>(dgu)[o];
+        uint4 g = reinterpret_cast<const uint4 *>(gu)[o];
         uint2 a = reinterpret_cast<const uint2 *>(dact)[o];
         const uint32_t gw[4] = {g.x, g.y, g.z, g.w};
-        uint32_t dw[4] = {d.x, d.y, d.z, d.w};
+        uint32_t dw[4];
         const __nv_bfloat162 a01 = *reinterpret_cast<const __nv_bfloat162 *>(&a.x);
         const __nv_bfloat162 a23 = *reinterpret_cast<const __nv_bfloat162 *>(&a.y);
         const float da[4] = {bf2f(a01.x), bf2f(a01.y), bf2f(a23.x), bf2f(a23.y)};
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            __nv_bfloat162 r = swiglu_grad_add(*reinterpret_cast<const __nv_bfloat162 *>(&dw[j]),
-                                               *reinterpret_cast<const __nv_bfloat162 *>(&gw[j]), da[j], alpha, limit);
+            __nv_bfloat162 r = swiglu_grad(*reinterpret_cast<const __nv_bfloat162 *>(&gw[j]), da[j], alpha, limit);
             dw[j] = *reinterpret_cast<const uint32_t *>(&r);
         }
         reinterpret_cast<uint4 *>(dgu)[o] = make_uint4(dw[0], dw[1], dw[2], dw[3]);

@@ -597,7 +597,7 @@ void ot_cuda_swiglu_bwd(cudaStream_t s, ot_bf16 *dgu, const ot_bf16 *dact, const
     (void)s;
     float *g = tof(gu, (size_t)n * 2 * I), *da = tof(dact, (size_t)n * I), *d = zeros((size_t)n * 2 * I);
     ot_swiglu_bwd(d, da, g, n, I, alpha, limit);
-    addbf(dgu, d, (size_t)n * 2 * I);
+    tobf(dgu, d, (size_t)n * 2 * I);
     free(g);
     free(da);
     free(d);
