@@ -1057,16 +1057,36 @@ static void test_moe_lora(const ot_cuda_moe_plan *plan, const ref_plan *rp, int 
     dfree(xa_ref_d);
 }
 
+// A routing (idx [T, k], taken over) as a built GPU plan and its reference, the plan checked against it.
+typedef struct {
+    ot_cuda_moe_plan plan;
+    ref_plan rp;
+    int32_t *idx, *idx_d;
+} test_plan;
+static test_plan make_test_plan(int32_t *idx, int T, int k, int E) {
+    test_plan t;
+    t.idx = idx;
+    t.rp = make_ref_plan(idx, T * k, E);
+    ot_cuda_moe_plan_alloc(&t.plan, T, k, E);
+    t.idx_d = up_i32(idx, (size_t)T * k);
+    ot_cuda_moe_plan_build(g_s, &t.plan, t.idx_d);
+    test_moe_plan(&t.plan, &t.rp, T, k, E);
+    expect_clean("moe_plan_build");
+    return t;
+}
+static void free_test_plan(test_plan *t) {
+    ot_cuda_moe_plan_free(&t->plan);
+    free_ref_plan(&t->rp);
+    free(t->idx);
+    dfree(t->idx_d);
+}
+
 static void test_moe(const sizes *z) {
     int T = z->mT, E = z->mE, k = z->mk, H = z->mH, I = z->mI;
-    int32_t *idx = make_routes(T, E, k);
-    ref_plan rp = make_ref_plan(idx, T * k, E);
-    ot_cuda_moe_plan plan;
-    ot_cuda_moe_plan_alloc(&plan, T, k, E);
-    int32_t *idx_d = up_i32(idx, (size_t)T * k);
-    ot_cuda_moe_plan_build(g_s, &plan, idx_d);
-    test_moe_plan(&plan, &rp, T, k, E);
-    expect_clean("moe_plan_build");
+    test_plan tp = make_test_plan(make_routes(T, E, k), T, k, E);
+    ot_cuda_moe_plan plan = tp.plan;
+    const ref_plan rp = tp.rp;
+    int32_t *idx_d = tp.idx_d;
 
     // Training-sized (over 32 rows per expert): auto takes the fused MXFP4 kernels where the shapes fit them.
     test_moe_matmul_mxfp4_paths(&plan, &rp, 2 * I, H);                       // gate_up shape
@@ -1104,28 +1124,16 @@ static void test_moe(const sizes *z) {
     OT_CUDA_CHECK(cudaMemcpy(idx_d + 2, &bad, sizeof(bad), cudaMemcpyHostToDevice));
     ot_cuda_moe_plan_build(g_s, &plan, idx_d);
     expect_flagged("moe_plan_build with expert index -3");
-    ot_cuda_moe_plan_free(&plan);
-    free_ref_plan(&rp);
-    free(idx);
-    dfree(idx_d);
+    free_test_plan(&tp);
 
     // A plan with few rows per expert (decoding-sized: under 32 on average) takes the fused tensor-core kernels
     // instead of cuBLAS.
     int Ts = 20, ks = k < 2 ? k : 2;
-    int32_t *idx_s = make_routes(Ts, E, ks);
-    ref_plan rps = make_ref_plan(idx_s, Ts * ks, E);
-    ot_cuda_moe_plan small;
-    ot_cuda_moe_plan_alloc(&small, Ts, ks, E);
-    int32_t *idx_sd = up_i32(idx_s, (size_t)Ts * ks);
-    ot_cuda_moe_plan_build(g_s, &small, idx_sd);
-    test_moe_plan(&small, &rps, Ts, ks, E);
-    test_moe_matmul_mxfp4_paths(&small, &rps, 2 * I, H); // fused: single short tiles
-    test_moe_matmul(&small, &rps, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO);
-    test_moe_matmul(&small, &rps, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
-    ot_cuda_moe_plan_free(&small);
-    free_ref_plan(&rps);
-    free(idx_s);
-    dfree(idx_sd);
+    test_plan small = make_test_plan(make_routes(Ts, E, ks), Ts, ks, E);
+    test_moe_matmul_mxfp4_paths(&small.plan, &small.rp, 2 * I, H); // fused: single short tiles
+    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO);
+    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
+    free_test_plan(&small);
 
     // Skewed routing: expert 0 takes slot 0 of every token (two 128-row tiles of the fused kernels and a ragged
     // third), expert 1 none, the others share the other slots (one or two tiles, the last one ragged).
@@ -1143,19 +1151,11 @@ static void test_moe(const sizes *z) {
             idx_k[(size_t)t * kk + j] = e;
         }
     }
-    ref_plan rpk = make_ref_plan(idx_k, Tk * kk, Ek);
-    ot_cuda_moe_plan skew;
-    ot_cuda_moe_plan_alloc(&skew, Tk, kk, Ek);
-    int32_t *idx_kd = up_i32(idx_k, (size_t)Tk * kk);
-    ot_cuda_moe_plan_build(g_s, &skew, idx_kd);
-    test_moe_plan(&skew, &rpk, Tk, kk, Ek);
-    test_moe_matmul(&skew, &rpk, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
-    test_moe_matmul(&skew, &rpk, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
-    test_moe_matmul(&skew, &rpk, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
-    ot_cuda_moe_plan_free(&skew);
-    free_ref_plan(&rpk);
-    free(idx_k);
-    dfree(idx_kd);
+    test_plan skew = make_test_plan(idx_k, Tk, kk, Ek);
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
+    free_test_plan(&skew);
 }
 
 // ---- cross-entropy through the head --------------------------------------------------------------------------------
