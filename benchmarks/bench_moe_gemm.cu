@@ -4,8 +4,9 @@
 // events (median of several repetitions):
 //   op        ot_cuda_moe_matmul_fwd / _bwd as the trainer calls them (the path OT_MOE_PATH or auto picks)
 //   library   the cuBLAS path (moe_gemm.cu): dequantize + product per expert, on lanes
-//   fused     the fused MXFP4 kernels (moe_mxfp4_gemm.cu), which read the 4-bit weights directly; "agree" is
-//             ‖fused − library‖ / ‖library‖ over the outputs (bf16 rounding and summation order only: ~1e-3)
+//   fused     the fused MXFP4 kernels (moe_mxfp4_gemm.cu), which read the 4-bit weights directly, products by
+//             mma.sync, then by wgmma (sm_90a builds on Hopper; n/a elsewhere); "agree" is ‖fused − library‖ /
+//             ‖library‖ over the outputs (bf16 rounding and summation order only: ~1e-3)
 //   dequant   only the MXFP4 → bf16 dequantization of every expert (the memory traffic it costs)
 //   gemm      only the per-expert products, weights dequantized beforehand (spread over the lanes)
 //   grouped   the same products as one cublasGemmGroupedBatchedEx call
@@ -303,16 +304,25 @@ int main(int argc, char **argv) {
         OT_CUDA_CHECK(cudaMalloc(&b.dC, sizeof(void *) * 256 * E));
         run_dequant(&b, s);
         double flop = 2.0 * n * b.N * b.K;
+        // the fused kernels with their products by mma.sync, then by wgmma where this device and build have it
+        ot_cuda_moe_set_fused_wgmma(0);
         const double agree = fused_vs_library(&b, s, (size_t)n * out_cols);
+        const double t_fused = time_variant(run_fused, &b, s, reps);
+        const int wg = ot_cuda_moe_set_fused_wgmma(1);
+        const double agree_wg = wg ? fused_vs_library(&b, s, (size_t)n * out_cols) : NAN;
+        const double t_wg = wg ? time_variant(run_fused, &b, s, reps) : NAN;
+        ot_cuda_moe_set_fused_wgmma(-1);
         double t_op = time_variant(run_op, &b, s, reps), t_dq = time_variant(run_dequant, &b, s, reps);
-        double t_lib = time_variant(run_library, &b, s, reps), t_fused = time_variant(run_fused, &b, s, reps);
+        double t_lib = time_variant(run_library, &b, s, reps);
         double t_gemm = time_variant(run_gemm, &b, s, reps), t_grp = time_variant(run_grouped, &b, s, reps);
         double t_rnd = time_variant(run_rounds, &b, s, reps);
         double dq_bytes = E * per * (2.0 + 0.5 + 1.0 / 32);
-        printf("%-22s op %7.3f ms (%5.0f TFLOP/s) | library %7.3f ms (%5.0f) | fused %7.3f ms (%5.0f) agree %.1e | "
+        printf("%-22s op %7.3f ms (%5.0f TFLOP/s) | library %7.3f ms (%5.0f) | fused mma.sync %7.3f ms (%5.0f) "
+               "agree %.1e | fused wgmma %7.3f ms (%5.0f) agree %.1e | "
                "dequant %6.3f ms (%5.2f TB/s) | gemm %6.3f ms (%5.0f TFLOP/s) | grouped %6.3f ms (%5.0f) | "
                "rounds(slice %d) %6.3f ms (%5.0f)\n",
                names[c], t_op, flop / t_op / 1e9, t_lib, flop / t_lib / 1e9, t_fused, flop / t_fused / 1e9, agree,
+               t_wg, flop / t_wg / 1e9, agree_wg,
                t_dq, dq_bytes / t_dq / 1e9, t_gemm, flop / t_gemm / 1e9, t_grp, flop / t_grp / 1e9, slice, t_rnd,
                flop / t_rnd / 1e9);
         fflush(stdout);

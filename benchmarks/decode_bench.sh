@@ -23,7 +23,7 @@ if [ -n "${OSSTUNE_BUNDLE:-}" ]; then
   BIN=$(cd "$OSSTUNE_BUNDLE/bin" && pwd)
   export LD_LIBRARY_PATH="$OSSTUNE_BUNDLE/lib:${LD_LIBRARY_PATH:-}"
 else
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOT_CUDA_ARCHS=90 > "$WORK/cmake.log" 2>&1 ||
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOT_CUDA_ARCHS=90a > "$WORK/cmake.log" 2>&1 ||
     { tail -20 "$WORK/cmake.log"; echo "decode_bench: cmake failed (see OSSTUNE_BUNDLE)"; exit 1; }
   grep -q "CUDA backend ON" "$WORK/cmake.log" || { echo "decode_bench: cmake found no nvcc: no CUDA backend"; exit 1; }
   cmake --build "$BUILD" -j"$(nproc)" --target osstune-init-model osstune-translate > "$WORK/build.log" 2>&1 ||

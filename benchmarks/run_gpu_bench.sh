@@ -35,8 +35,8 @@ say() { printf '\n== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 T_START=$(date +%s)
 
 build() {
-  say "build ($BUILD, sm_90)"
-  if ! cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOT_CUDA_ARCHS=90 >"$WORK/cmake.log" 2>&1; then
+  say "build ($BUILD, sm_90a)"
+  if ! cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOT_CUDA_ARCHS=90a >"$WORK/cmake.log" 2>&1; then
     tail -20 "$WORK/cmake.log"
     echo "run_gpu_bench: cmake failed (log: $WORK/cmake.log). A GPU image without the build dependencies"
     echo "  (jansson, pcre2, protobuf-c, HDF5, MPI) cannot build osstune: run 'benchmarks/run_gpu_bench.sh --bundle DIR'"

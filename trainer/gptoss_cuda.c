@@ -1,9 +1,10 @@
 // One gpt-oss decoder layer after another on the GPU, the same op order as trainer/gptoss_cpu.c (spec §2), composed
 // from kernels/cuda/ops_cuda.h. Activations are bf16; LoRA factors, their gradients and AdamW state are fp32.
 //
-// Nothing in a step waits for the host: the MoE plan stays on the device (the grouped kernels read the expert
-// offsets there), the cross-entropy sum accumulates in device memory, and temporaries come from the stream-ordered
-// pool. The host waits once per step, for the gradient norm that clipping needs (and for the loss, read then too).
+// The host waits for the GPU twice: once per layer's forward, for the MoE plan's expert offsets (the grouped expert
+// kernels size their grids and tile tables from them, kernels/cuda/moe_plan.cu), and once per step, for the
+// gradient norm that clipping needs (and for the loss, read then too). The cross-entropy sum accumulates in device
+// memory, and temporaries come from the stream-ordered pool.
 #ifdef OT_HAVE_CUDA
 
 #include "trainer/gptoss_cuda.h"

@@ -5,23 +5,31 @@
 //   forward:   y[p, c]  = Σ_k x_p[k] · W_e[c, k] + b_e[c]        (reduction over K = cols of W, c < N = rows)
 //   backward:  dx[p, c] (+)= Σ_n dy[p, n] · W_e[n, c]           (reduction over N = rows of W, c < K = cols)
 //
-// One block computes a tile of 128 rows (one expert's permuted rows) × 128 output columns with 4 warps (2 × 2,
-// each 64 × 64: per product, the fewest shared-memory fragment reads, which bound mma.sync kernels) on the bf16
-// tensor cores (mma.sync m16n8k16, fp32 accumulators), stepping the reduction by BK = 64 where the reduction
-// length allows it (5% faster on an H200: half the barriers and loop overhead per product) or 32; two blocks
-// share an SM:
+// One block computes a tile of 128 rows (one expert's permuted rows) × 128 output columns with 4 warps on the
+// bf16 tensor cores (fp32 accumulators), stepping the reduction by BK = 64 where the reduction length allows it
+// (5% faster on an H200: half the barriers and loop overhead per product) or 32; two blocks share an SM. The
+// products run one of two ways:
+//   - mma.sync m16n8k16 (every GPU from sm_80): 2 × 2 warps, each 64 × 64 (per product, the fewest shared-memory
+//     fragment reads, which bound mma.sync kernels);
+//   - wgmma m64n128k16 (Hopper, sm_90a builds, 64-wide steps): the block is one warpgroup; both operands are read
+//     from shared memory by the tensor cores themselves, asynchronously, so the decode of step k+1 runs on the
+//     CUDA cores while the products of step k run (on an H200, 2048 tokens of the 20b shape: 285-305 TFLOP/s
+//     against 230-245 by mma.sync, benchmarks/bench_moe_gemm.cu).
+// Each step:
 //   - the activation tile (x or dy, 128 × BK bf16) and the weight tile's raw MXFP4 bytes (BK/32 groups of 16
 //     bytes per thread: forward, consecutive groups of one weight row; backward, BK weight rows × 4 groups) travel
 //     by cp.async through a ring in shared memory (4 stages at BK 32, 3 at BK 64), so two or three steps of loads
-//     are in flight while the tensor cores work;
+//     are in flight while the tensor cores work; the nibbles 16 bytes at a time past L1 where the weights are
+//     16-byte aligned (7% faster forward than two 8-byte copies through L1, which other alignments take);
 //   - each thread dequantizes the groups it copied itself (32 weights each; no barrier needed between its copy and its
 //     decode) into a double-buffered bf16 weight tile, one step ahead of the products that read it, so a step
 //     needs a single __syncthreads; each group's scale byte rides in the same ring, as the aligned 4-byte word
 //     that holds it (plain loads a step or two ahead stalled the products on H200: the copy of the register
 //     that carries them across steps waits for the load);
-//   - operand fragments come by ldmatrix.x4 from XOR-swizzled tiles (every 8-row read hits 8 distinct 16-byte
-//     bank groups); the backward reads its weight tile [BK n][128 c] with ldmatrix .trans, which hands each lane
-//     the pairs along n that the mma's B operand wants.
+//   - tiles are XOR-swizzled (every 8-row read hits 8 distinct 16-byte bank groups; at BK 64 this is wgmma's
+//     128-byte swizzle); mma.sync takes its operand fragments by ldmatrix.x4, the backward's weight tile
+//     [BK n][128 c] with .trans, which hands each lane the pairs along n that the mma's B operand wants; wgmma
+//     reads the backward's weight tile as an N-major operand.
 // The decode gives the bits of mx_dequant16 (moe_gemm.cuh) for every code and scale: the 8 magnitudes are
 // scaled once per group as there (by integer exponent adds where that is exact, see mx_scale_table), then looked
 // up with byte permutes (prmt) by the 3-bit magnitude of each nibble, and the sign bit is copied in (scaling and
@@ -31,9 +39,10 @@
 // library path sizes its calls from it too) and travels in the kernel's parameters (≤ 256 experts), so the host
 // never waits for the GPU; each block finds its expert by a binary search over the experts' first tiles. Ragged
 // ends are handled by clamping: rows past the expert's end re-read its last row, weight rows / groups past the
-// matrix re-read its last one, and only the stores are masked; a warp skips the products of its 16-row fragments
-// past the expert's end, and all of them when its 64 columns lie past the matrix (warp-uniform tests: the tensor
-// cores of a ragged last tile do little more than the real work).
+// matrix re-read its last one, and only the stores are masked; with mma.sync a warp skips the products of its
+// 16-row fragments past the expert's end, and all of them when its 64 columns lie past the matrix (warp-uniform
+// tests: the tensor cores of a ragged last tile do little more than the real work); wgmma skips the second 64 rows
+// of a tile when they lie past the expert's end.
 // Blocks run column tiles fastest: the 23-45 blocks of one row tile read the same activation rows from L2, and
 // the 2-3 row tiles of an expert read its weight tiles within one wave.
 #include <stdlib.h>
@@ -44,26 +53,35 @@
 #include "kernels/ops.h" // OT_EXPERT_MXFP4
 
 #define MX_BM 128     // rows of a tile (one expert's)
-#define MX_BN 128     // output columns of a tile
-#define MX_THREADS 128
 #define MX_MAX_EXPERTS 256
 #define MX_DEFAULT_BK 64 // OT_MOE_FUSED_BK unset: 64 measured 5% faster than 32 on an H200 (benchmarks/RESULTS.md)
 
 // The layout of one variant: BK (32 or 64) is the reduction step, GPS = BK / 32 MXFP4 groups per thread and step.
-// A stage of the ring holds the activation tile [128][BK] bf16, the raw nibbles (GPS groups of 16 bytes per thread)
-// and the words of their scale bytes (GPS × 4 bytes per thread); two dequantized weight tiles follow the ring
-// (forward [128 n][BK k], backward [BK n][128 c]). BK 32: 4 stages, 59,392 bytes; BK 64: 3 stages, 97,280 bytes,
-// so that two blocks still share an SM.
-template <int BK> struct MxCfg {
+// Shared memory holds a ring of STAGES activation tiles [128][BK] bf16, the two dequantized weight tiles (forward
+// [BN n][BK k], backward [BK n][BN c]), then the ring's raw nibbles (GPS groups of 16 bytes per thread) and the words
+// of their scale bytes (GPS × 4 bytes per thread). The tiles come first, each on a 1024-byte boundary (the swizzle
+// atom of wgmma's operands). BK 32: 4 stages, 59,392 bytes; BK 64: 3 stages, 97,280 bytes, so that two blocks share
+// an SM (with one block of 256 threads and 256 columns per SM instead, the wgmma products ran 10-30% slower on an
+// H200: the block's barrier every step then idles the whole SM).
+template <int BK, bool WG> struct MxCfg {
+    static constexpr int THREADS = 128;
+    static constexpr int BN = THREADS; // output columns of a tile
     static constexpr int GPS = BK / 32;
     static constexpr int STAGES = BK == 32 ? 4 : 3;
     static constexpr int ROW_BYTES = BK * 2; // of the [128][BK] tiles
+    static constexpr int CPR = ROW_BYTES / 16; // 16-byte chunks per activation row
+    static constexpr int A_PASSES = MX_BM * CPR / THREADS; // activation chunks each thread copies per step
+    static constexpr int GPR = BN / 32; // backward: a tile's MXFP4 groups per weight row
     static constexpr int A_BYTES = MX_BM * ROW_BYTES;
-    static constexpr int RAW_BYTES = MX_THREADS * 16 * GPS;
-    static constexpr int SCALE_BYTES = MX_THREADS * 4 * GPS;
-    static constexpr int STAGE_BYTES = A_BYTES + RAW_BYTES + SCALE_BYTES;
-    static constexpr int W_BYTES = MX_BN * BK * 2;
-    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 2 * W_BYTES;
+    static constexpr int W_BYTES = BN * BK * 2;
+    static constexpr int RAW_BYTES = THREADS * 16 * GPS;
+    static constexpr int SCALE_BYTES = THREADS * 4 * GPS;
+    static constexpr int W_OFF = STAGES * A_BYTES;
+    static constexpr int RAW_OFF = W_OFF + 2 * W_BYTES;
+    static constexpr int SCALE_OFF = RAW_OFF + STAGES * RAW_BYTES;
+    static constexpr int SMEM_BYTES = SCALE_OFF + STAGES * SCALE_BYTES;
+    static_assert(A_BYTES % 1024 == 0 && W_BYTES % 1024 == 0, "tiles on 1024-byte boundaries");
+    static_assert(THREADS / GPR == 32, "the backward's weight rows: 32 per pass of the block");
 };
 
 // The row tiles of one call: expert e owns rows row0[e] .. row0[e+1]-1 and row tiles tile0[e] .. tile0[e+1]-1.
@@ -75,8 +93,9 @@ typedef struct {
 
 // ---- PTX wrappers (the emulator, tests/gpu/emu/transform.py, rewrites each asm by its opcode and relies on
 // these parameter names) -----------------------------------------------------------------------------------------
-// Asynchronous global → shared copies: 16 bytes bypassing L1 (activations, read once per block), 8 bytes through
-// L1 (MXFP4 nibbles, only 8-byte aligned), 4 bytes through L1 (the word around a scale byte).
+// Asynchronous global → shared copies: 16 bytes bypassing L1 (activations, read once per block; MXFP4 nibbles where
+// 16-byte aligned), 8 bytes through L1 (nibbles only 8-byte aligned), 4 bytes through L1 (the word around a scale
+// byte).
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
                  "l"(src)
@@ -109,6 +128,52 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"((uint32_t)__cvta_generic_to_shared(p)));
 }
+
+// Warpgroup products (sm_90a; the block is one warpgroup of 128 threads). Both operands come from shared memory
+// through descriptors; tiles are 128-byte rows in 1024-byte swizzle atoms (128-byte swizzle: 16-byte chunk c of
+// row r at chunk c ^ (r % 8), which is swz<128>). Descriptor: start address, leading-dimension byte offset (lbo),
+// stride-dimension byte offset (sbo = 1024, from one 8-row block to the next), all >> 4, swizzle mode 1 (128 B).
+// K-major operands ignore lbo; the N-major B of the backward uses it for the step from one 64-column block to the
+// next.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t sbo, uint32_t lbo) {
+    return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
+}
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+// d (64 × 128 fp32, see the epilogue for which thread holds what) += A (64 × 16, K-major) · B (16 × 128; K-major
+// [n][k] when TRANS_B is 0, N-major [k][n] when 1).
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile("{.reg .pred p; setp.ne.b32 p, %66, 0; wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, %67;}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TRANS_B));
+}
+__device__ __forceinline__ void wgmma_fence(void) { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit(void) { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Wait until at most N of this warpgroup's committed wgmma groups are still running.
+template <int N> __device__ __forceinline__ void wgmma_wait(void) {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Shared-memory writes of this thread (stores, landed cp.async copies) become visible to wgmma's reads.
+__device__ __forceinline__ void fence_proxy_async(void) {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#else // other targets never launch the wgmma variant (the host checks the device), but must compile it
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) { __trap(); }
+__device__ __forceinline__ void wgmma_fence(void) {}
+__device__ __forceinline__ void wgmma_commit(void) {}
+template <int N> __device__ __forceinline__ void wgmma_wait(void) {}
+__device__ __forceinline__ void fence_proxy_async(void) {}
+#endif
 
 // ---- MXFP4 decode by table ------------------------------------------------------------------------------------
 // The bf16 bits of the 8 E2M1 magnitudes (0, .5, 1, 1.5, 2, 3, 4, 6) times 2^(s − 127), computed as mx_dequant16
@@ -196,20 +261,36 @@ __device__ __forceinline__ void mx_warp_products(float (&acc)[4][8][4], const ui
             for (int nt = 0; nt < 8; nt++) mma_bf16_16816(acc[mt][nt], a[ks][mt], b[ks][nt][0], b[ks][nt][1]);
 }
 
+// One step's wgmma products: for each k16 slice, the first MH (1 or 2) 64-row halves of the block's tile. A: rows of
+// 128 bytes, slice ks at byte 32·ks of each row, the halves 8 KB apart. B forward: the same layout, [n][k]; backward:
+// N-major [n][c], slice ks = rows 16·ks .. 16·ks+15, the two 64-column blocks 8 KB apart (lbo).
+template <bool BWD, int KS, int MH>
+__device__ __forceinline__ void mx_wgmma_step(float (&accw)[2][64], uint32_t a_base, uint32_t w_base) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        const uint64_t db = BWD ? wgmma_desc(w_base + 2048 * ks, 1024, 64 * 128) : wgmma_desc(w_base + 32 * ks, 1024, 16);
+#pragma unroll
+        for (int mh = 0; mh < MH; mh++)
+            wgmma_m64n128k16<BWD>(accw[mh], wgmma_desc(a_base + 64 * 128 * mh + 32 * ks, 1024, 16), db);
+    }
+}
+
 // ---- the kernel -----------------------------------------------------------------------------------------------
 // Forward (BWD false): out = y [n_pairs, N], act = x ([T, K] gathered through row_token, or [n_pairs, K]),
 // bias [E, N] or NULL. Backward: out = dx [n_pairs, K], act = dy [n_pairs, N], accumulate onto out or not.
-// The reduction length (K forward, N backward) is a multiple of BK.
-template <bool BWD, int BK>
-__global__ void __launch_bounds__(MX_THREADS, 2)
+// The reduction length (K forward, N backward) is a multiple of BK. WG: the products by wgmma (BK 64 only).
+template <bool BWD, int BK, bool WG>
+__global__ void __launch_bounds__(MxCfg<BK, WG>::THREADS, 2)
     moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
                           const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
-                          const bf16 *__restrict__ bias, int N, int K, int accumulate, MxTiles tiles) {
-    using C = MxCfg<BK>;
-    constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::ROW_BYTES / 16, KS = BK / 16;
-    extern __shared__ uint4 mx_smem[];
+                          const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16, MxTiles tiles) {
+    using C = MxCfg<BK, WG>;
+    static_assert(!WG || BK == 64, "the wgmma products take 64-wide steps");
+    constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::CPR, KS = BK / 16, TH = C::THREADS;
+    extern __shared__ __align__(1024) uint4 mx_smem[];
     uint8_t *smem = reinterpret_cast<uint8_t *>(mx_smem);
-    uint8_t *wtile = smem + STAGES * C::STAGE_BYTES; // two dequantized weight tiles
+    if (WG && (__cvta_generic_to_shared(smem) & 1023u)) __trap(); // the swizzle atoms need 1024-byte alignment
+    uint8_t *wtile = smem + C::W_OFF; // two dequantized weight tiles
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     // This tile's expert: the last one whose first tile is at or before it (experts without rows own none).
@@ -221,21 +302,21 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         else hi = mid;
     }
     const int m0 = tiles.row0[e] + (tile - tiles.tile0[e]) * MX_BM, m_end = tiles.row0[e + 1];
-    const int c0 = blockIdx.x * MX_BN;
+    const int c0 = blockIdx.x * C::BN;
     const int ncols = BWD ? K : N, red = BWD ? N : K; // output columns, reduction length
     const int G = K / 32, nk = red / BK;
 
-    // Activation loads: 16-byte chunk tid % CPR of rows tid / CPR + (128 / CPR)·i (i < CPR) of the tile.
+    // Activation loads: 16-byte chunk tid % CPR of rows tid / CPR + (TH / CPR)·i (i < A_PASSES) of the tile.
     const int a_chunk = tid % CPR;
-    int a_row[CPR];
+    int a_row[C::A_PASSES];
 #pragma unroll
-    for (int i = 0; i < CPR; i++) {
-        int p = min(m0 + tid / CPR + (MX_BM / CPR) * i, m_end - 1);
+    for (int i = 0; i < C::A_PASSES; i++) {
+        int p = min(m0 + tid / CPR + (TH / CPR) * i, m_end - 1);
         a_row[i] = row_token ? row_token[p] : p;
     }
     // Weight loads and decode: GPS groups (16 bytes of nibbles, 32 weights each) and their scales per thread and step.
     //   forward:  weight row c0 + tid, the step's GPS consecutive groups; advance GPS groups per step
-    //   backward: weight rows BK·step + tid/4 + 32j (j < GPS), group c0/32 + tid%4; advance BK rows per step
+    //   backward: weight rows BK·step + tid/GPR + 32j (j < GPS), group c0/32 + tid%GPR; advance BK rows per step
     const uint8_t *q_src, *s_src;
     size_t q_step, s_step, q_j, s_j; // per step, and between a thread's groups of a step
     int w_dst[GPS][4];               // where each group's 4 × 8 decoded weights go in a weight tile
@@ -249,18 +330,26 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
 #pragma unroll
             for (int c = 0; c < 4; c++) w_dst[j][c] = swz<C::ROW_BYTES>(tid, 4 * j + c);
     } else {
-        const int r = tid >> 2, g = tid & 3;
+        // mma.sync: 4 consecutive threads read one weight row's 4 groups (64 contiguous bytes). wgmma: a warp per
+        // group, lane = row, so that the 8 threads of a quarter warp store their decoded chunks to 8 distinct
+        // rows of one 64-column tile, 8 distinct bank groups (by rows of 4 groups, two 64-column tiles share
+        // their banks: 2-way conflicts).
+        const int r = WG ? tid & 31 : tid / C::GPR, g = WG ? tid >> 5 : tid % C::GPR;
         const size_t grp = ((size_t)e * N + r) * G + min(c0 / 32 + g, G - 1);
         q_src = blocks + grp * 16;
         s_src = scales + grp;
         q_step = (size_t)BK * G * 16, s_step = (size_t)BK * G, q_j = (size_t)32 * G * 16, s_j = (size_t)32 * G;
+        // mma.sync: one tile [BK n][128 c] of 256-byte rows. wgmma (N-major operand): two tiles [64 n][64 c] of
+        // 128-byte rows, columns 0-63 then 64-127, so that each 8-row block is one 1024-byte swizzle atom.
 #pragma unroll
         for (int j = 0; j < GPS; j++)
 #pragma unroll
-            for (int c = 0; c < 4; c++) w_dst[j][c] = swz<256>(r + 32 * j, 4 * g + c);
+            for (int c = 0; c < 4; c++)
+                w_dst[j][c] = WG ? (g >> 1) * (64 * 128) + swz<128>(r + 32 * j, 4 * (g & 1) + c)
+                                 : swz<256>(r + 32 * j, 4 * g + c);
     }
 
-    // Fragment addresses of this lane within a tile (ldmatrix: lane l gives row l%8 of matrix l/8).
+    // mma.sync fragment addresses of this lane within a tile (ldmatrix: lane l gives row l%8 of matrix l/8).
     //   A (16 × 16 at rows wm·64 + 16·mt): matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
     //   B forward (tile [n][k]): (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) of 16 columns
     //   B backward (tile [n][c], .trans): (n 0-7, c 0-7), (n 8-15, c 0-7), (n 0-7, c 8-15), (n 8-15, c 8-15)
@@ -276,37 +365,45 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
                                  : swz<C::ROW_BYTES>(wn * 64 + 16 * np + (lane & 7) + lhalf * 8,
                                                      2 * ks + ((lane >> 3) & 1));
     }
-    // Warp-uniform work bounds: rows of this warp still inside the expert, columns inside the matrix.
+    // Warp-uniform work bounds: rows of this warp still inside the expert, columns inside the matrix (mma.sync);
+    // wgmma: whether the tile's second 64 rows hold any of the expert's (block-uniform; a test on something
+    // thread-dependent around the products makes ptxas serialize them all).
     const int warp_rows = m_end - (m0 + wm * 64);
     const bool warp_active = warp_rows > 0 && c0 + wn * 64 < ncols;
+    const bool upper_half = m_end - m0 > 64;
 
-    float acc[4][8][4];
+    // Accumulators: mma.sync, this warp's 4 × 8 fragments of 16 × 8; wgmma, the block's two 64 × 128 halves.
+    float acc[4][8][4], accw[2][64];
 #pragma unroll
     for (int mt = 0; mt < 4; mt++)
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 64; i++) accw[0][i] = accw[1][i] = 0.0f;
 
     // Stage s of the ring: the activation tile, the raw nibbles, the words of the scale bytes.
-#define MX_STAGE(s) (smem + ((s) % STAGES) * C::STAGE_BYTES)
+#define MX_A(s) (smem + ((s) % STAGES) * C::A_BYTES)
+#define MX_RAWP(s, j) (smem + C::RAW_OFF + ((s) % STAGES) * C::RAW_BYTES + (tid * GPS + (j)) * 16)
+#define MX_SCALEP(s, j) (smem + C::SCALE_OFF + ((s) % STAGES) * C::SCALE_BYTES + (tid * GPS + (j)) * 4)
 #define MX_ISSUE(s)                                                                                                   \
     do {                                                                                                              \
-        uint8_t *st_ = MX_STAGE(s);                                                                                   \
-        for (int i_ = 0; i_ < CPR; i_++)                                                                              \
-            cp_async16(st_ + swz<C::ROW_BYTES>(tid / CPR + (MX_BM / CPR) * i_, a_chunk),                              \
+        uint8_t *at_ = MX_A(s);                                                                                       \
+        for (int i_ = 0; i_ < C::A_PASSES; i_++)                                                                      \
+            cp_async16(at_ + swz<C::ROW_BYTES>(tid / CPR + (TH / CPR) * i_, a_chunk),                                 \
                        act + (size_t)a_row[i_] * red + (size_t)(s) * BK + a_chunk * 8);                               \
         for (int j_ = 0; j_ < GPS; j_++) {                                                                            \
             const uint8_t *q_ = q_src + (size_t)(s) * q_step + j_ * q_j;                                              \
-            uint8_t *raw_ = st_ + C::A_BYTES + (tid * GPS + j_) * 16;                                                 \
-            cp_async8(raw_, q_);                                                                                      \
-            cp_async8(raw_ + 8, q_ + 8);                                                                              \
+            uint8_t *raw_ = MX_RAWP(s, j_);                                                                           \
+            if (raw16) cp_async16(raw_, q_);                                                                          \
+            else cp_async8(raw_, q_), cp_async8(raw_ + 8, q_ + 8);                                                    \
             const uintptr_t sa_ = (uintptr_t)(s_src + (size_t)(s) * s_step + j_ * s_j);                               \
-            cp_async4(st_ + C::A_BYTES + C::RAW_BYTES + (tid * GPS + j_) * 4, (const void *)(sa_ & ~(uintptr_t)3));   \
+            cp_async4(MX_SCALEP(s, j_), (const void *)(sa_ & ~(uintptr_t)3));                                        \
         }                                                                                                             \
     } while (0)
     // This thread's raw group j (16 bytes of nibbles) of stage s, and its scale byte out of its word.
-#define MX_RAW(s, j) (*reinterpret_cast<const uint4 *>(MX_STAGE(s) + C::A_BYTES + (tid * GPS + (j)) * 16))
+#define MX_RAW(s, j) (*reinterpret_cast<const uint4 *>(MX_RAWP(s, j)))
 #define MX_SCALE(s, j)                                                                                                \
-    ((*reinterpret_cast<const uint32_t *>(MX_STAGE(s) + C::A_BYTES + C::RAW_BYTES + (tid * GPS + (j)) * 4) >>         \
+    ((*reinterpret_cast<const uint32_t *>(MX_SCALEP(s, j)) >>                                                         \
       (8u * (unsigned)((uintptr_t)(s_src + (size_t)(s) * s_step + (j) * s_j) & 3u))) &                               \
      0xffu)
     // Decode raw group q (group j of stage s) with scale byte sc into weight tile buffer (s) % 2.
@@ -333,12 +430,23 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
     cp_async_wait<STAGES - 2>(); // this thread's copies of stage 0
 #pragma unroll
     for (int j = 0; j < GPS; j++) MX_DECODE(0, j, MX_RAW(0, j), MX_SCALE(0, j));
-    __syncthreads(); // stage 0's activations (all threads' copies) and decoded weights are visible
+    if (WG) fence_proxy_async(); // the tiles written so far are read by wgmma (the async proxy)
+    __syncthreads();             // stage 0's activations (all threads' copies) and decoded weights are visible
 
     for (int kt = 0; kt < nk; kt++) {
         // The slot of stage kt-1 is free: every warp passed the barrier after its products.
         if (kt + STAGES - 1 < nk) MX_ISSUE(kt + STAGES - 1);
         cp_async_commit();
+        if constexpr (WG) {
+            // The products of stage kt run on the tensor cores while the threads decode stage kt+1.
+            const uint32_t a_base = (uint32_t)__cvta_generic_to_shared(MX_A(kt));
+            const uint32_t w_base = (uint32_t)__cvta_generic_to_shared(wtile + (kt & 1) * C::W_BYTES);
+            wgmma_fence();
+            // (the test outside the loops: a conditional product inside makes ptxas fence every product)
+            if (upper_half) mx_wgmma_step<BWD, KS, 2>(accw, a_base, w_base);
+            else mx_wgmma_step<BWD, KS, 1>(accw, a_base, w_base);
+            wgmma_commit();
+        }
         cp_async_wait<STAGES - 2>(); // this thread's copies of stage kt+1
         uint4 q_next[GPS];
         unsigned scale_next[GPS];
@@ -349,8 +457,8 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
         }
         // Products of stage kt, by straight runs of fragment loads and products for the warp's rows inside the
         // expert (a branch per 16-row fragment inside the run stalls the warp at every product: measured on H200).
-        if (warp_active) {
-            const uint8_t *at = MX_STAGE(kt), *wt = wtile + (kt & 1) * C::W_BYTES;
+        if (!WG && warp_active) {
+            const uint8_t *at = MX_A(kt), *wt = wtile + (kt & 1) * C::W_BYTES;
 #pragma unroll
             for (int h = 0; h < KS; h += 2) {
                 if (warp_rows > 48) mx_warp_products<BWD, 4, C::ROW_BYTES>(acc, at, wt, a_frag + h, b_frag + h);
@@ -365,39 +473,58 @@ __global__ void __launch_bounds__(MX_THREADS, 2)
 #pragma unroll
             for (int j = 0; j < GPS; j++) MX_DECODE(kt + 1, j, q_next[j], scale_next[j]);
         }
+        if constexpr (WG) {
+            // This thread's decoded weights and landed copies, for the next products; the products of stage kt
+            // done with its tiles. (Keeping them running across the barrier, waiting for them only after the next
+            // step's were issued, measured 3% slower on an H200.)
+            fence_proxy_async();
+            wgmma_wait<0>();
+        }
         __syncthreads(); // stage kt's slot and weight buffer may be rewritten; stage kt+1 is visible
     }
 #undef MX_ISSUE
 #undef MX_DECODE
 #undef MX_RAW
 #undef MX_SCALE
-#undef MX_STAGE
+#undef MX_RAWP
+#undef MX_SCALEP
+#undef MX_A
 
     // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
-    if (!warp_active) return;
     const int gi = lane >> 2, ti = lane & 3;
     const bf16 *b_e = bias ? bias + (size_t)e * N : NULL;
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++) {
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int row = m0 + wm * 64 + mt * 16 + gi + half * 8;
-            if (row >= m_end) continue;
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                const int col = c0 + wn * 64 + nt * 8 + ti * 2;
-                if (col >= ncols) continue;
-                float v0 = acc[mt][nt][half * 2], v1 = acc[mt][nt][half * 2 + 1];
-                if (b_e) v0 += bf2f(b_e[col]), v1 += bf2f(b_e[col + 1]);
-                uint32_t *d = reinterpret_cast<uint32_t *>(out + (size_t)row * ncols + col);
-                if (accumulate) {
-                    const uint32_t old = *d;
-                    v0 += bf2f(__ushort_as_bfloat16((unsigned short)(old & 0xffffu)));
-                    v1 += bf2f(__ushort_as_bfloat16((unsigned short)(old >> 16)));
-                }
-                *d = pack_bf16x2(v0, v1);
-            }
+    auto store = [&](int row, int col, float v0, float v1) {
+        if (row >= m_end || col >= ncols) return;
+        if (b_e) v0 += bf2f(b_e[col]), v1 += bf2f(b_e[col + 1]);
+        uint32_t *d = reinterpret_cast<uint32_t *>(out + (size_t)row * ncols + col);
+        if (accumulate) {
+            const uint32_t old = *d;
+            v0 += bf2f(__ushort_as_bfloat16((unsigned short)(old & 0xffffu)));
+            v1 += bf2f(__ushort_as_bfloat16((unsigned short)(old >> 16)));
         }
+        *d = pack_bf16x2(v0, v1);
+    };
+    if constexpr (WG) {
+        // wgmma's accumulators: warp w holds rows 16w .. 16w+15 of each half; register 4j + 2h + i is row
+        // 16w + gi + 8h, column 8j + 2ti + i (the mma.sync m16n8 layout, 16 times along the columns).
+#pragma unroll
+        for (int mh = 0; mh < 2; mh++)
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    store(m0 + 64 * mh + 16 * warp + gi + 8 * h, c0 + 8 * j + 2 * ti, accw[mh][4 * j + 2 * h],
+                          accw[mh][4 * j + 2 * h + 1]);
+    } else {
+        if (!warp_active) return;
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+                    store(m0 + wm * 64 + mt * 16 + gi + half * 8, c0 + wn * 64 + nt * 8 + ti * 2,
+                          acc[mt][nt][half * 2], acc[mt][nt][half * 2 + 1]);
     }
 }
 
@@ -445,16 +572,46 @@ static int fused_bk(int red) {
     return g_fused_bk == 64 && red % 64 == 0 ? 64 : 32;
 }
 
-template <bool BWD, int BK>
-static void mx_launch_bk(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
-                         const ot_cuda_expert_weight *W, int accumulate, const MxTiles &tiles, int n_tiles) {
+// The wgmma products exist in builds for sm_90a (OT_CUDA_SM90A, from OT_CUDA_ARCHS) and run on compute capability
+// 9.0 only; the emulator runs them too. g_wgmma: -1 not decided yet, 0 off, 1 on.
+static int g_wgmma = -1;
+
+int ot_cuda_moe_wgmma_available(void) {
+#if defined(OT_CUDA_EMULATED)
+    return 1;
+#elif defined(OT_CUDA_SM90A)
+    int dev = 0, major = 0, minor = 0;
+    OT_CUDA_CHECK(cudaGetDevice(&dev));
+    OT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    OT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    return major == 9 && minor == 0;
+#else
+    return 0;
+#endif
+}
+
+int ot_cuda_moe_set_fused_wgmma(int mode) {
+    OT_REQUIRE(mode >= -1 && mode <= 1, "ot_cuda_moe_set_fused_wgmma: %d is not -1, 0 or 1", mode);
+    if (mode < 0) {
+        const char *v = getenv("OT_MOE_WGMMA");
+        if (v && *v && strcmp(v, "0") && strcmp(v, "1")) ot_die("OT_MOE_WGMMA=%s: expected 0 or 1", v);
+        mode = v && *v ? atoi(v) : 1;
+    }
+    g_wgmma = mode && ot_cuda_moe_wgmma_available();
+    return g_wgmma;
+}
+
+template <bool BWD, int BK, bool WG>
+static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
+                             const ot_cuda_expert_weight *W, int accumulate, const MxTiles &tiles, int n_tiles) {
     const int ncols = BWD ? W->cols : W->rows;
-    OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       MxCfg<BK>::SMEM_BYTES));
-    dim3 grid(ot_cdiv(ncols, MX_BN), n_tiles);
-    moe_mxfp4_gemm_kernel<BWD, BK><<<grid, MX_THREADS, MxCfg<BK>::SMEM_BYTES, stream>>>(
+    using C = MxCfg<BK, WG>;
+    OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK, WG>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES));
+    dim3 grid(ot_cdiv(ncols, C::BN), n_tiles);
+    moe_mxfp4_gemm_kernel<BWD, BK, WG><<<grid, C::THREADS, C::SMEM_BYTES, stream>>>(
         out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
-        tiles);
+        (uintptr_t)W->blocks % 16 == 0, tiles);
     OT_LAUNCH_CHECK();
 }
 
@@ -466,10 +623,13 @@ static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int
     MxTiles tiles;
     const int n_tiles = mx_tiles(&tiles, p, op);
     if (n_tiles == 0) return;
-    if (fused_bk(BWD ? W->rows : W->cols) == 64)
-        mx_launch_bk<BWD, 64>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+    if (g_wgmma < 0) ot_cuda_moe_set_fused_wgmma(-1);
+    if (fused_bk(BWD ? W->rows : W->cols) == 32)
+        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+    else if (g_wgmma)
+        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
     else
-        mx_launch_bk<BWD, 32>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
 }
 
 void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,

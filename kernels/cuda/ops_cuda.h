@@ -195,6 +195,12 @@ void ot_cuda_moe_set_path(int path);
 // The fused MXFP4 kernels' reduction step: 64 where the reduction length allows it, else 32; bk = 32 keeps 32
 // everywhere, 0 restores the default (the environment variable OT_MOE_FUSED_BK, read once, sets it too).
 void ot_cuda_moe_set_fused_bk(int bk);
+// Whether the fused MXFP4 kernels' 64-wide steps run their products on wgmma (Hopper's warpgroup tensor-core
+// instructions: builds with sm_90a in OT_CUDA_ARCHS, devices of compute capability 9.0) instead of mma.sync.
+// mode 1 asks for them, 0 turns them off, -1 restores the default (on, unless the environment variable
+// OT_MOE_WGMMA=0); returns whether they will run. ot_cuda_moe_wgmma_available: whether they can.
+int ot_cuda_moe_set_fused_wgmma(int mode);
+int ot_cuda_moe_wgmma_available(void);
 // Full training, dense experts only: dW [E, rows, cols] fp32 += Σ_p dy[p]ᵀ · x_p per expert over its permuted rows,
 // db [E, rows] fp32 (may be NULL) += Σ_p dy[p]; x_p as in ot_cuda_moe_matmul_fwd (`gather`). One thread per
 // weight, fp32 sums in permuted-row order: deterministic. CPU twin: ot_expert_matmul_bwd_weight per expert group.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU tests of the CUDA backend, for a machine with an NVIDIA GPU (CI has none, so ctest does not run these):
-#   1. configure and build with the CUDA backend (sm_90 only, for build speed; OT_CUDA_ARCHS overrides),
+#   1. configure and build with the CUDA backend (sm_90a only, for build speed; OT_CUDA_ARCHS overrides),
 #   2. test_ops_cuda: every CUDA op against its CPU twin at full sizes,
 #   3. compute-sanitizer memcheck on test_ops_cuda --small (the same checks at sizes the sanitizer runs quickly).
 # Exits non-zero if the build, any check, or the sanitizer fails.
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$do_build" = 1 ]; then
-    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DOT_WITH_CUDA=ON -DOT_CUDA_ARCHS="${OT_CUDA_ARCHS:-90}" ||
+    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DOT_WITH_CUDA=ON -DOT_CUDA_ARCHS="${OT_CUDA_ARCHS:-90a}" ||
         { echo "run_gpu_tests: cmake configure failed" >&2; exit 1; }
     cmake --build "$build" -j"$(nproc)" --target test_ops_cuda ||
         { echo "run_gpu_tests: build failed (is nvcc on PATH? the CUDA backend is built only when it is)" >&2; exit 1; }

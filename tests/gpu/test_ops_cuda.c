@@ -887,7 +887,14 @@ static void test_moe_mxfp4_decode(const ot_cuda_moe_plan *plan, const ref_plan *
     int *row_e = ot_malloc(n * sizeof(int)); // expert of each permuted row
     for (int e = 0; e < E; e++)
         for (int p = rp->offsets[e]; p < rp->offsets[e + 1]; p++) row_e[p] = e;
-    for (int bwd = 0; bwd <= 1; bwd++) {
+    // The nibbles 16-byte aligned (copied 16 bytes at a time), then only 8-byte aligned (8 at a time).
+    const size_t nb = (size_t)E * rows * G * 16;
+    uint8_t *shifted = NULL;
+    OT_CUDA_CHECK(cudaMalloc((void **)&shifted, nb + 8));
+    OT_CUDA_CHECK(cudaMemcpy(shifted + 8, w.blocks, nb, cudaMemcpyHostToDevice));
+    for (int step = 0; step < 4; step++) {
+        const int bwd = step & 1, shift = step >> 1;
+        w.gpu.blocks = shift ? shifted + 8 : w.d_blocks;
         const int in = bwd ? rows : cols, out = bwd ? cols : rows; // input / output row lengths
         float *x = zeros_f((size_t)n * in), *ref = zeros_f((size_t)n * out);
         for (int p = 0; p < n; p++) {
@@ -904,13 +911,16 @@ static void test_moe_mxfp4_decode(const ot_cuda_moe_plan *plan, const ref_plan *
         size_t bad = 0;
         // by value: a weight −0 comes out +0 (its product plus the other products' +0)
         for (size_t i = 0; i < (size_t)n * out; i++) bad += !(y[i] == ref[i]);
-        count_check(bwd ? "moe_matmul_bwd mxfp4/fused one-hot = decoded weights (exact)"
-                        : "moe_matmul_fwd mxfp4/fused one-hot = decoded weights (exact)",
-                    bad, (size_t)n * out);
+        char name[96];
+        snprintf(name, sizeof name, "moe_matmul_%s mxfp4/fused one-hot = decoded weights (exact%s)",
+                 bwd ? "bwd" : "fwd", shift ? ", nibbles 8-byte aligned" : "");
+        count_check(name, bad, (size_t)n * out);
         free(x), free(ref), free(y);
         dfree(x_d), dfree(y_d);
     }
     expect_clean("moe_matmul mxfp4 decode");
+    w.gpu.blocks = w.d_blocks;
+    OT_CUDA_CHECK(cudaFree(shifted));
     free(W), free(row_e);
     free_weight(&w);
     ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_AUTO);
@@ -1095,14 +1105,23 @@ static void test_moe(const sizes *z) {
     // partial column tiles (192 = 128 + 64, 288 = 2·128 + 32).
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
     test_moe_mxfp4_decode(&plan, &rp);
-    // The fused kernels' 64-wide reduction step (where the reduction length is a multiple of 64; 32 elsewhere).
+    // The fused kernels' 64-wide reduction step (where the reduction length is a multiple of 64; 32 elsewhere),
+    // its products by mma.sync and (Hopper, sm_90a builds, and the emulator) by wgmma.
     ot_cuda_moe_set_fused_bk(64);
-    printf("info fused MXFP4 kernels with a 64-wide step:\n");
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED); // 7 and 4 steps of 64
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED); // forward 32, backward 64
-    test_moe_mxfp4_decode(&plan, &rp);
+    for (int wg = 0; wg <= 1; wg++) {
+        if (ot_cuda_moe_set_fused_wgmma(wg) != wg) {
+            printf("skip fused MXFP4 kernels on wgmma: this device or build has none (sm_90a on compute "
+                   "capability 9.0)\n");
+            continue;
+        }
+        printf("info fused MXFP4 kernels with a 64-wide step, products by %s:\n", wg ? "wgmma" : "mma.sync");
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED); // 7 and 4 steps of 64
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED); // forward 32, backward 64
+        test_moe_mxfp4_decode(&plan, &rp);
+    }
+    ot_cuda_moe_set_fused_wgmma(-1);
     ot_cuda_moe_set_fused_bk(32);
     printf("info fused MXFP4 kernels with a 32-wide step:\n");
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED);

@@ -37,6 +37,13 @@ struct CpAsync {
     int n, group;
 };
 
+// One wgmma.mma_async of one thread: its accumulators before and after, to be recomputed at the wait.
+struct WgmmaOp {
+    uint64_t desc_a, desc_b;
+    int trans_b, group; // group: -1 until committed
+    float in[64], out[64];
+};
+
 struct Fiber {
     ucontext_t ctx; // only to start the fiber on its own stack
     jmp_buf jb;     // then switches are _setjmp/_longjmp: no signal-mask system call per switch
@@ -52,6 +59,8 @@ struct Fiber {
     uint32_t lm_out[4];
     std::vector<CpAsync> cp; // this thread's copies in flight
     int cp_groups;           // groups it committed
+    std::vector<struct WgmmaOp> wg; // its wgmma products not yet waited for
+    int wg_groups;                  // wgmma groups it committed
     double out;     // ... and its results
     unsigned uout;
     int pred;       // ballot / __syncthreads_count predicate
@@ -151,6 +160,79 @@ void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans) {
     memcpy(r, g_f[g_cur].lm_out, sizeof(g_f[g_cur].lm_out));
 }
 
+static void die(const char *msg);
+
+uint32_t __cvta_generic_to_shared(const void *p) {
+    const char *c = (const char *)p;
+    if (c < g_dyn.data() || c >= g_dyn.data() + g_dyn.size() - 16)
+        die("__cvta_generic_to_shared: not an address of the dynamic shared memory");
+    return (uint32_t)(c - g_dyn.data());
+}
+
+// Element (mn, k) of a wgmma operand (bf16) as its descriptor places it: 128-byte swizzle, K-major (rows of 128
+// bytes along k, 8-row blocks sbo apart) or MN-major (rows of 128 bytes along mn, one per k; 8-row blocks sbo apart,
+// 64-element column blocks lbo apart); the 16-byte chunk of each address is XORed with its bits 7-9.
+static float wgmma_operand(uint64_t desc, int mn, int k, bool mn_major) {
+    if ((desc >> 62) != 1) die("wgmma descriptor: only the 128-byte swizzle is emulated");
+    if ((desc >> 49) & 7) die("wgmma descriptor: a non-zero base offset is not emulated");
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4,
+                   sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    uint32_t a = mn_major ? start + (mn / 64) * lbo + (mn % 64) * 2 + (k / 8) * sbo + (k % 8) * 128
+                          : start + (mn / 8) * sbo + (mn % 8) * 128 + k * 2;
+    a ^= ((a >> 7) & 7) << 4;
+    if ((size_t)a + 2 > g_dyn.size() - 16) die("wgmma operand outside the dynamic shared memory");
+    uint16_t h;
+    memcpy(&h, g_dyn.data() + a, 2);
+    const uint32_t bits = (uint32_t)h << 16;
+    float v;
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
+// This thread's 64 accumulators: thread t of the warpgroup (warp w = t / 32, g = lane / 4, c = lane % 4) holds
+// register 4j + 2h + i = D[16w + g + 8h][8j + 2c + i].
+static void wgmma_compute(float out[64], const float in[64], uint64_t desc_a, uint64_t desc_b, int trans_b) {
+    if (g_n % 128) die("wgmma in a block that is not whole warpgroups");
+    const int t = g_cur % 128, w = t / 32, g = (t % 32) / 4, c = t % 4;
+    for (int r = 0; r < 64; r++) {
+        const int row = 16 * w + g + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * c + r % 2;
+        float s = in[r];
+        for (int k = 0; k < 16; k++) s += wgmma_operand(desc_a, row, k, false) * wgmma_operand(desc_b, col, k, trans_b);
+        out[r] = s;
+    }
+}
+
+void emu_wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b, int trans_b) {
+    WgmmaOp op;
+    op.desc_a = desc_a, op.desc_b = desc_b, op.trans_b = trans_b, op.group = -1;
+    memcpy(op.in, d, sizeof(op.in));
+    wgmma_compute(op.out, op.in, desc_a, desc_b, trans_b);
+    memcpy(d, op.out, sizeof(op.out));
+    g_f[g_cur].wg.push_back(op);
+}
+
+void emu_wgmma_commit(void) {
+    Fiber &f = g_f[g_cur];
+    for (auto &op : f.wg)
+        if (op.group < 0) op.group = f.wg_groups;
+    f.wg_groups++;
+}
+
+void emu_wgmma_wait(int n) {
+    Fiber &f = g_f[g_cur];
+    std::vector<WgmmaOp> left;
+    for (auto &op : f.wg) {
+        if (op.group < 0 || op.group >= f.wg_groups - n) {
+            left.push_back(op);
+            continue;
+        }
+        float again[64];
+        wgmma_compute(again, op.in, op.desc_a, op.desc_b, op.trans_b);
+        if (memcmp(again, op.out, sizeof(again))) die("a wgmma operand changed before its wgmma.wait_group");
+    }
+    f.wg.swap(left);
+}
+
 // Static shared arrays are function-scope statics in the rewritten kernels (shared by the fibers of a block, as
 // blocks run one at a time); each registers itself the first time a thread passes its declaration.
 struct Region {
@@ -165,7 +247,6 @@ void emu_shared(void *p, size_t n) {
     memset(p, 0xFF, n);
 }
 
-static void die(const char *msg);
 void emu_unsupported(const char *what) { die(what); }
 
 // Whether [p, p + n) lies inside the dynamic shared memory or one registered static shared array.
@@ -296,6 +377,8 @@ static void run_block() {
         f.op = OP_NONE;
         f.cp.clear();
         f.cp_groups = 0;
+        f.wg.clear();
+        f.wg_groups = 0;
     }
     for (;;) {
         if (!g_warp_ahead) { // lockstep: every thread runs to its next barrier, then the barriers resolve

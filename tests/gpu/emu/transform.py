@@ -2,7 +2,8 @@
 """Rewrite kernels/cuda sources so a host C++ compiler can build them against the CUDA emulation (cuda_emu.h):
 kernel launches `k<<<grid, block, shmem, stream>>>(args)` become `emu_launch(k, grid, block, shmem, stream, args)`,
 each inline assembly statement the emulator knows (by its opcode, see ASM) becomes a call to its emulation (the
-mma.sync and ldmatrix warp collectives, cp.async copies and their groups), dynamic shared memory becomes the
+mma.sync and ldmatrix warp collectives, cp.async copies and their groups, the wgmma products and their wait; the
+fences become empty statements), dynamic shared memory becomes the
 emulator's buffer, and every static shared array is registered so the emulator poisons it before each block. The
 replacement calls name the parameters of the wrapper function around each asm statement (cuda_common.cuh,
 moe_mxfp4_gemm.cu), so a wrapper must use those names; any other inline assembly is refused.
@@ -31,6 +32,12 @@ ASM = [
     ('cp.async.ca.shared.global [%0], [%1], 4;', 'emu_cp_async(dst, src, 4);'),
     ('cp.async.commit_group;', 'emu_cp_async_commit();'),
     ('cp.async.wait_group %0;', 'emu_cp_async_wait(N);'),
+    ('{.reg .pred p; setp.ne.b32 p, %66, 0; wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16',
+     'emu_wgmma_m64n128k16(d, desc_a, desc_b, TRANS_B);'),
+    ('wgmma.wait_group.sync.aligned %0;', 'emu_wgmma_wait(N);'),
+    ('wgmma.fence.sync.aligned;', ';'),          # register ordering: the emulation computes at issue
+    ('wgmma.commit_group.sync.aligned;', 'emu_wgmma_commit();'),
+    ('fence.proxy.async.shared::cta;', ';'),     # one memory for every proxy here
 ]
 
 
@@ -46,7 +53,7 @@ def rewrite(s):
     s = re.sub(r'asm volatile\("([^"]*)".*?\);', rewrite_asm, s, flags=re.S)
     if re.search(r'\basm\s*(volatile\s*)?\(', s):
         raise SystemExit('transform.py: inline assembly the emulator does not know')
-    s = re.sub(r'extern __shared__ (\w+) (\w+)\[\];', r'\1 *\2 = (\1 *)emu_dyn_smem();', s)
+    s = re.sub(r'extern __shared__ (?:__align__\(\d+\) )?(\w+) (\w+)\[\];', r'\1 *\2 = (\1 *)emu_dyn_smem();', s)
     s = re.sub(r'(\w+(?:<[^;<>()]*>)?)\s*<<<(.*?)>>>\s*\(', r'emu_launch(\1, \2, ', s, flags=re.S)
     s = re.sub(r'__shared__ [^;(]*;', register_shared, s)
     return s

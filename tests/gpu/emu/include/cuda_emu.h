@@ -5,6 +5,7 @@
 // block's fibers never switch inside one), and emu_launch, which transform.py substitutes for k<<<...>>>(...).
 #ifndef CUDA_EMU_H
 #define CUDA_EMU_H
+#define OT_CUDA_EMULATED 1 // for the few host choices that depend on the device (kernels/cuda/moe_mxfp4_gemm.cu)
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
@@ -166,6 +167,17 @@ void emu_cp_async(void *dst, const void *src, int bytes);
 void emu_cp_async_commit(void);
 void emu_cp_async_wait(int n);
 void *emu_dyn_smem(void);
+// A shared-memory address as PTX sees it: the offset into the launch's dynamic shared memory (the only kind the
+// kernels take addresses of).
+uint32_t __cvta_generic_to_shared(const void *p);
+// wgmma.mma_async m64n128k16 bf16 → fp32, operands from shared memory by descriptor (128-byte swizzle): computed
+// from the 128 threads' own accumulator fragments when issued, and again at the emu_wgmma_wait that covers its
+// commit group, which stops the run if an operand changed in between (the hardware reads them at some time in
+// between).
+void emu_wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b, int trans_b);
+void emu_wgmma_commit(void);
+void emu_wgmma_wait(int n); // all but the newest n committed groups
+static inline void __trap(void) { emu_unsupported("__trap: the kernel stopped itself"); }
 void emu_shared(void *p, size_t n); // register a static shared array: poisoned (0xFF) before every block
 
 static inline float atomicAdd(float *p, float v) { float o = *p; *p = o + v; return o; }
