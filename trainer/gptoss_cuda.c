@@ -486,17 +486,14 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     const ot_lora_slot *s_gu = slot_of(c, l, OT_LORA_GATE_UP), *s_d = slot_of(c, l, OT_LORA_DOWN);
     ot_bf16 *act = a->act;
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
-    if (!s_gu) { // the SwiGLU in the product's epilogue where the kernels allow it
-        ot_cuda_moe_matmul_swiglu_fwd(s, a->gu, act, a->xn2, 1, &w->gate_up, &plan, cfg->swiglu_alpha,
-                                      cfg->swiglu_limit);
-    } else { // the LoRA term joins gu before the SwiGLU
-        ot_cuda_moe_matmul_fwd(s, a->gu, a->xn2, 1, &w->gate_up, &plan);
+    ot_cuda_moe_matmul_fwd(s, a->gu, a->xn2, 1, &w->gate_up, &plan);
+    if (s_gu) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
         ot_cuda_moe_lora_fwd(s, a->gu, a->xa_gu, a->xn2, 1, lora_A(c, s_gu), lora_B(c, s_gu), &plan, H, c->r, 2 * I,
                              c->scale);
-        mark(c, OT_CUDA_PROF_MOE_ROUTING);
-        ot_cuda_swiglu_fwd(s, act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     }
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_swiglu_fwd(s, act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
     ot_cuda_moe_matmul_fwd(s, a->y, act, 0, &w->down, &plan);
     if (s_d) {
@@ -547,18 +544,15 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     ot_bf16 *dY = c->dbuf; // [P, H]; reused for the permuted input gradient once dY is consumed
     ot_cuda_moe_combine_bwd(s, dY, c->dw, c->dx, a->y, a->topk_w, &plan, H);
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0);
     if (g) ot_cuda_moe_matmul_bwd_weight(s, g->down, g->down_b, dY, a->act, 0, &w->down, &plan);
-    if (!s_d) { // the SwiGLU backward in the product's epilogue where the kernels allow it
-        ot_cuda_moe_matmul_swiglu_bwd(s, c->dgu, c->dact, dY, a->gu, &w->down, &plan, cfg->swiglu_alpha,
-                                      cfg->swiglu_limit);
-    } else { // the LoRA term joins dact before the SwiGLU backward
-        ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0);
+    if (s_d) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
         ot_cuda_moe_lora_bwd(s, c->dact, lora_dA(c, s_d), lora_dB(c, s_d), dY, a->act, 0, a->xa_d, lora_A(c, s_d),
                              lora_B(c, s_d), &plan, I, c->r, H, c->scale);
-        mark(c, OT_CUDA_PROF_MOE_ROUTING);
-        ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     }
+    mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     ot_bf16 *dXp = c->dbuf;
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
     if (g) ot_cuda_moe_matmul_bwd_weight(s, g->gate_up, g->gate_up_b, c->dgu, a->xn2, 1, &w->gate_up, &plan);

@@ -48,11 +48,5 @@ void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gath
                            const ot_cuda_moe_plan *p);
 void ot_cuda_moe_mxfp4_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
                            const ot_cuda_moe_plan *p, int accumulate);
-// The same with the SwiGLU in the epilogue (ot_cuda_moe_matmul_swiglu_fwd / _bwd): gu and act = swiglu(gu);
-// dgu from dact = dy · W (never stored) and gu.
-void ot_cuda_moe_mxfp4_fwd_swiglu(cudaStream_t stream, bf16 *gu, bf16 *act, const bf16 *x, int gather,
-                                  const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, float alpha, float limit);
-void ot_cuda_moe_mxfp4_bwd_swiglu(cudaStream_t stream, bf16 *dgu, const bf16 *dy, const bf16 *gu,
-                                  const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, float alpha, float limit);
 
 #endif

@@ -365,28 +365,3 @@ void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy,
                                                                       p->tile_expert, p->tile_row0, accumulate);
     OT_LAUNCH_CHECK();
 }
-
-void ot_cuda_moe_matmul_swiglu_fwd(cudaStream_t stream, ot_bf16 *gu, ot_bf16 *act, const ot_bf16 *x, int gather,
-                                   const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, float alpha,
-                                   float limit) {
-    moe_weight_args(W, p, "ot_cuda_moe_matmul_swiglu_fwd");
-    OT_REQUIRE(W->rows % 2 == 0, "ot_cuda_moe_matmul_swiglu_fwd: %d output columns are not (gate, up) pairs", W->rows);
-    if (use_mxfp4_kernels(W, p, x, gu) && (uintptr_t)gu % 8 == 0) {
-        ot_cuda_moe_mxfp4_fwd_swiglu(stream, as_bf16(gu), as_bf16(act), as_bf16(x), gather, W, p, alpha, limit);
-        return;
-    }
-    ot_cuda_moe_matmul_fwd(stream, gu, x, gather, W, p);
-    ot_cuda_swiglu_fwd(stream, act, gu, p->n_pairs, W->rows / 2, alpha, limit);
-}
-
-void ot_cuda_moe_matmul_swiglu_bwd(cudaStream_t stream, ot_bf16 *dgu, ot_bf16 *dact, const ot_bf16 *dy,
-                                   const ot_bf16 *gu, const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p,
-                                   float alpha, float limit) {
-    moe_weight_args(W, p, "ot_cuda_moe_matmul_swiglu_bwd");
-    if (use_mxfp4_kernels(W, p, dy, dgu) && (uintptr_t)dgu % 8 == 0 && (uintptr_t)gu % 8 == 0) {
-        ot_cuda_moe_mxfp4_bwd_swiglu(stream, as_bf16(dgu), as_bf16(dy), as_bf16(gu), W, p, alpha, limit);
-        return;
-    }
-    ot_cuda_moe_matmul_bwd(stream, dact, dy, W, p, 0);
-    ot_cuda_swiglu_bwd(stream, dgu, dact, gu, p->n_pairs, W->cols, alpha, limit);
-}

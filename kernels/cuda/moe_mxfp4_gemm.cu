@@ -49,7 +49,6 @@
 #include <string.h>
 
 #include "kernels/cuda/moe_gemm.cuh"
-#include "kernels/cuda/swiglu.cuh"
 
 #include "kernels/ops.h" // OT_EXPERT_MXFP4
 
@@ -84,19 +83,6 @@ template <int BK, bool WG> struct MxCfg {
     static_assert(A_BYTES % 1024 == 0 && W_BYTES % 1024 == 0, "tiles on 1024-byte boundaries");
     static_assert(THREADS / GPR == 32, "the backward's weight rows: 32 per pass of the block");
 };
-
-// What the epilogue writes (the SwiGLU fusions of moe_matmul.cu save a pass over the widest MoE activations):
-//   MX_EPI_STORE       out = the product (+ bias, + the old value when accumulating)
-//   MX_EPI_SWIGLU      forward gate_up: out = gu as MX_EPI_STORE writes it, and aux [rows, N/2] = act, the SwiGLU of
-//                      each (gate, up) column pair of gu, as ot_cuda_swiglu_fwd computes it from the stored gu
-//   MX_EPI_SWIGLU_BWD  backward down: the product is dact [rows, K], rounded to bf16 as MX_EPI_STORE would store it,
-//                      but not stored; out [rows, 2K] = dgu, ot_cuda_swiglu_bwd's gradient from dact and gu = aux
-enum { MX_EPI_STORE = 0, MX_EPI_SWIGLU = 1, MX_EPI_SWIGLU_BWD = 2 };
-typedef struct {
-    int mode;
-    bf16 *aux;
-    float alpha, limit;
-} MxEpi;
 
 // The row tiles of one call: expert e owns rows row0[e] .. row0[e+1]-1 and row tiles tile0[e] .. tile0[e+1]-1.
 typedef struct {
@@ -297,8 +283,7 @@ template <bool BWD, int BK, bool WG>
 __global__ void __launch_bounds__(MxCfg<BK, WG>::THREADS, 2)
     moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
                           const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
-                          const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16, MxEpi epi,
-                          MxTiles tiles) {
+                          const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16, MxTiles tiles) {
     using C = MxCfg<BK, WG>;
     static_assert(!WG || BK == 64, "the wgmma products take 64-wide steps");
     constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::CPR, KS = BK / 16, TH = C::THREADS;
@@ -511,28 +496,13 @@ __global__ void __launch_bounds__(MxCfg<BK, WG>::THREADS, 2)
     auto store = [&](int row, int col, float v0, float v1) {
         if (row >= m_end || col >= ncols) return;
         if (b_e) v0 += bf2f(b_e[col]), v1 += bf2f(b_e[col + 1]);
-        if (epi.mode == MX_EPI_SWIGLU_BWD) { // dact at columns col, col+1: the gradients of gu pairs col, col+1
-            const size_t at = (size_t)row * 2 * ncols + 2 * col;
-            const uint2 g = *reinterpret_cast<const uint2 *>(epi.aux + at);
-            __nv_bfloat162 d0 = swiglu_grad(*reinterpret_cast<const __nv_bfloat162 *>(&g.x), bf2f(f2bf(v0)),
-                                            epi.alpha, epi.limit);
-            __nv_bfloat162 d1 = swiglu_grad(*reinterpret_cast<const __nv_bfloat162 *>(&g.y), bf2f(f2bf(v1)),
-                                            epi.alpha, epi.limit);
-            *reinterpret_cast<uint2 *>(out + at) =
-                make_uint2(*reinterpret_cast<uint32_t *>(&d0), *reinterpret_cast<uint32_t *>(&d1));
-            return;
-        }
         uint32_t *d = reinterpret_cast<uint32_t *>(out + (size_t)row * ncols + col);
         if (accumulate) {
             const uint32_t old = *d;
             v0 += bf2f(__ushort_as_bfloat16((unsigned short)(old & 0xffffu)));
             v1 += bf2f(__ushort_as_bfloat16((unsigned short)(old >> 16)));
         }
-        uint32_t packed = pack_bf16x2(v0, v1);
-        *d = packed;
-        if (epi.mode == MX_EPI_SWIGLU)
-            epi.aux[(size_t)row * (ncols / 2) + col / 2] =
-                f2bf(swiglu_value(*reinterpret_cast<const __nv_bfloat162 *>(&packed), epi.alpha, epi.limit));
+        *d = pack_bf16x2(v0, v1);
     };
     if constexpr (WG) {
         // wgmma's accumulators: warp w holds rows 16w .. 16w+15 of each half; register 4j + 2h + i is row
@@ -633,8 +603,7 @@ int ot_cuda_moe_set_fused_wgmma(int mode) {
 
 template <bool BWD, int BK, bool WG>
 static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
-                             const ot_cuda_expert_weight *W, int accumulate, const MxEpi &epi, const MxTiles &tiles,
-                             int n_tiles) {
+                             const ot_cuda_expert_weight *W, int accumulate, const MxTiles &tiles, int n_tiles) {
     const int ncols = BWD ? W->cols : W->rows;
     using C = MxCfg<BK, WG>;
     OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK, WG>,
@@ -642,51 +611,33 @@ static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, co
     dim3 grid(ot_cdiv(ncols, C::BN), n_tiles);
     moe_mxfp4_gemm_kernel<BWD, BK, WG><<<grid, C::THREADS, C::SMEM_BYTES, stream>>>(
         out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
-        (uintptr_t)W->blocks % 16 == 0, epi, tiles);
+        (uintptr_t)W->blocks % 16 == 0, tiles);
     OT_LAUNCH_CHECK();
 }
 
 template <bool BWD>
 static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
-                      const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate, const MxEpi &epi,
-                      const char *op) {
+                      const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate, const char *op) {
     OT_REQUIRE(ot_cuda_moe_mxfp4_fits(W, p, act, out), "%s: weights or buffers unfit for the MXFP4 kernels", op);
-    OT_REQUIRE(epi.mode == MX_EPI_STORE || (!accumulate && epi.aux && (uintptr_t)out % 8 == 0 &&
-                                            (uintptr_t)epi.aux % (epi.mode == MX_EPI_SWIGLU ? 2 : 8) == 0),
-               "%s: SwiGLU epilogue needs no accumulation and aligned gu / act", op);
     if (p->n_pairs == 0) return;
     MxTiles tiles;
     const int n_tiles = mx_tiles(&tiles, p, op);
     if (n_tiles == 0) return;
     if (g_wgmma < 0) ot_cuda_moe_set_fused_wgmma(-1);
     if (fused_bk(BWD ? W->rows : W->cols) == 32)
-        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, epi, tiles, n_tiles);
+        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
     else if (g_wgmma)
-        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, epi, tiles, n_tiles);
+        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
     else
-        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, epi, tiles, n_tiles);
+        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
 }
-
-static const MxEpi MX_PLAIN = {MX_EPI_STORE, NULL, 0.0f, 0.0f};
 
 void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,
                            const ot_cuda_moe_plan *p) {
-    mx_launch<false>(stream, y, x, gather ? p->row_token : NULL, W, p, 0, MX_PLAIN, "ot_cuda_moe_matmul_fwd");
+    mx_launch<false>(stream, y, x, gather ? p->row_token : NULL, W, p, 0, "ot_cuda_moe_matmul_fwd");
 }
 
 void ot_cuda_moe_mxfp4_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
                            const ot_cuda_moe_plan *p, int accumulate) {
-    mx_launch<true>(stream, dx, dy, NULL, W, p, accumulate, MX_PLAIN, "ot_cuda_moe_matmul_bwd");
-}
-
-void ot_cuda_moe_mxfp4_fwd_swiglu(cudaStream_t stream, bf16 *gu, bf16 *act, const bf16 *x, int gather,
-                                  const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, float alpha, float limit) {
-    const MxEpi epi = {MX_EPI_SWIGLU, act, alpha, limit};
-    mx_launch<false>(stream, gu, x, gather ? p->row_token : NULL, W, p, 0, epi, "ot_cuda_moe_matmul_swiglu_fwd");
-}
-
-void ot_cuda_moe_mxfp4_bwd_swiglu(cudaStream_t stream, bf16 *dgu, const bf16 *dy, const bf16 *gu,
-                                  const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, float alpha, float limit) {
-    const MxEpi epi = {MX_EPI_SWIGLU_BWD, const_cast<bf16 *>(gu), alpha, limit};
-    mx_launch<true>(stream, dgu, dy, NULL, W, p, 0, epi, "ot_cuda_moe_matmul_swiglu_bwd");
+    mx_launch<true>(stream, dx, dy, NULL, W, p, accumulate, "ot_cuda_moe_matmul_bwd");
 }

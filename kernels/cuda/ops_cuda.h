@@ -185,21 +185,8 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, i
 // dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
                             const ot_cuda_moe_plan *p, int accumulate);
-// The gate_up product followed by the SwiGLU (W: gate_up [E, 2I, H]): gu [n_pairs, 2I] as ot_cuda_moe_matmul_fwd
-// writes it and act [n_pairs, I] as ot_cuda_swiglu_fwd computes it from gu, bit for bit. The fused MXFP4 kernels
-// compute act in their epilogue (no second pass over gu); other paths make the two calls.
-void ot_cuda_moe_matmul_swiglu_fwd(cudaStream_t stream, ot_bf16 *gu, ot_bf16 *act, const ot_bf16 *x, int gather,
-                                   const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, float alpha,
-                                   float limit);
-// The down product's input gradient followed by the SwiGLU backward (W: down [E, H, I]): dgu [n_pairs, 2I] as
-// ot_cuda_swiglu_bwd gives it for dact = dy · W_e (ot_cuda_moe_matmul_bwd, overwriting) and gu, bit for bit. The
-// fused MXFP4 kernels never store dact; other paths use the scratch dact [n_pairs, I].
-void ot_cuda_moe_matmul_swiglu_bwd(cudaStream_t stream, ot_bf16 *dgu, ot_bf16 *dact, const ot_bf16 *dy,
-                                   const ot_bf16 *gu, const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p,
-                                   float alpha, float limit);
-// Which implementation ot_cuda_moe_matmul_fwd / _bwd and the SwiGLU pairs above use for MXFP4 weights, for every
-// later call of the process (tests and benchmarks; the default comes from the environment variable
-// OT_MOE_PATH=auto|library|fused):
+// Which implementation the two calls above use for MXFP4 weights, for every later call of the process (tests and
+// benchmarks; the default comes from the environment variable OT_MOE_PATH=auto|library|fused):
 //   AUTO     the fused MXFP4 kernels from 32 rows per expert on average, the small-call kernels below that;
 //   LIBRARY  cuBLAS on dequantized copies from 32 rows per expert, the small-call kernels below that;
 //   FUSED    the fused MXFP4 kernels whenever the shapes fit them, whatever the rows per expert.

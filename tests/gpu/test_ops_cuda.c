@@ -926,50 +926,6 @@ static void test_moe_mxfp4_decode(const ot_cuda_moe_plan *plan, const ref_plan *
     ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_AUTO);
 }
 
-// The gate_up product with the SwiGLU after it, and the down product's input gradient with the SwiGLU backward
-// after it, as one call each: bit for bit what the two separate calls give (the fused MXFP4 kernels compute the
-// SwiGLU in their epilogue, other paths make the two calls). A limit of 1 puts many gate / up values outside the
-// clamps, so both sides of each clamp are exercised.
-static void test_moe_matmul_swiglu(const ot_cuda_moe_plan *plan, int H, int I, int path, const char *label) {
-    const int T = plan->T, E = plan->E, n = plan->n_pairs;
-    const float alpha = 1.702f, limit = 1.0f;
-    ot_cuda_moe_set_path(path);
-    test_weight wgu = make_weight(OT_EXPERT_MXFP4, E, 2 * I, H), wd = make_weight(OT_EXPERT_MXFP4, E, H, I);
-    float *x = randn_bf16((size_t)T * H, 1.0), *dy = randn_bf16((size_t)n * H, 1.0);
-    ot_bf16 *x_d = up_bf16(x, (size_t)T * H), *dy_d = up_bf16(dy, (size_t)n * H);
-    ot_bf16 *gu_ref = poison((size_t)n * 2 * I * 2), *act_ref = poison((size_t)n * I * 2);
-    ot_bf16 *dact_ref = poison((size_t)n * I * 2), *dgu_ref = poison((size_t)n * 2 * I * 2);
-    ot_cuda_moe_matmul_fwd(g_s, gu_ref, x_d, 1, &wgu.gpu, plan);
-    ot_cuda_swiglu_fwd(g_s, act_ref, gu_ref, n, I, alpha, limit);
-    ot_cuda_moe_matmul_bwd(g_s, dact_ref, dy_d, &wd.gpu, plan, 0);
-    ot_cuda_swiglu_bwd(g_s, dgu_ref, dact_ref, gu_ref, n, I, alpha, limit);
-    ot_bf16 *gu = poison((size_t)n * 2 * I * 2), *act = poison((size_t)n * I * 2);
-    ot_bf16 *dact = poison((size_t)n * I * 2), *dgu = poison((size_t)n * 2 * I * 2);
-    ot_cuda_moe_matmul_swiglu_fwd(g_s, gu, act, x_d, 1, &wgu.gpu, plan, alpha, limit);
-    ot_cuda_moe_matmul_swiglu_bwd(g_s, dgu, dact, dy_d, gu_ref, &wd.gpu, plan, alpha, limit);
-    struct {
-        const char *what;
-        ot_bf16 *got, *ref;
-        size_t n;
-    } outs[] = {{"gu", gu, gu_ref, (size_t)n * 2 * I}, {"act", act, act_ref, (size_t)n * I},
-                {"dgu", dgu, dgu_ref, (size_t)n * 2 * I}};
-    for (int i = 0; i < 3; i++) {
-        float *g = down_bf16(outs[i].got, outs[i].n), *r = down_bf16(outs[i].ref, outs[i].n);
-        size_t bad = 0;
-        for (size_t j = 0; j < outs[i].n; j++) bad += memcmp(&g[j], &r[j], sizeof(float)) != 0;
-        char name[112];
-        snprintf(name, sizeof name, "moe_matmul_swiglu %s %s = separate calls (exact)", label, outs[i].what);
-        count_check(name, bad, outs[i].n);
-        free(g), free(r);
-    }
-    expect_clean("moe_matmul_swiglu");
-    free(x), free(dy);
-    dfree(x_d), dfree(dy_d), dfree(gu_ref), dfree(act_ref), dfree(dact_ref), dfree(dgu_ref);
-    dfree(gu), dfree(act), dfree(dact), dfree(dgu);
-    free_weight(&wgu), free_weight(&wd);
-    ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_AUTO);
-}
-
 // Full training: the dense experts' weight and bias gradients, against ot_expert_matmul_bwd_weight on each expert's
 // gathered rows; accumulation onto non-zero buffers; fp32 sums of bf16 products (TOL_F32 relative, norm-wise).
 static void test_moe_weight_grad(const ot_cuda_moe_plan *plan, const ref_plan *rp, int rows, int cols, int gather) {
@@ -1166,12 +1122,6 @@ static void test_moe(const sizes *z) {
         test_moe_mxfp4_decode(&plan, &rp);
     }
     ot_cuda_moe_set_fused_wgmma(-1);
-    // The SwiGLU pairs: the fused kernels' epilogues (both product paths), the cuBLAS path's two calls.
-    test_moe_matmul_swiglu(&plan, H, I, OT_CUDA_MOE_PATH_FUSED, "fused");
-    ot_cuda_moe_set_fused_wgmma(0);
-    test_moe_matmul_swiglu(&plan, H, I, OT_CUDA_MOE_PATH_FUSED, "fused mma.sync");
-    ot_cuda_moe_set_fused_wgmma(-1);
-    test_moe_matmul_swiglu(&plan, H, I, OT_CUDA_MOE_PATH_LIBRARY, "library");
     ot_cuda_moe_set_fused_bk(32);
     printf("info fused MXFP4 kernels with a 32-wide step:\n");
     test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED);
@@ -1200,7 +1150,6 @@ static void test_moe(const sizes *z) {
     int Ts = 20, ks = k < 2 ? k : 2;
     test_plan small = make_test_plan(make_routes(Ts, E, ks), Ts, ks, E);
     test_moe_matmul_mxfp4_paths(&small.plan, &small.rp, 2 * I, H); // fused: single short tiles
-    test_moe_matmul_swiglu(&small.plan, H, I, OT_CUDA_MOE_PATH_AUTO, "small-call"); // the two calls
     test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO);
     test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
     free_test_plan(&small);
