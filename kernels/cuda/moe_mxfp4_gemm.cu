@@ -63,7 +63,7 @@
 // atom of wgmma's operands). BK 32: 4 stages, 59,392 bytes; BK 64: 3 stages, 97,280 bytes, so that two blocks share
 // an SM (with one block of 256 threads and 256 columns per SM instead, the wgmma products ran 10-30% slower on an
 // H200: the block's barrier every step then idles the whole SM).
-template <int BK, bool WG> struct MxCfg {
+template <int BK> struct MxCfg {
     static constexpr int THREADS = 128;
     static constexpr int BN = THREADS; // output columns of a tile
     static constexpr int GPS = BK / 32;
@@ -280,11 +280,11 @@ __device__ __forceinline__ void mx_wgmma_step(float (&accw)[2][64], uint32_t a_b
 // bias [E, N] or NULL. Backward: out = dx [n_pairs, K], act = dy [n_pairs, N], accumulate onto out or not.
 // The reduction length (K forward, N backward) is a multiple of BK. WG: the products by wgmma (BK 64 only).
 template <bool BWD, int BK, bool WG>
-__global__ void __launch_bounds__(MxCfg<BK, WG>::THREADS, 2)
+__global__ void __launch_bounds__(MxCfg<BK>::THREADS, 2)
     moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
                           const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
                           const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16, MxTiles tiles) {
-    using C = MxCfg<BK, WG>;
+    using C = MxCfg<BK>;
     static_assert(!WG || BK == 64, "the wgmma products take 64-wide steps");
     constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::CPR, KS = BK / 16, TH = C::THREADS;
     extern __shared__ __align__(1024) uint4 mx_smem[];
@@ -605,7 +605,7 @@ template <bool BWD, int BK, bool WG>
 static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
                              const ot_cuda_expert_weight *W, int accumulate, const MxTiles &tiles, int n_tiles) {
     const int ncols = BWD ? W->cols : W->rows;
-    using C = MxCfg<BK, WG>;
+    using C = MxCfg<BK>;
     OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK, WG>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES));
     dim3 grid(ot_cdiv(ncols, C::BN), n_tiles);
