@@ -162,6 +162,23 @@ void emu_ldmatrix_x4(uint32_t r[4], const void *p, int trans) {
 
 static void die(const char *msg);
 
+// Asynchronous operations in commit groups (cp.async copies, wgmma products), per thread: a commit puts every
+// operation not yet in a group into group `groups`; a wait retires (`retire(op)`) those of every group before the
+// newest n and keeps the rest.
+template <class Op> static void commit_group(std::vector<Op> &ops, int &groups) {
+    for (auto &op : ops)
+        if (op.group < 0) op.group = groups;
+    groups++;
+}
+template <class Op, class F> static void wait_groups(std::vector<Op> &ops, int groups, int n, F retire) {
+    std::vector<Op> left;
+    for (auto &op : ops) {
+        if (op.group >= 0 && op.group < groups - n) retire(op);
+        else left.push_back(op);
+    }
+    ops.swap(left);
+}
+
 uint32_t __cvta_generic_to_shared(const void *p) {
     const char *c = (const char *)p;
     if (c < g_dyn.data() || c >= g_dyn.data() + g_dyn.size() - 16)
@@ -211,26 +228,15 @@ void emu_wgmma_m64n128k16(float d[64], uint64_t desc_a, uint64_t desc_b, int tra
     g_f[g_cur].wg.push_back(op);
 }
 
-void emu_wgmma_commit(void) {
-    Fiber &f = g_f[g_cur];
-    for (auto &op : f.wg)
-        if (op.group < 0) op.group = f.wg_groups;
-    f.wg_groups++;
-}
+void emu_wgmma_commit(void) { commit_group(g_f[g_cur].wg, g_f[g_cur].wg_groups); }
 
 void emu_wgmma_wait(int n) {
     Fiber &f = g_f[g_cur];
-    std::vector<WgmmaOp> left;
-    for (auto &op : f.wg) {
-        if (op.group < 0 || op.group >= f.wg_groups - n) {
-            left.push_back(op);
-            continue;
-        }
+    wait_groups(f.wg, f.wg_groups, n, [](const WgmmaOp &op) {
         float again[64];
         wgmma_compute(again, op.in, op.desc_a, op.desc_b, op.trans_b);
         if (memcmp(again, op.out, sizeof(again))) die("a wgmma operand changed before its wgmma.wait_group");
-    }
-    f.wg.swap(left);
+    });
 }
 
 // Static shared arrays are function-scope statics in the rewritten kernels (shared by the fibers of a block, as
@@ -268,20 +274,10 @@ void emu_cp_async(void *dst, const void *src, int n) {
     memset(dst, 0xFF, n); // undefined until the copy completes
     g_f[g_cur].cp.push_back(c);
 }
-void emu_cp_async_commit(void) {
-    Fiber &f = g_f[g_cur];
-    for (auto &c : f.cp)
-        if (c.group < 0) c.group = f.cp_groups;
-    f.cp_groups++;
-}
+void emu_cp_async_commit(void) { commit_group(g_f[g_cur].cp, g_f[g_cur].cp_groups); }
 void emu_cp_async_wait(int n) { // complete every copy of the groups before the newest n
     Fiber &f = g_f[g_cur];
-    std::vector<CpAsync> left;
-    for (auto &c : f.cp) {
-        if (c.group >= 0 && c.group < f.cp_groups - n) memcpy(c.dst, c.bytes, c.n);
-        else left.push_back(c);
-    }
-    f.cp.swap(left);
+    wait_groups(f.cp, f.cp_groups, n, [](const CpAsync &c) { memcpy(c.dst, c.bytes, c.n); });
 }
 
 static float bf_lo(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r & 0xffff))); }
