@@ -3,14 +3,15 @@
 // downloading 13 GB. Deterministic from --seed: every tensor draws from its own RNG, seeded by (seed, tensor name),
 // so the bytes of a tensor do not depend on the shard count or on which shard it lands in.
 //
-// Memory stays small whatever the preset: each shard's header is written first (all sizes are known from the
-// config), then each tensor is generated and written in chunks.
+// Each shard's header is written first (all sizes are known from the config), then its tensors, generated a few at
+// a time on parallel threads (memory: about 4 GB of tensors at once, or the largest tensor when it is bigger).
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "formats/checkpoint.h"
@@ -35,6 +36,7 @@ static void usage(FILE *f) {
             "                      transformers dequantizes to) instead of MXFP4 blocks/scales; the values are the\n"
             "                      exact dequantization of the MXFP4 experts the same seed gives\n"
             "  --tokenizer PATH    copy this tokenizer.json into DIR\n"
+            "  --threads N         tensors generated at once (default: the online CPUs, at most 16); same bytes\n"
             "  --help              this text\n");
 }
 
@@ -86,12 +88,23 @@ static normal_spec float_spec(const ot_model_config *c, const char *name) {
     ot_die("no value distribution for tensor '%s'", name);
 }
 
-// Scale byte for one group of an MXFP4 row with `in` inputs (see above).
-static uint8_t mxfp4_scale_byte(ot_rng *r, int in) {
-    double k = -0.5 * log2(8.5625 * in), f = floor(k), p = (pow(4.0, k - f) - 1.0) / 3.0;
-    int s = 127 + (int)f + (ot_rng_uniform(r) < p ? 1 : 0);
-    if (s < 0 || s > 254) ot_die("MXFP4 scale byte %d out of range for in = %d", s, in);
-    return (uint8_t)s;
+// Scale bytes of an MXFP4 tensor whose rows have `in` inputs (see above): the exponent f and the probability of
+// f + 1 depend on `in` only, so they are worked out once per tensor, not per byte.
+typedef struct {
+    int base;   // 127 + f
+    double p_up; // P(127 + f + 1)
+} scale_rule;
+
+static scale_rule mxfp4_scale_rule(int in) {
+    double k = -0.5 * log2(8.5625 * in), f = floor(k);
+    scale_rule q = {127 + (int)f, (pow(4.0, k - f) - 1.0) / 3.0};
+    if (q.base < 0 || q.base + (q.p_up > 0) > 254)
+        ot_die("MXFP4 scale byte %d out of range for in = %d", q.base < 0 ? q.base : q.base + 1, in);
+    return q;
+}
+
+static uint8_t mxfp4_scale_byte(ot_rng *r, const scale_rule *q) {
+    return (uint8_t)(q->base + (ot_rng_uniform(r) < q->p_up ? 1 : 0));
 }
 
 // Random bytes, 8 per RNG draw (n is a multiple of 8 for every call, so chunking does not change the stream).
@@ -102,15 +115,9 @@ static void fill_random_bytes(ot_rng *r, uint8_t *out, size_t n) {
     }
 }
 
-// ---- writing one tensor -------------------------------------------------------------------------------------------
-#define CHUNK_BYTES ((size_t)8 << 20) // multiple of 8 and of 2
-
-typedef struct {
-    uint8_t *buf;        // CHUNK_BYTES
-    float *dense_tmp;    // one expert's dequantized matrix (dense experts only)
-    uint8_t *blk_tmp, *scl_tmp;
-} scratch;
-
+// ---- generating one tensor ----------------------------------------------------------------------------------------
+// A tensor is generated whole into memory (its safetensors bytes), so several can be generated at once on separate
+// threads (each from its own RNG: the bytes do not depend on the thread count) and then written in order.
 static void put_bf16(uint8_t *p, float f) {
     uint16_t h = ot_f32_to_bf16(f);
     p[0] = (uint8_t)h;
@@ -119,7 +126,7 @@ static void put_bf16(uint8_t *p, float f) {
 
 // Dense expert tensor [E, in, out] = the transpose of the dequantized MXFP4 [E, out, in] that the *_blocks and
 // *_scales names of the same projection would hold with this seed.
-static int write_dense_expert(ot_st_stream *st, const ot_expected_tensor *t, uint64_t seed, scratch *s, ot_err *err) {
+static void gen_dense_expert(uint8_t *dst, const ot_expected_tensor *t, uint64_t seed) {
     const int E = (int)t->shape[0], in = (int)t->shape[1], out = (int)t->shape[2], G = in / 32;
     char name[200];
     ot_rng rb, rs;
@@ -127,62 +134,64 @@ static int write_dense_expert(ot_st_stream *st, const ot_expected_tensor *t, uin
     rng_for_tensor(&rb, seed, name);
     snprintf(name, sizeof name, "%s_scales", t->name);
     rng_for_tensor(&rs, seed, name);
+    const scale_rule q = mxfp4_scale_rule(in);
     const size_t row_bytes = (size_t)G * 16;
+    float *dense = ot_malloc((size_t)out * in * sizeof(float));
+    uint8_t *blk = ot_malloc((size_t)out * row_bytes), *scl = ot_malloc((size_t)out * G);
     for (int e = 0; e < E; e++) {
-        fill_random_bytes(&rb, s->blk_tmp, (size_t)out * row_bytes);
-        for (size_t i = 0; i < (size_t)out * G; i++) s->scl_tmp[i] = mxfp4_scale_byte(&rs, in);
+        fill_random_bytes(&rb, blk, (size_t)out * row_bytes);
+        for (size_t i = 0; i < (size_t)out * G; i++) scl[i] = mxfp4_scale_byte(&rs, &q);
         for (int r = 0; r < out; r++)
-            ot_mxfp4_dequant_row(s->dense_tmp + (size_t)r * in, s->blk_tmp + r * row_bytes, s->scl_tmp + (size_t)r * G, in);
-        // Transpose [out, in] -> [in, out], written in chunks of whole rows.
-        size_t rows_per_chunk = CHUNK_BYTES / ((size_t)out * 2);
-        if (rows_per_chunk == 0) return ot_fail(err, "%s: a row of %d bf16 values exceeds the write buffer", t->name, out);
-        for (int i0 = 0; i0 < in; i0 += (int)rows_per_chunk) {
-            int i1 = i0 + (int)rows_per_chunk < in ? i0 + (int)rows_per_chunk : in;
-            size_t k = 0;
-            for (int i = i0; i < i1; i++)
-                for (int o = 0; o < out; o++, k += 2) put_bf16(s->buf + k, s->dense_tmp[(size_t)o * in + i]);
-            if (ot_st_stream_write(st, s->buf, k, err)) return -1;
-        }
+            ot_mxfp4_dequant_row(dense + (size_t)r * in, blk + r * row_bytes, scl + (size_t)r * G, in);
+        uint8_t *de = dst + (size_t)e * in * out * 2; // [out, in] -> [in, out]
+        for (int i = 0; i < in; i++)
+            for (int o = 0; o < out; o++) put_bf16(de + ((size_t)i * out + o) * 2, dense[(size_t)o * in + i]);
     }
-    return 0;
+    free(dense);
+    free(blk);
+    free(scl);
 }
 
-static int write_tensor(ot_st_stream *st, const ot_model_config *c, const ot_expected_tensor *t, int dense_experts,
-                        uint64_t seed, scratch *s, ot_err *err) {
-    if (dense_experts && (ends_with(t->name, "experts.gate_up_proj") || ends_with(t->name, "experts.down_proj")))
-        return write_dense_expert(st, t, seed, s, err);
-    int64_t numel = 1;
-    for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
-    ot_rng r;
-    rng_for_tensor(&r, seed, t->name);
+// Elements [e0, e1) of a tensor into dst (the whole tensor's bytes), drawing from r. A part of a bf16 tensor gets
+// the tensor's RNG moved on by 2·e0 steps (a normal draw takes two), so the parts of a big tensor run on separate
+// threads and give the bytes one pass would. Other tensors are made in one part, r = the tensor's own RNG.
+static void gen_tensor(uint8_t *dst, const ot_model_config *c, const ot_expected_tensor *t, int dense_experts,
+                       uint64_t seed, ot_rng r, size_t e0, size_t e1) {
+    if (dense_experts && (ends_with(t->name, "experts.gate_up_proj") || ends_with(t->name, "experts.down_proj"))) {
+        gen_dense_expert(dst, t, seed);
+        return;
+    }
     if (t->kind == OT_TK_U8 && ends_with(t->name, "_blocks")) {
-        for (int64_t done = 0; done < numel;) {
-            size_t n = (size_t)(numel - done) < CHUNK_BYTES ? (size_t)(numel - done) : CHUNK_BYTES;
-            fill_random_bytes(&r, s->buf, n);
-            if (ot_st_stream_write(st, s->buf, n, err)) return -1;
-            done += (int64_t)n;
-        }
-        return 0;
+        fill_random_bytes(&r, dst, e1);
+    } else if (t->kind == OT_TK_U8 && ends_with(t->name, "_scales")) {
+        const scale_rule q = mxfp4_scale_rule((int)t->shape[2] * 32); // [E, out, in/32]
+        for (size_t i = 0; i < e1; i++) dst[i] = mxfp4_scale_byte(&r, &q);
+    } else {
+        normal_spec ns = float_spec(c, t->name);
+        for (size_t i = e0; i < e1; i++) put_bf16(dst + 2 * i, (float)(ns.mean + ns.sigma * ot_rng_normal(&r)));
     }
-    if (t->kind == OT_TK_U8 && ends_with(t->name, "_scales")) {
-        const int in = (int)t->shape[2] * 32; // [E, out, in/32]
-        for (int64_t done = 0; done < numel;) {
-            size_t n = (size_t)(numel - done) < CHUNK_BYTES ? (size_t)(numel - done) : CHUNK_BYTES;
-            for (size_t i = 0; i < n; i++) s->buf[i] = mxfp4_scale_byte(&r, in);
-            if (ot_st_stream_write(st, s->buf, n, err)) return -1;
-            done += (int64_t)n;
-        }
-        return 0;
-    }
-    normal_spec ns = float_spec(c, t->name);
-    const size_t per_chunk = CHUNK_BYTES / 2;
-    for (int64_t done = 0; done < numel;) {
-        size_t n = (size_t)(numel - done) < per_chunk ? (size_t)(numel - done) : per_chunk;
-        for (size_t i = 0; i < n; i++) put_bf16(s->buf + 2 * i, (float)(ns.mean + ns.sigma * ot_rng_normal(&r)));
-        if (ot_st_stream_write(st, s->buf, 2 * n, err)) return -1;
-        done += (int64_t)n;
-    }
-    return 0;
+}
+
+static int splittable(const ot_expected_tensor *t, int dense_experts) {
+    if (t->kind == OT_TK_U8) return 0;
+    return !(dense_experts && (ends_with(t->name, "experts.gate_up_proj") || ends_with(t->name, "experts.down_proj")));
+}
+
+typedef struct {
+    uint8_t *dst;
+    const ot_model_config *c;
+    const ot_expected_tensor *t;
+    int dense_experts;
+    uint64_t seed;
+    ot_rng rng; // the RNG at element e0
+    size_t e0, e1;
+    int tensor, last_part; // index in the tensor list; whether this job completes it
+} gen_job;
+
+static void *gen_job_run(void *arg) {
+    gen_job *j = arg;
+    gen_tensor(j->dst, j->c, j->t, j->dense_experts, j->seed, j->rng, j->e0, j->e1);
+    return NULL;
 }
 
 // ---- directory plumbing --------------------------------------------------------------------------------------------
@@ -266,7 +275,7 @@ static void assign_shards(int n, const size_t *bytes, int n_shards, int *shard_o
 int main(int argc, char **argv) {
     const char *preset = NULL, *out = NULL, *tokenizer = NULL, *seed_str = NULL;
     const char *sets[MAX_SETS];
-    int n_sets = 0, n_shards = 0, dense = 0;
+    int n_sets = 0, n_shards = 0, dense = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_val = i + 1 < argc;
@@ -294,6 +303,14 @@ int main(int argc, char **argv) {
                 return 2;
             }
             n_shards = (int)v;
+        } else if (has_val && strcmp(a, "--threads") == 0) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 256) {
+                fprintf(stderr, "osstune-init-model: --threads %s: need an integer 1..256\n", argv[i]);
+                return 2;
+            }
+            threads = (int)v;
         } else {
             fprintf(stderr, "osstune-init-model: unknown or incomplete option '%s'\n\n", a);
             usage(stderr);
@@ -311,6 +328,11 @@ int main(int argc, char **argv) {
     if (errno || *end || !*seed_str || seed_str[0] == '-') {
         fprintf(stderr, "osstune-init-model: --seed %s: need an unsigned integer\n", seed_str);
         return 2;
+    }
+
+    if (threads == 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
     }
 
     ot_err err;
@@ -371,51 +393,95 @@ int main(int argc, char **argv) {
         free(dst);
     }
 
-    scratch s = {0};
-    s.buf = ot_malloc(CHUNK_BYTES);
-    if (dense) {
-        size_t m = (size_t)2 * c.intermediate_size > (size_t)c.hidden_size ? (size_t)2 * c.intermediate_size : (size_t)c.hidden_size;
-        size_t in_max = c.hidden_size > c.intermediate_size ? (size_t)c.hidden_size : (size_t)c.intermediate_size;
-        s.dense_tmp = ot_malloc(m * in_max * sizeof(float));
-        s.blk_tmp = ot_malloc(m * (in_max / 32) * 16);
-        s.scl_tmp = ot_malloc(m * (in_max / 32));
-    }
+    // Tensors are generated a window of jobs at a time, one thread per job (at most `threads` jobs, and new tensors
+    // of about 4 GB at most, a single larger one alone), and written in order as they complete.
+    const size_t window_bytes = (size_t)4 << 30;
     const int progress = total > ((size_t)1 << 30);
     const double t0 = ot_now_seconds();
-    double last = 0;
     size_t written = 0;
     json_t *weight_map = json_object();
     char fname[64];
-    for (int k = 0, i = 0; k < n_shards; k++) {
-        snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
-        int first = i, last_i = i;
-        while (last_i < n && shard_of[last_i] == k) last_i++;
-        ot_st_writer *w = ot_st_writer_new();
-        for (int t = first; t < last_i; t++) {
-            ot_st_writer_add(w, tensors[t].name, tensors[t].kind == OT_TK_U8 ? OT_DT_U8 : OT_DT_BF16, tensors[t].ndim,
-                             tensors[t].shape, NULL);
-            json_object_set_new(weight_map, tensors[t].name, json_string(fname));
+    // The jobs: one per tensor, bf16 tensors of more than PART_ELEMS elements in parts (each part's RNG found by
+    // stepping the previous part's on: about a second per billion elements, on this thread).
+    enum { PART_ELEMS = 1 << 25 };
+    int n_jobs = 0, cap_jobs = n;
+    gen_job *jobs = ot_malloc((size_t)cap_jobs * sizeof(gen_job));
+    for (int t = 0; t < n; t++) {
+        size_t numel = 1;
+        for (int d = 0; d < tensors[t].ndim; d++) numel *= (size_t)tensors[t].shape[d];
+        size_t part = splittable(&tensors[t], dense) ? PART_ELEMS : numel;
+        ot_rng r;
+        rng_for_tensor(&r, seed, tensors[t].name);
+        for (size_t e0 = 0; e0 < numel || (numel == 0 && e0 == 0); e0 += part) {
+            if (n_jobs == cap_jobs) jobs = ot_realloc(jobs, (size_t)(cap_jobs *= 2) * sizeof(gen_job));
+            size_t e1 = numel - e0 < part ? numel : e0 + part;
+            jobs[n_jobs++] = (gen_job){NULL, &c, &tensors[t], dense, seed, r, e0, e1, t, e1 == numel};
+            if (e1 == numel) break;
+            for (size_t i = e0; i < e1; i++) ot_rng_u64(&r), ot_rng_u64(&r);
         }
-        char *path = join(tmp, fname);
-        ot_st_stream *st = ot_st_stream_begin(w, path, &err);
-        if (!st) ot_die("%s", err.msg);
-        for (int t = first; t < last_i; t++) {
-            if (write_tensor(st, &c, &tensors[t], dense, seed, &s, &err)) {
-                ot_st_stream_abort(st);
-                ot_die("%s (tensor '%s')", err.msg, tensors[t].name);
-            }
-            written += bytes[t];
-            double now = ot_now_seconds();
-            if (progress && (now - last > 0.5 || t == n - 1)) {
-                fprintf(stderr, "\rosstune-init-model: tensor %d of %d, %.0f of %.0f MB, %.0f MB/s   ", t + 1, n,
-                        written / 1e6, total / 1e6, written / 1e6 / (now - t0 + 1e-9));
-                last = now;
-            }
-        }
-        if (ot_st_stream_finish(st, &err)) ot_die("%s", err.msg);
-        free(path);
-        i = last_i;
     }
+    // The shards' files, for the index.
+    for (int t = 0; t < n; t++) {
+        snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", shard_of[t] + 1, n_shards);
+        json_object_set_new(weight_map, tensors[t].name, json_string(fname));
+    }
+    pthread_t *tids = ot_malloc((size_t)threads * sizeof(pthread_t));
+    ot_st_stream *st = NULL;
+    uint8_t *buf_of_open = NULL; // the tensor whose parts span windows keeps its buffer
+    for (int j0 = 0; j0 < n_jobs;) {
+        int nj = 0;
+        size_t in_window = 0;
+        while (j0 + nj < n_jobs && nj < threads) {
+            const gen_job *g = &jobs[j0 + nj];
+            size_t b = g->e0 == 0 ? bytes[g->tensor] : 0; // a tensor's buffer counts where its first part is
+            if (nj > 0 && in_window + b > window_bytes) break;
+            in_window += b;
+            nj++;
+        }
+        for (int j = 0; j < nj; j++) {
+            gen_job *g = &jobs[j0 + j];
+            if (g->e0 == 0) buf_of_open = ot_malloc(bytes[g->tensor] ? bytes[g->tensor] : 1);
+            g->dst = buf_of_open;
+            if (nj > 1 && pthread_create(&tids[j], NULL, gen_job_run, g) != 0)
+                ot_die("cannot start a generator thread (use --threads 1)");
+        }
+        if (nj == 1) gen_job_run(&jobs[j0]);
+        for (int j = 0; j < nj; j++) {
+            const gen_job *g = &jobs[j0 + j];
+            if (nj > 1) pthread_join(tids[j], NULL);
+            if (!g->last_part) continue;
+            const int ti = g->tensor, k = shard_of[ti];
+            if (ti == 0 || shard_of[ti - 1] != k) { // this shard's first tensor: its header, then its data
+                ot_st_writer *w = ot_st_writer_new();
+                for (int u = ti; u < n && shard_of[u] == k; u++)
+                    ot_st_writer_add(w, tensors[u].name, tensors[u].kind == OT_TK_U8 ? OT_DT_U8 : OT_DT_BF16,
+                                     tensors[u].ndim, tensors[u].shape, NULL);
+                snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
+                char *path = join(tmp, fname);
+                st = ot_st_stream_begin(w, path, &err);
+                free(path);
+                if (!st) ot_die("%s", err.msg);
+            }
+            if (ot_st_stream_write(st, g->dst, bytes[ti], &err)) {
+                ot_st_stream_abort(st);
+                ot_die("%s (tensor '%s')", err.msg, tensors[ti].name);
+            }
+            free(g->dst);
+            written += bytes[ti];
+            if (ti == n - 1 || shard_of[ti + 1] != k) {
+                if (ot_st_stream_finish(st, &err)) ot_die("%s", err.msg);
+                st = NULL;
+            }
+            if (progress) {
+                double now = ot_now_seconds();
+                fprintf(stderr, "\rosstune-init-model: tensor %d of %d, %.0f of %.0f MB, %.0f MB/s   ", ti + 1, n,
+                        written / 1e6, total / 1e6, written / 1e6 / (now - t0 + 1e-9));
+            }
+        }
+        j0 += nj;
+    }
+    free(jobs);
+    free(tids);
     if (progress) fprintf(stderr, "\n");
 
     json_t *index = json_object();
@@ -429,10 +495,6 @@ int main(int argc, char **argv) {
     if (rename(tmp, out) != 0) ot_die("cannot rename %s to %s: %s", tmp, out, strerror(errno));
     if (ot_fsync_parent_dir(out, &err)) ot_die("%s", err.msg);
 
-    free(s.buf);
-    free(s.dense_tmp);
-    free(s.blk_tmp);
-    free(s.scl_tmp);
     free(shard_of);
     free(bytes);
     free(tensors);
