@@ -1,11 +1,16 @@
 // Attention backward, flash style (the probabilities are recomputed from the saved lse; no T × T matrix):
 //  1. prep:  Δ_i = dO_i · O_i per (query, head), and the sink gradient dsinks[h] −= Σ_i exp(sink_h − lse_i) · Δ_i
 //            (spec §2.5: the sink is a key whose value vector is zero, so its softmax gradient is p_sink·(0 − Δ));
-//  2. main:  one block per (64-key tile, kv head) owns dK and dV of those keys (no atomics). It loops over the query
-//            heads of its group and the query tiles that can see its keys, computing with tensor cores
+//  2. main:  one block per (64-key tile, kv head, slice of the group's query heads). It loops over its query heads
+//            and the query tiles that can see its keys, computing with tensor cores
 //              Sᵀ = K·Qᵀ, Pᵀ = exp(Sᵀ·scale − lse), dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − Δ),
-//              dV += Pᵀ·dO, dK += dSᵀ·Q·scale, and dQ += dS·K·scale (fp32 atomics into a temporary);
-//  3. dq += the temporary (bf16).
+//              dV += Pᵀ·dO, dK += dSᵀ·Q·scale, and dQ += dS·K·scale (fp32 atomics into a temporary).
+//            A block with the whole group owns dK and dV of its keys and adds them into the bf16 result; with the
+//            group sliced, the slices add fp32 atomically into a temporary. Why slice: one block per (key tile,
+//            kv head) is one wave or less on a big GPU (2048 tokens: 256 blocks, 2 per SM by registers), and causal
+//            masking makes the first key tiles' blocks several times longer than the last ones'; slices give
+//            enough blocks to fill the SMs and balance them (benchmarks/RESULTS.md);
+//  3. dq (and dk, dv when sliced) += the temporaries (bf16).
 // Which query tiles can see a key tile: tile_kmin[qt] = the smallest first-visible key over the tile's rows, so
 // the tile is skipped unless tile_kmin[qt] <= the key tile's last key (exact per element masking does the rest).
 #include "kernels/cuda/attention.cuh"
@@ -55,10 +60,23 @@ __global__ void attention_bwd_prep_kernel(float *delta, float *dsinks, const bf1
     }
 }
 
+// Two adjacent fp32 sums at once (8-byte aligned): one vector atomic where the GPU has it (sm_90).
+__device__ __forceinline__ void atomic_add_pair(float *dst, float a, float b) {
+#if defined(OT_CUDA_EMULATED) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+    atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(a, b));
+#else
+    atomicAdd(dst, a);
+    atomicAdd(dst + 1, b);
+#endif
+}
+
+// dkv_acc: NULL when a block has the whole group (it adds into dk / dv), else fp32 [2][T, nkv, D] (dK then dV) that
+// the slices add into. heads_per_block = the slice's query heads (gridDim.z = rep / heads_per_block).
 __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *delta,
-                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start, const int *tile_kmin,
-                         int T, int nh, int nkv, int window, float scale, float scale_log2, unsigned *flags) {
+    attention_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout, const float *lse,
+                         const float *delta, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seg_start,
+                         const int *tile_kmin, int T, int nh, int nkv, int heads_per_block, int window, float scale,
+                         float scale_log2, unsigned *flags) {
     constexpr int D = ATT_D;
     __shared__ __align__(16) bf16 Ks[ATT_BK][D + ATT_PAD];
     __shared__ __align__(16) bf16 Qs[ATT_BQ][D + ATT_PAD]; // also stages V once at the start
@@ -97,7 +115,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int c = 0; c < 4; c++) dk_acc[dt][c] = dv_acc[dt][c] = 0.0f;
 
     const int nqt = (T + ATT_BQ - 1) / ATT_BQ;
-    for (int h = g * rep; h < (g + 1) * rep; h++) {
+    const int h_first = g * rep + blockIdx.z * heads_per_block;
+    for (int h = h_first; h < h_first + heads_per_block; h++) {
         // Queries before k0 never see these keys; with a window, queries past k_last + window − 1 do not either.
         for (int qt = k0 / ATT_BQ; qt < nqt; qt++) {
             const int qs = qt * ATT_BQ;
@@ -202,22 +221,32 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
                 for (int dt = 0; dt < D / 8; dt++) {
                     const int col = dt * 8 + ti * 2;
-                    if (ia < T) {
-                        float *dst = dq_acc + ((size_t)ia * nh + h) * D + col;
-                        atomicAdd(dst, dqp[dt][0] * scale);
-                        atomicAdd(dst + 1, dqp[dt][1] * scale);
-                    }
-                    if (ib < T) {
-                        float *dst = dq_acc + ((size_t)ib * nh + h) * D + col;
-                        atomicAdd(dst, dqp[dt][2] * scale);
-                        atomicAdd(dst + 1, dqp[dt][3] * scale);
-                    }
+                    if (ia < T) atomic_add_pair(dq_acc + ((size_t)ia * nh + h) * D + col, dqp[dt][0] * scale, dqp[dt][1] * scale);
+                    if (ib < T) atomic_add_pair(dq_acc + ((size_t)ib * nh + h) * D + col, dqp[dt][2] * scale, dqp[dt][3] * scale);
                 }
             }
         }
     }
 
-    // This block is the only writer of dK / dV for its keys and kv head.
+    if (dkv_acc) { // a slice of the group: fp32 sums, added into dk / dv afterwards
+        float *dk_f = dkv_acc, *dv_f = dkv_acc + (size_t)T * nkv * D;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            const int col = dt * 8 + ti * 2;
+            if (ja < T) {
+                size_t o = ((size_t)ja * nkv + g) * D + col;
+                if (dk) atomic_add_pair(dk_f + o, dk_acc[dt][0] * scale, dk_acc[dt][1] * scale);
+                if (dv) atomic_add_pair(dv_f + o, dv_acc[dt][0], dv_acc[dt][1]);
+            }
+            if (jb < T) {
+                size_t o = ((size_t)jb * nkv + g) * D + col;
+                if (dk) atomic_add_pair(dk_f + o, dk_acc[dt][2] * scale, dk_acc[dt][3] * scale);
+                if (dv) atomic_add_pair(dv_f + o, dv_acc[dt][2], dv_acc[dt][3]);
+            }
+        }
+        return;
+    }
+    // The whole group: this block is the only writer of dK / dV for its keys and kv head.
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
         const int col = dt * 8 + ti * 2;
@@ -246,6 +275,23 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
+// How many slices the query heads of a group are cut into: the fewest that give about four blocks per SM slot
+// (so the long blocks of the first key tiles are spread), a divisor of the group size. OT_ATT_BWD_SLICES=N forces
+// N (rounded down to a divisor), for measuring.
+static int attention_bwd_slices(int T, int nkv, int rep) {
+    int want = 0;
+    const char *env = getenv("OT_ATT_BWD_SLICES");
+    if (env && *env) want = atoi(env);
+    if (want <= 0) {
+        const int blocks = (int)ot_cdiv(T, ATT_BK) * nkv, target = 4 * 2 * ot_cuda_sm_count();
+        want = 1;
+        while (want < rep && blocks * want < target) want *= 2;
+    }
+    if (want > rep) want = rep;
+    while (rep % want) want--;
+    return want;
+}
+
 void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf16 *dv, float *dsinks,
                            const ot_bf16 *dout, const ot_bf16 *out, const float *lse, const ot_bf16 *q,
                            const ot_bf16 *k, const ot_bf16 *v, const float *sinks, const int32_t *seg_start, int T,
@@ -269,12 +315,24 @@ void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf1
     attention_bwd_prep_kernel<<<dim3(ot_cdiv(T, PREP_ROWS), nh), ATT_THREADS, 0, stream>>>(
         delta, dsinks, as_bf16(dout), as_bf16(out), lse, sinks, T, nh);
     OT_LAUNCH_CHECK();
+    float *dkv_acc = NULL;
     if (dq || dk || dv) {
+        const int rep = nh / nkv, slices = attention_bwd_slices(T, nkv, rep);
+        const size_t n_kv = (size_t)T * nkv * D;
+        if (slices > 1 && (dk || dv)) {
+            dkv_acc = ot_cuda_tmp<float>(2 * n_kv, stream);
+            OT_CUDA_CHECK(cudaMemsetAsync(dkv_acc, 0, 2 * n_kv * sizeof(float), stream));
+        }
         float scale = (float)(1.0 / sqrt((double)D));
-        attention_bwd_kernel<<<dim3(ot_cdiv(T, ATT_BK), nkv), ATT_THREADS, 0, stream>>>(
-            dq_acc, as_bf16(dk), as_bf16(dv), as_bf16(dout), lse, delta, as_bf16(q), as_bf16(k), as_bf16(v),
-            seg_start, tile_kmin, T, nh, nkv, window, scale, scale * ATT_LOG2E, flags);
+        attention_bwd_kernel<<<dim3(ot_cdiv(T, ATT_BK), nkv, slices), ATT_THREADS, 0, stream>>>(
+            dq_acc, as_bf16(dk), as_bf16(dv), dkv_acc, as_bf16(dout), lse, delta, as_bf16(q), as_bf16(k),
+            as_bf16(v), seg_start, tile_kmin, T, nh, nkv, rep / slices, window, scale, scale * ATT_LOG2E, flags);
         OT_LAUNCH_CHECK();
+        if (dkv_acc) {
+            if (dk) ot_cuda_add_f32_to_bf16(stream, dk, dkv_acc, n_kv);
+            if (dv) ot_cuda_add_f32_to_bf16(stream, dv, dkv_acc + n_kv, n_kv);
+            ot_cuda_tmp_free(dkv_acc, stream);
+        }
     }
     if (dq) {
         size_t n = (size_t)T * nh * D;

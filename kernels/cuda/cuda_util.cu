@@ -17,6 +17,14 @@ void ot_cublas_check_at(int status, const char *expr, const char *file, int line
     ot_die_at(file, line, "cuBLAS error %s (%d) from %s", cublasGetStatusString((cublasStatus_t)status), status, expr);
 }
 
+// The current GPU's SM count (for launch-size heuristics).
+int ot_cuda_sm_count(void) {
+    int dev = 0, n = 0;
+    OT_CUDA_CHECK(cudaGetDevice(&dev));
+    OT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+}
+
 // ---- the bad-input flag ---------------------------------------------------------------------------------------
 // One word of device memory per process (one GPU per process, as the trainer runs one rank per GPU).
 static unsigned *g_input_flags = NULL;

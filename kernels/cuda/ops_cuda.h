@@ -48,6 +48,7 @@ enum {
     OT_CUDA_BAD_TARGET = 8,  // cross-entropy: position outside 0..T-1 or label outside 0..V-1
     OT_CUDA_BAD_CACHE = 16,  // KV cache: slot outside 0..S-1 or position outside 0..max_len-1
 };
+int ot_cuda_sm_count(void); // the current GPU's SM count (for launch-size choices)
 // Device pointer to the flag word (the ops pass it to their kernels).
 unsigned *ot_cuda_input_flags(void);
 // Waits for `stream`, reads and clears the flag: 0 when clean, else -1 with a message naming what was bad.

@@ -500,19 +500,29 @@ static void test_attention(const sizes *z, int window) {
     float *dq_ref = plus(dq0, gdq, nq), *dk_ref = plus(dk0, gdk, nk), *dv_ref = plus(dv0, gdv, nk);
     float *ds_ref = plus(ds0, gds, nh);
     ot_bf16 *dout_d = up_bf16(dout, nq), *outb_d = up_bf16(out_b, nq);
-    ot_bf16 *dq_d = up_bf16(dq0, nq), *dk_d = up_bf16(dk0, nk), *dv_d = up_bf16(dv0, nk);
-    float *lse_ref_d = up_f32(lse, nl), *ds_d = up_f32(ds0, nh);
-    ot_cuda_attention_bwd(g_s, dq_d, dk_d, dv_d, ds_d, dout_d, outb_d, lse_ref_d, q_d, k_d, v_d, sinks_d, seg_d, T, nh,
-                          nkv, D, window);
-    snprintf(what, sizeof(what), "attention_bwd dq (window %d)", window);
-    check_bf16(what, dq_d, dq_ref, nq, TOL_BF16);
-    snprintf(what, sizeof(what), "attention_bwd dk (window %d)", window);
-    check_bf16(what, dk_d, dk_ref, nk, TOL_BF16);
-    snprintf(what, sizeof(what), "attention_bwd dv (window %d)", window);
-    check_bf16(what, dv_d, dv_ref, nk, TOL_BF16);
-    // dsinks sums dO·O with O in bf16 (as the forward stored it), so it carries bf16 rounding: TOL_BF16.
-    snprintf(what, sizeof(what), "attention_bwd dsinks (window %d)", window);
-    check_f32(what, ds_d, ds_ref, nh, TOL_BF16);
+    float *lse_ref_d = up_f32(lse, nl);
+    ot_bf16 *dq_d = NULL, *dk_d = NULL, *dv_d = NULL;
+    float *ds_d = NULL;
+    // The query heads of a group in one block (the block adds dK, dV into the bf16 result) and sliced over several
+    // (fp32 atomics into a temporary), then the size rule's choice.
+    const char *slice_env[] = {"1", "64", ""}, *slice_name[] = {"group per block", "sliced", "auto"};
+    for (int si = 0; si < 3; si++) {
+        setenv("OT_ATT_BWD_SLICES", slice_env[si], 1);
+        if (dq_d) dfree(dq_d), dfree(dk_d), dfree(dv_d), dfree(ds_d);
+        dq_d = up_bf16(dq0, nq), dk_d = up_bf16(dk0, nk), dv_d = up_bf16(dv0, nk), ds_d = up_f32(ds0, nh);
+        ot_cuda_attention_bwd(g_s, dq_d, dk_d, dv_d, ds_d, dout_d, outb_d, lse_ref_d, q_d, k_d, v_d, sinks_d, seg_d, T,
+                              nh, nkv, D, window);
+        snprintf(what, sizeof(what), "attention_bwd dq (window %d, %s)", window, slice_name[si]);
+        check_bf16(what, dq_d, dq_ref, nq, TOL_BF16);
+        snprintf(what, sizeof(what), "attention_bwd dk (window %d, %s)", window, slice_name[si]);
+        check_bf16(what, dk_d, dk_ref, nk, TOL_BF16);
+        snprintf(what, sizeof(what), "attention_bwd dv (window %d, %s)", window, slice_name[si]);
+        check_bf16(what, dv_d, dv_ref, nk, TOL_BF16);
+        // dsinks sums dO·O with O in bf16 (as the forward stored it), so it carries bf16 rounding: TOL_BF16.
+        snprintf(what, sizeof(what), "attention_bwd dsinks (window %d, %s)", window, slice_name[si]);
+        check_f32(what, ds_d, ds_ref, nh, TOL_BF16);
+    }
+    unsetenv("OT_ATT_BWD_SLICES");
     expect_clean("attention_bwd");
 
     if (window == 0) { // a seg_start past its own token is flagged, not read out of range

@@ -468,6 +468,12 @@ const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "n
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+// A small emulated GPU: 4 SMs (so size heuristics that fill the SMs take their many-blocks branches in small tests).
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) {
+    if (a != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+    *v = 4;
+    return cudaSuccess;
+}
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *p, int) { *p = nullptr; return cudaSuccess; }
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void *) { return cudaSuccess; }
 cudaError_t cudaMalloc(void **p, size_t n) {

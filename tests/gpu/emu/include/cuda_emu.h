@@ -19,11 +19,13 @@ typedef struct emu_stream *cudaStream_t;
 typedef struct emu_pool *cudaMemPool_t;
 typedef enum { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault } cudaMemcpyKind;
 typedef enum { cudaMemPoolAttrReleaseThreshold = 4 } cudaMemPoolAttr;
+typedef enum { cudaDevAttrMultiProcessorCount = 16 } cudaDeviceAttr;
 const char *cudaGetErrorName(cudaError_t e);
 const char *cudaGetErrorString(cudaError_t e);
 cudaError_t cudaGetLastError(void);
 cudaError_t cudaSetDevice(int d);
 cudaError_t cudaGetDevice(int *d);
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d);
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *p, int d);
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t p, cudaMemPoolAttr a, void *v);
 cudaError_t cudaMalloc(void **p, size_t n);
@@ -116,6 +118,8 @@ struct dim3 {
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
 static inline uint2 make_uint2(unsigned a, unsigned b) { return uint2{a, b}; }
 extern uint3 threadIdx, blockIdx;
@@ -181,6 +185,12 @@ static inline void __trap(void) { emu_unsupported("__trap: the kernel stopped it
 void emu_shared(void *p, size_t n); // register a static shared array: poisoned (0xFF) before every block
 
 static inline float atomicAdd(float *p, float v) { float o = *p; *p = o + v; return o; }
+static inline float2 atomicAdd(float2 *p, float2 v) {
+    float2 o = *p;
+    p->x = o.x + v.x;
+    p->y = o.y + v.y;
+    return o;
+}
 static inline __nv_bfloat16 atomicAdd(__nv_bfloat16 *p, __nv_bfloat16 v) {
     __nv_bfloat16 o = *p; *p = __float2bfloat16_rn(__bfloat162float(o) + __bfloat162float(v)); return o; }
 static inline unsigned atomicOr(unsigned *p, unsigned v) { unsigned o = *p; *p = o | v; return o; }
