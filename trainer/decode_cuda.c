@@ -175,7 +175,10 @@ static const ot_lora_slot *slot_of(const ot_cuda_decoder *d, int l, int t) {
 static void projection(ot_cuda_decoder *d, ot_bf16 *y, const ot_bf16 *x, const ot_bf16 *W, const ot_bf16 *b,
                        const ot_lora_slot *s, int T, int in, int out) {
     ot_cuda_matmul_fwd(d->stream, &d->blas, y, x, W, b, T, in, out);
-    if (s) ot_cuda_lora_fwd(d->stream, y, d->xa, x, d->lora + s->a_off, d->lora + s->b_off, T, in, d->r, out, d->scale);
+    if (s) {
+        ot_cuda_lora_w w = {.n = 1, .A = d->lora + s->a_off, .B = {d->lora + s->b_off}, .out = {out}};
+        ot_cuda_lora_fwd(d->stream, &y, d->xa, NULL, x, &w, T, in, d->r, d->scale);
+    }
 }
 
 // One layer for the step's T tokens: d->x in, d->x out.
@@ -193,8 +196,7 @@ static void layer(ot_cuda_decoder *d, int l, int T, const int32_t *slot, const i
     projection(d, d->q, d->xn, w->q_w, w->q_b, slot_of(d, l, OT_LORA_Q), T, H, Q);
     projection(d, d->k, d->xn, w->k_w, w->k_b, slot_of(d, l, OT_LORA_K), T, H, KV);
     projection(d, d->v, d->xn, w->v_w, w->v_b, slot_of(d, l, OT_LORA_V), T, H, KV);
-    ot_cuda_rope_fwd(s, d->q, pos, m->inv_freq, m->attn_factor, T, nh, D);
-    ot_cuda_rope_fwd(s, d->k, pos, m->inv_freq, m->attn_factor, T, nkv, D);
+    ot_cuda_rope_qk_fwd(s, d->q, d->k, pos, m->inv_freq, m->attn_factor, T, nh, nkv, D);
     ot_cuda_kv_cache_store(s, k_cache(d, l), v_cache(d, l), d->k, d->v, slot, pos, T, nkv, D, d->S, d->L);
     ot_cuda_attention_cache_fwd(s, d->att, d->q, k_cache(d, l), v_cache(d, l), w->sinks, slot, pos, T, nh, nkv, D,
                                 d->S, d->L, w->sliding ? c->sliding_window : 0);

@@ -29,7 +29,8 @@ typedef struct {
     ot_bf16 *xn1;        // [T, H] input_layernorm(x)                     (shared scratch)
     float *rstd1;        // [T]
     ot_bf16 *q, *k, *v;  // [T, Q], [T, KV], [T, KV]; q and k after RoPE
-    float *xa[4];        // [T, r] LoRA x·Aᵀ of q, k, v, o
+    float *xa_qkv, *xa_o;       // LoRA x·Aᵀ: [T, 3r] of q, k, v (the adapted ones, in order), [T, r] of o
+    ot_bf16 *xa_hl_qkv, *xa_hl_o; // [2][T, 3r], [2][T, r]: their bf16 hi / lo parts (the backward's products take them)
     ot_bf16 *att;        // [T, Q] attention output, before o_proj
     float *lse;          // [T, nh]
     ot_bf16 *h;          // [T, H] after the attention residual
@@ -59,6 +60,18 @@ struct ot_cuda_ctx {
     ot_lora_slot (*slots)[OT_LORA_N_TARGETS];
     size_t n_params;
     float *params, *grads, *adam_m, *adam_v;
+    // The attention adapters in a compact layout, per layer [A_q A_k A_v | B_q | B_k | B_v | A_o | B_o] (the slots
+    // present), so the A's of q, k, v (one input) form one [n·r, H] array for their group's products (lora.cu):
+    // params_hl their bf16 hi / lo parts ([2][n_lo]) and params_c their fp32 values, made at the start of each pass;
+    // grads_lo ([2][n_lo], the tail of the grads allocation, after grads as the batched products need) the
+    // gradients' products that do not go straight into grads (the lo products; the group's A products), added in
+    // once per backward pass. fold_seg: per A or B (offset in params / grads, offset in the compact layout, count).
+    ot_bf16 *params_hl;
+    float *params_c, *grads_lo;
+    size_t n_lo, fold_max;
+    size_t *loA, *loB; // [L · 4]: a q/k/v/o slot's A and B in the compact layout
+    size_t *fold_seg;
+    int n_fold_seg;
     // workspace
     int T_cap, n_cap;
     void *ws;
@@ -155,8 +168,10 @@ static size_t ws_layout(ws_cursor *w, const ot_model_config *cfg, int T, int n, 
         a->q = BF(Tz * Q);
         a->k = BF(Tz * KV);
         a->v = BF(Tz * KV);
-        if (R)
-            for (int i = 0; i < 4; i++) a->xa[i] = F32(Tz * R);
+        if (R) {
+            a->xa_qkv = F32(Tz * 3 * R), a->xa_hl_qkv = BF(2 * Tz * 3 * R);
+            a->xa_o = F32(Tz * R), a->xa_hl_o = BF(2 * Tz * R);
+        }
         a->att = BF(Tz * Q);
         a->lse = F32(Tz * nh);
         a->h = BF(Tz * H);
@@ -294,6 +309,48 @@ static float *dev_alloc_f32(size_t n) {
     return p;
 }
 
+// The attention slots' share of the adapter (their low-part gradients' size).
+static size_t attention_lora_size(const ot_lora_slot (*slots)[OT_LORA_N_TARGETS], int L, int r) {
+    size_t n = 0;
+    for (int l = 0; l < L; l++)
+        for (int t = OT_LORA_Q; t <= OT_LORA_O; t++)
+            if (slots[l][t].present) n += (size_t)r * (slots[l][t].in + slots[l][t].out);
+    return n;
+}
+
+// The compact layout of the attention adapters (see the context) and its segments.
+static void setup_attention_lora(ot_cuda_ctx *c) {
+    const int L = c->n_layers;
+    const size_t r = (size_t)c->r;
+    c->n_lo = attention_lora_size(c->slots, L, c->r);
+    c->loA = ot_malloc(sizeof(size_t) * 4 * (size_t)L);
+    c->loB = ot_malloc(sizeof(size_t) * 4 * (size_t)L);
+    size_t *seg = ot_malloc(sizeof(size_t) * 3 * 8 * (size_t)L), off = 0;
+    c->n_fold_seg = 0;
+    c->fold_max = 0;
+    static const int order[8][2] = {{OT_LORA_Q, 0}, {OT_LORA_K, 0}, {OT_LORA_V, 0}, {OT_LORA_Q, 1},
+                                    {OT_LORA_K, 1}, {OT_LORA_V, 1}, {OT_LORA_O, 0}, {OT_LORA_O, 1}};
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 8; k++) {
+            const int t = order[k][0], is_b = order[k][1];
+            const ot_lora_slot *s = &c->slots[l][t];
+            if (!s->present) continue;
+            const size_t n = is_b ? (size_t)s->out * r : r * (size_t)s->in;
+            (is_b ? c->loB : c->loA)[4 * l + t] = off;
+            size_t *g = seg + 3 * c->n_fold_seg++;
+            g[0] = is_b ? s->b_off : s->a_off, g[1] = off, g[2] = n;
+            if (n > c->fold_max) c->fold_max = n;
+            off += n;
+        }
+    if (c->n_fold_seg) {
+        OT_CUDA_CHECK(cudaMalloc((void **)&c->params_hl, sizeof(ot_bf16) * 2 * c->n_lo));
+        c->params_c = dev_alloc_f32(c->n_lo);
+        OT_CUDA_CHECK(cudaMalloc((void **)&c->fold_seg, sizeof(size_t) * 3 * (size_t)c->n_fold_seg));
+        OT_CUDA_CHECK(cudaMemcpy(c->fold_seg, seg, sizeof(size_t) * 3 * (size_t)c->n_fold_seg, cudaMemcpyHostToDevice));
+    }
+    free(seg);
+}
+
 ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot_cuda_run_options *opt,
                              int max_tokens, int max_targets) {
     ot_cuda_ctx *c = ot_calloc(1, sizeof *c);
@@ -319,7 +376,9 @@ ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot
         memcpy(c->slots, lo->slots, sizeof *c->slots * (size_t)c->n_layers);
         c->n_params = lo->n_params;
         c->params = dev_alloc_f32(c->n_params);
-        c->grads = dev_alloc_f32(c->n_params);
+        setup_attention_lora(c);
+        c->grads = dev_alloc_f32(c->n_params + 2 * c->n_lo);
+        c->grads_lo = c->grads + c->n_params;
         // Everything on the context's stream (a non-blocking stream does not order against the legacy one).
         ot_cuda_lora_set_params(c, lo->params);
         ot_cuda_lora_zero_grads(c);
@@ -335,6 +394,11 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c) {
     free_workspace(c);
     if (c->params) OT_CUDA_CHECK(cudaFree(c->params));
     if (c->grads) OT_CUDA_CHECK(cudaFree(c->grads));
+    if (c->fold_seg) OT_CUDA_CHECK(cudaFree(c->fold_seg));
+    if (c->params_hl) OT_CUDA_CHECK(cudaFree(c->params_hl));
+    if (c->params_c) OT_CUDA_CHECK(cudaFree(c->params_c));
+    free(c->loA);
+    free(c->loB);
     if (c->adam_m) OT_CUDA_CHECK(cudaFree(c->adam_m));
     if (c->adam_v) OT_CUDA_CHECK(cudaFree(c->adam_v));
     for (int i = 0; i < c->prof.cap; i++) OT_CUDA_CHECK(cudaEventDestroy(c->prof.ev[i]));
@@ -352,6 +416,8 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c) {
 int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_tokens, int max_targets) {
     size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, lo ? lo->r : 0, 0);
     need += (lo ? lo->n_params : 0) * 4 * sizeof(float); // parameters, gradients, two AdamW moments
+    if (lo) // compact copies: gradient products (2 × fp32), split parameters (2 × bf16), fp32 parameters
+        need += attention_lora_size(lo->slots, lo->n_layers, lo->r) * 4 * sizeof(float);
     need += (size_t)1 << 30; // margin: cuBLAS workspaces, the pool's fragmentation, the CUDA context's growth
     size_t free_b = 0, total_b = 0;
     OT_CUDA_CHECK(cudaSetDevice(m->device));
@@ -361,7 +427,7 @@ int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_to
 
 size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c) {
     size_t plans = (size_t)c->n_acts * plan_bytes(&c->m->cfg, c->T_cap);
-    size_t lora = c->n_params * sizeof(float) * (2 + (c->adam_m ? 2 : 0));
+    size_t lora = c->n_params * sizeof(float) * (2 + (c->adam_m ? 2 : 0)) + c->n_lo * 4 * sizeof(float);
     return c->ws_bytes + plans + lora + c->blas.workspace_size;
 }
 
@@ -379,7 +445,8 @@ void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host) { lora_copy(c, c-
 void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->grads, 0); }
 float *ot_cuda_lora_grads_device(ot_cuda_ctx *c) { return c->grads; }
 void ot_cuda_lora_zero_grads(ot_cuda_ctx *c) {
-    if (c->n_params) OT_CUDA_CHECK(cudaMemsetAsync(c->grads, 0, sizeof(float) * c->n_params, c->stream));
+    if (c->n_params)
+        OT_CUDA_CHECK(cudaMemsetAsync(c->grads, 0, sizeof(float) * (c->n_params + 2 * c->n_lo), c->stream));
 }
 
 static const ot_lora_slot *slot_of(const ot_cuda_ctx *c, int l, int t) {
@@ -423,27 +490,66 @@ static void zero_bf16(ot_cuda_ctx *c, ot_bf16 *p, size_t n) {
     OT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(ot_bf16), c->stream));
 }
 
-// ---- one attention projection ---------------------------------------------------------------------------------
-static void projection_fwd(ot_cuda_ctx *c, ot_bf16 *y, float *xa, const ot_bf16 *x, const ot_bf16 *W,
-                           const ot_bf16 *b, const ot_lora_slot *s, int T, int in, int out) {
+// ---- attention projections ---------------------------------------------------------------------------------
+// The adapters of layer l's targets t0..t1 (q..v: one group on one input; o alone) as the ops take them; 0 when
+// none is adapted. The group's A's are contiguous in the compact copies, so its A products go there (both
+// parts; added in by the fold); B's go straight into grads (hi) and the compact tail (lo).
+static int lora_group(const ot_cuda_ctx *c, int l, int t0, int t1, ot_cuda_lora_w *w, int *targets) {
+    memset(w, 0, sizeof *w);
+    if (!c->has_lora) return 0;
+    float *lo1 = c->grads_lo, *lo2 = c->grads_lo + c->n_lo;
+    for (int t = t0; t <= t1; t++) {
+        const ot_lora_slot *s = slot_of(c, l, t);
+        if (!s) continue;
+        const int i = w->n++;
+        targets[i] = t;
+        if (i == 0) {
+            const size_t a = c->loA[4 * l + t];
+            w->A = c->params_c + a, w->A_hl = c->params_hl + a;
+            w->dA = lo1 + a, w->dA_lo = lo2 + a;
+        }
+        const size_t b = c->loB[4 * l + t];
+        w->B[i] = lora_B(c, s), w->B_hl[i] = c->params_hl + b, w->out[i] = s->out;
+        w->dB[i] = lora_dB(c, s), w->dB_lo[i] = lo1 + b;
+    }
+    w->hl_stride = c->n_lo;
+    return w->n;
+}
+
+static void projection_fwd(ot_cuda_ctx *c, ot_bf16 *y, const ot_bf16 *x, const ot_bf16 *W, const ot_bf16 *b, int T,
+                           int in, int out) {
     mark(c, OT_CUDA_PROF_DENSE_MATMUL);
     ot_cuda_matmul_fwd(c->stream, &c->blas, y, x, W, b, T, in, out);
-    if (s) {
-        mark(c, OT_CUDA_PROF_LORA);
-        ot_cuda_lora_fwd(c->stream, y, xa, x, lora_A(c, s), lora_B(c, s), T, in, c->r, out, c->scale);
-    }
 }
 
 // dW, db: the base weight's gradient in full training (NULL when the base is frozen).
 static void projection_bwd(ot_cuda_ctx *c, ot_bf16 *dx, float *dW, float *db, const ot_bf16 *dy, const ot_bf16 *x,
-                           const float *xa, const ot_bf16 *W, const ot_lora_slot *s, int T, int in, int out) {
+                           const ot_bf16 *W, int T, int in, int out) {
     mark(c, OT_CUDA_PROF_DENSE_MATMUL);
     ot_cuda_matmul_bwd(c->stream, &c->blas, dx, dW, db, dy, x, W, T, in, out);
-    if (s) {
-        mark(c, OT_CUDA_PROF_LORA);
-        ot_cuda_lora_bwd(c->stream, dx, lora_dA(c, s), lora_dB(c, s), dy, x, xa, lora_A(c, s), lora_B(c, s), T, in,
-                         c->r, out, c->scale);
-    }
+}
+
+// The adapters of targets t0..t1 on input x: ys[t - t0] are their outputs.
+static void lora_group_fwd(ot_cuda_ctx *c, int l, int t0, int t1, ot_bf16 *const *ys, float *xa, ot_bf16 *xa_hl,
+                           const ot_bf16 *x, int T, int in) {
+    ot_cuda_lora_w w;
+    int targets[OT_LORA_GROUP_MAX];
+    if (!lora_group(c, l, t0, t1, &w, targets)) return;
+    ot_bf16 *y[OT_LORA_GROUP_MAX];
+    for (int i = 0; i < w.n; i++) y[i] = ys[targets[i] - t0];
+    mark(c, OT_CUDA_PROF_LORA);
+    ot_cuda_lora_fwd(c->stream, y, xa, xa_hl, x, &w, T, in, c->r, c->scale);
+}
+
+static void lora_group_bwd(ot_cuda_ctx *c, int l, int t0, int t1, ot_bf16 *dx, ot_bf16 *const *dys, const float *xa,
+                           const ot_bf16 *xa_hl, const ot_bf16 *x, int T, int in) {
+    ot_cuda_lora_w w;
+    int targets[OT_LORA_GROUP_MAX];
+    if (!lora_group(c, l, t0, t1, &w, targets)) return;
+    const ot_bf16 *dy[OT_LORA_GROUP_MAX];
+    for (int i = 0; i < w.n; i++) dy[i] = dys[targets[i] - t0];
+    mark(c, OT_CUDA_PROF_LORA);
+    ot_cuda_lora_bwd(c->stream, dx, dy, x, xa, xa_hl, &w, T, in, c->r, c->scale);
 }
 
 // ---- one layer forward ----------------------------------------------------------------------------------------
@@ -461,16 +567,18 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     // attention block
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
-    projection_fwd(c, a->q, a->xa[0], a->xn1, w->q_w, w->q_b, slot_of(c, l, OT_LORA_Q), T, H, Q);
-    projection_fwd(c, a->k, a->xa[1], a->xn1, w->k_w, w->k_b, slot_of(c, l, OT_LORA_K), T, H, KV);
-    projection_fwd(c, a->v, a->xa[2], a->xn1, w->v_w, w->v_b, slot_of(c, l, OT_LORA_V), T, H, KV);
+    projection_fwd(c, a->q, a->xn1, w->q_w, w->q_b, T, H, Q);
+    projection_fwd(c, a->k, a->xn1, w->k_w, w->k_b, T, H, KV);
+    projection_fwd(c, a->v, a->xn1, w->v_w, w->v_b, T, H, KV);
+    ot_bf16 *qkv[3] = {a->q, a->k, a->v};
+    lora_group_fwd(c, l, OT_LORA_Q, OT_LORA_V, qkv, a->xa_qkv, a->xa_hl_qkv, a->xn1, T, H);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
-    ot_cuda_rope_fwd(s, a->q, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, D);
-    ot_cuda_rope_fwd(s, a->k, d->pos, c->m->inv_freq, c->m->attn_factor, T, nkv, D);
+    ot_cuda_rope_qk_fwd(s, a->q, a->k, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, nkv, D);
     mark(c, OT_CUDA_PROF_ATTENTION);
     ot_cuda_attention_fwd(s, a->att, a->lse, a->q, a->k, a->v, w->sinks, d->seg, T, nh, nkv, D,
                           w->sliding ? cfg->sliding_window : 0);
-    projection_fwd(c, a->h, a->xa[3], a->att, w->o_w, w->o_b, slot_of(c, l, OT_LORA_O), T, Q, H);
+    projection_fwd(c, a->h, a->att, w->o_w, w->o_b, T, Q, H);
+    lora_group_fwd(c, l, OT_LORA_O, OT_LORA_O, &a->h, a->xa_o, a->xa_hl_o, a->att, T, Q);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     ot_cuda_add_bf16(s, a->h, a->x, TH);
 
@@ -576,22 +684,23 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
 
     // attention block: h = x + o_proj(attention(...))
     ot_cuda_shard_use(c->m, s, l, OT_SHARD_ATTENTION);
-    zero_bf16(c, c->datt, (size_t)T * Q);
-    projection_bwd(c, c->datt, G(o_w), G(o_b), c->dx, a->att, a->xa[3], w->o_w, slot_of(c, l, OT_LORA_O), T, Q, H);
-    zero_bf16(c, c->dq, (size_t)T * Q);
-    zero_bf16(c, c->dk, (size_t)T * KV);
-    zero_bf16(c, c->dv, (size_t)T * KV);
+    // datt, dq, dk, dv (laid out in this order in the workspace; dq, dk, dv are free again once the layer above
+    // has used them): zeroed in one go
+    zero_bf16(c, c->datt, (size_t)(c->dv + (size_t)T * KV - c->datt));
+    projection_bwd(c, c->datt, G(o_w), G(o_b), c->dx, a->att, w->o_w, T, Q, H);
+    lora_group_bwd(c, l, OT_LORA_O, OT_LORA_O, c->datt, &c->dx, a->xa_o, a->xa_hl_o, a->att, T, Q);
     mark(c, OT_CUDA_PROF_ATTENTION);
     ot_cuda_attention_bwd(s, c->dq, c->dk, c->dv, G(sinks), c->datt, a->att, a->lse, a->q, a->k, a->v, w->sinks, d->seg, T,
                           nh, nkv, D, w->sliding ? cfg->sliding_window : 0);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
-    ot_cuda_rope_bwd(s, c->dq, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, D);
-    ot_cuda_rope_bwd(s, c->dk, d->pos, c->m->inv_freq, c->m->attn_factor, T, nkv, D);
+    ot_cuda_rope_qk_bwd(s, c->dq, c->dk, d->pos, c->m->inv_freq, c->m->attn_factor, T, nh, nkv, D);
     if (redo && (q_lora || g)) ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
     zero_bf16(c, c->dxn, (size_t)T * H);
-    projection_bwd(c, c->dxn, G(q_w), G(q_b), c->dq, a->xn1, a->xa[0], w->q_w, slot_of(c, l, OT_LORA_Q), T, H, Q);
-    projection_bwd(c, c->dxn, G(k_w), G(k_b), c->dk, a->xn1, a->xa[1], w->k_w, slot_of(c, l, OT_LORA_K), T, H, KV);
-    projection_bwd(c, c->dxn, G(v_w), G(v_b), c->dv, a->xn1, a->xa[2], w->v_w, slot_of(c, l, OT_LORA_V), T, H, KV);
+    projection_bwd(c, c->dxn, G(q_w), G(q_b), c->dq, a->xn1, w->q_w, T, H, Q);
+    projection_bwd(c, c->dxn, G(k_w), G(k_b), c->dk, a->xn1, w->k_w, T, H, KV);
+    projection_bwd(c, c->dxn, G(v_w), G(v_b), c->dv, a->xn1, w->v_w, T, H, KV);
+    ot_bf16 *dqkv[3] = {c->dq, c->dk, c->dv};
+    lora_group_bwd(c, l, OT_LORA_Q, OT_LORA_V, c->dxn, dqkv, a->xa_qkv, a->xa_hl_qkv, a->xn1, T, H);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     ot_cuda_rmsnorm_bwd(s, c->dx, G(ln1_w), c->dxn, a->x, w->ln1_w, a->rstd1, T, H);
 #undef G
@@ -608,6 +717,11 @@ static layer_acts *acts_of(ot_cuda_ctx *c, int l) {
 static void forward_layers(ot_cuda_ctx *c, const dev_batch *d) {
     const ot_model_config *cfg = &c->m->cfg;
     const int L = cfg->num_hidden_layers, H = cfg->hidden_size;
+    if (c->n_fold_seg) { // this pass's split of the attention adapters
+        mark(c, OT_CUDA_PROF_LORA);
+        ot_cuda_lora_split_params(c->stream, c->params_hl, c->n_lo, c->params_c, c->params, c->fold_seg, c->n_fold_seg,
+                                  c->fold_max);
+    }
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     if (c->m->shard) ot_cuda_shard_embed(c->m, c->stream, c->xin[0], d->ids, d->T);
     else ot_cuda_embedding_fwd(c->stream, c->xin[0], d->ids, c->m->embed, d->T, H, cfg->vocab_size);
@@ -659,7 +773,13 @@ int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale
         ot_cuda_lmhead_xent(c->stream, &c->blas, c->loss_dev, want_grad ? c->dhf : NULL,
                             want_grad && c->mg ? c->mg->lm_head : NULL, c->hf, c->m->lm_head, d.tgt_pos, d.tgt_label,
                             d.n, d.T, cfg->hidden_size, cfg->vocab_size, grad_scale);
-    if (want_grad) backward_layers(c, &d);
+    if (want_grad) {
+        backward_layers(c, &d);
+        if (c->n_fold_seg) {
+            mark(c, OT_CUDA_PROF_LORA);
+            ot_cuda_lora_fold(c->stream, c->grads, c->grads_lo, c->n_lo, c->fold_seg, c->n_fold_seg, c->fold_max);
+        }
+    }
     ot_cuda_shard_end_pass(c->m);
     return 0;
 }

@@ -275,6 +275,18 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
+// y += x (fp32 into bf16) for three pairs (dq; dk, dv when sliced) at once: blockIdx.y picks the pair; a pair
+// with y NULL is skipped.
+__global__ void attention_bwd_finish_kernel(bf16 *dq, const float *dq_acc, size_t n_q, bf16 *dk, const float *dk_acc,
+                                            bf16 *dv, const float *dv_acc, size_t n_kv) {
+    bf16 *y = blockIdx.y == 0 ? dq : blockIdx.y == 1 ? dk : dv;
+    const float *x = blockIdx.y == 0 ? dq_acc : blockIdx.y == 1 ? dk_acc : dv_acc;
+    const size_t n = blockIdx.y == 0 ? n_q : n_kv;
+    if (!y || !x) return;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = f2bf(bf2f(y[i]) + x[i]);
+}
+
 // How many slices the query heads of a group are cut into: the fewest that give about four blocks per SM slot
 // (so the long blocks of the first key tiles are spread), a divisor of the group size. OT_ATT_BWD_SLICES=N forces
 // N (rounded down to a divisor), for measuring.
@@ -305,40 +317,40 @@ void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf1
     const int nqt = (int)ot_cdiv(T, ATT_BQ);
     float *delta = ot_cuda_tmp<float>((size_t)T * nh, stream);
     int *tile_kmin = ot_cuda_tmp<int>((size_t)nqt, stream);
-    float *dq_acc = NULL;
-    if (dq) {
-        dq_acc = ot_cuda_tmp<float>((size_t)T * nh * D, stream);
-        OT_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)T * nh * D * sizeof(float), stream));
+    // The fp32 sums: dq's [T, nh, D], then (sliced) dk's and dv's [T, nkv, D] — one temporary, one memset.
+    const int rep = nh / nkv, slices = (dq || dk || dv) ? attention_bwd_slices(T, nkv, rep) : 1;
+    const size_t n_q = (size_t)T * nh * D, n_kv = (size_t)T * nkv * D;
+    const size_t n_acc = (dq ? n_q : 0) + (slices > 1 && (dk || dv) ? 2 * n_kv : 0);
+    float *acc = NULL, *dq_acc = NULL, *dkv_acc = NULL;
+    if (n_acc) {
+        acc = ot_cuda_tmp<float>(n_acc, stream);
+        OT_CUDA_CHECK(cudaMemsetAsync(acc, 0, n_acc * sizeof(float), stream));
+        dq_acc = dq ? acc : NULL;
+        dkv_acc = slices > 1 && (dk || dv) ? acc + (dq ? n_q : 0) : NULL;
     }
     attention_tile_kmin_kernel<<<nqt, ATT_BQ, 0, stream>>>(tile_kmin, seg_start, T, window, flags);
     OT_LAUNCH_CHECK();
     attention_bwd_prep_kernel<<<dim3(ot_cdiv(T, PREP_ROWS), nh), ATT_THREADS, 0, stream>>>(
         delta, dsinks, as_bf16(dout), as_bf16(out), lse, sinks, T, nh);
     OT_LAUNCH_CHECK();
-    float *dkv_acc = NULL;
     if (dq || dk || dv) {
-        const int rep = nh / nkv, slices = attention_bwd_slices(T, nkv, rep);
-        const size_t n_kv = (size_t)T * nkv * D;
-        if (slices > 1 && (dk || dv)) {
-            dkv_acc = ot_cuda_tmp<float>(2 * n_kv, stream);
-            OT_CUDA_CHECK(cudaMemsetAsync(dkv_acc, 0, 2 * n_kv * sizeof(float), stream));
-        }
         float scale = (float)(1.0 / sqrt((double)D));
         attention_bwd_kernel<<<dim3(ot_cdiv(T, ATT_BK), nkv, slices), ATT_THREADS, 0, stream>>>(
             dq_acc, as_bf16(dk), as_bf16(dv), dkv_acc, as_bf16(dout), lse, delta, as_bf16(q), as_bf16(k),
             as_bf16(v), seg_start, tile_kmin, T, nh, nkv, rep / slices, window, scale, scale * ATT_LOG2E, flags);
         OT_LAUNCH_CHECK();
-        if (dkv_acc) {
-            if (dk) ot_cuda_add_f32_to_bf16(stream, dk, dkv_acc, n_kv);
-            if (dv) ot_cuda_add_f32_to_bf16(stream, dv, dkv_acc + n_kv, n_kv);
-            ot_cuda_tmp_free(dkv_acc, stream);
-        }
+        // dq += its sum; dk, dv += theirs when sliced: one launch
+        bf16 *dst[3] = {as_bf16(dq), dkv_acc ? as_bf16(dk) : NULL, dkv_acc ? as_bf16(dv) : NULL};
+        const float *src[3] = {dq_acc, dkv_acc, dkv_acc ? dkv_acc + n_kv : NULL};
+        const size_t n[3] = {n_q, n_kv, n_kv};
+        // a bounded grid (grid-stride loops): dk's and dv's rows are fewer than dq's, and idle blocks cost
+        unsigned blocks = ot_grid_for(n_q, 256 * 4);
+        if (blocks > 1024) blocks = 1024;
+        attention_bwd_finish_kernel<<<dim3(blocks, 3), 256, 0, stream>>>(dst[0], src[0], n[0], dst[1], src[1], dst[2],
+                                                                          src[2], n[1]);
+        OT_LAUNCH_CHECK();
     }
-    if (dq) {
-        size_t n = (size_t)T * nh * D;
-        ot_cuda_add_f32_to_bf16(stream, dq, dq_acc, n);
-        ot_cuda_tmp_free(dq_acc, stream);
-    }
+    if (acc) ot_cuda_tmp_free(acc, stream);
     ot_cuda_tmp_free(tile_kmin, stream);
     ot_cuda_tmp_free(delta, stream);
 }

@@ -7,7 +7,8 @@
 //  * Reductions to rank r (xa = x·Aᵀ, dxa = dy·B, dA = dxaᵀ·x, dB = dyᵀ·xa) read a bf16 activation and a small fp32
 //    matrix. They run on cuBLAS's bf16 tensor-core GEMMs straight on the bf16 activation (no widened fp32 copy),
 //    with the fp32 operand split into two bf16 parts, v = hi + lo (hi = bf16(v), lo = bf16(v − hi)): the product
-//    is the sum of two GEMMs into the same fp32 result. hi + lo carries 16 of fp32's 24 significant bits, the
+//    is the sum of two products, made by one batched GEMM call (the two partial sums are added where they are
+//    used; for the weight gradients, once per step: ot_cuda_lora_fold). hi + lo carries 16 of fp32's 24 significant bits, the
 //    activation side is exact in bf16, products and sums are fp32, so the result matches the fp32 reference to
 //    ~1e-5 relative (checked to 1e-4 against the CPU twin in tests/gpu/test_ops_cuda.c).
 //  * Expansions from rank r (y += scale·xa·Bᵀ, dx += dxa·A) write a bf16 activation: one kernel reads the old
@@ -19,61 +20,139 @@
 #include "kernels/cuda/lanes.cuh"
 
 // ---- fp32 → bf16 hi + lo ----------------------------------------------------------------------------------------
-__global__ void split_bf16_kernel(bf16 *hi, bf16 *lo, const float *src, size_t n) {
+// src (plus src2 where given: the two partial sums a pair of products leaves) split into hi and lo.
+__global__ void split_bf16_kernel(bf16 *hi, bf16 *lo, const float *src, const float *src2, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float v = src[i];
+        float v = src2 ? src[i] + src2[i] : src[i];
         bf16 h = f2bf(v);
         hi[i] = h;
         lo[i] = f2bf(v - bf2f(h)); // exact difference (v and h share the exponent range); rounded once
     }
 }
 
-// A temporary [2, n] bf16 array holding hi then lo of src[n].
-static bf16 *split_bf16(cudaStream_t stream, const float *src, size_t n) {
-    bf16 *hl = ot_cuda_tmp<bf16>(2 * n, stream);
-    split_bf16_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(hl, hl + n, src, n);
+// hl[0 .. n) = hi, hl[n .. 2n) = lo of src[n] (+ src2[n]).
+static void split_bf16_to(cudaStream_t stream, bf16 *hl, const float *src, const float *src2, size_t n) {
+    split_bf16_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(hl, hl + n, src, src2, n);
     OT_LAUNCH_CHECK();
+}
+
+// The same into a temporary.
+static bf16 *split_bf16(cudaStream_t stream, const float *src, const float *src2, size_t n) {
+    bf16 *hl = ot_cuda_tmp<bf16>(2 * n, stream);
+    split_bf16_to(stream, hl, src, src2, n);
     return hl;
 }
 
-// ---- reductions to rank r: cuBLAS bf16 GEMMs into fp32 -------------------------------------------------------------
-// Row-major C[M, N] = alpha · op(A) · op(B) + beta · C, A and B bf16, C fp32; `ta`/`tb` say the stored array is
-// the transpose ([K, M] / [N, K]). cuBLAS is column-major, where a row-major array is its transpose, so this is
-// Cᵀ = op(B)ᵀ · op(A)ᵀ there.
-static void rm_gemm(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda,
-                    const bf16 *B, int ldb, float beta, float *C, int ldc) {
-    OT_CUBLAS_CHECK(cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                                 B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+// Adapters' A and B split once per pass (their values change only at the optimizer step), segment by segment:
+// seg holds n_seg device triples (offset in params, offset in hl, count); lo parts hl_stride after the hi parts;
+// copy (optional) gets the fp32 values in hl's layout.
+__global__ void lora_split_params_kernel(bf16 *hl, size_t hl_stride, float *copy, const float *params,
+                                         const size_t *seg) {
+    const size_t src = seg[3 * blockIdx.y], dst = seg[3 * blockIdx.y + 1], n = seg[3 * blockIdx.y + 2];
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = params[src + i];
+        if (copy) copy[dst + i] = v;
+        bf16 h = f2bf(v);
+        hl[dst + i] = h;
+        hl[hl_stride + dst + i] = f2bf(v - bf2f(h));
+    }
 }
 
-// The same with one operand given as hi/lo parts (split_bf16; `split_is_b` says which side): two GEMMs, the second
-// accumulating. The lo part of the pair sits `n_split` elements after hi.
-static void rm_gemm_split(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda,
-                          const bf16 *B, int ldb, float beta, float *C, int ldc, int split_is_b, size_t n_split) {
-    rm_gemm(h, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    if (split_is_b)
-        rm_gemm(h, ta, tb, M, N, K, alpha, A, lda, B + n_split, ldb, 1.0f, C, ldc);
-    else
-        rm_gemm(h, ta, tb, M, N, K, alpha, A + n_split, lda, B, ldb, 1.0f, C, ldc);
+void ot_cuda_lora_split_params(cudaStream_t stream, ot_bf16 *hl, size_t hl_stride, float *copy, const float *params,
+                               const size_t *seg, int n_seg, size_t max_n) {
+    if (n_seg <= 0 || max_n == 0) return;
+    OT_REQUIRE(n_seg <= 65535, "ot_cuda_lora_split_params: %d segments is too many", n_seg);
+    unsigned bx = ot_cdiv(max_n, 256 * 8);
+    if (bx > 64) bx = 64;
+    lora_split_params_kernel<<<dim3(bx, n_seg), 256, 0, stream>>>(as_bf16(hl), hl_stride, copy, params, seg);
+    OT_LAUNCH_CHECK();
+}
+
+// ---- reductions to rank r: cuBLAS bf16 GEMMs into fp32 -------------------------------------------------------------
+// The pair of products a split operand makes, in one batched call (one launch instead of two):
+//   C_b = alpha · op(A_b) · op(B_b) + beta · C_b,  b = 0, 1,  A_b = A + b·sa (sa = 0: both use A), likewise B, C.
+// Row-major, A and B bf16, C fp32; `ta`/`tb` say the stored array is the transpose ([K, M] / [N, K]). cuBLAS is
+// column-major, where a row-major array is its transpose, so this is C_bᵀ = op(B_b)ᵀ · op(A_b)ᵀ there.
+static void rm_gemm_pair(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda,
+                         long long sa, const bf16 *B, int ldb, long long sb, float beta, float *C, int ldc,
+                         long long sc) {
+    OT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                                               K, &alpha, B, CUDA_R_16BF, ldb, sb, A, CUDA_R_16BF, lda, sa, &beta, C,
+                                               CUDA_R_32F, ldc, sc, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// ---- the low parts of the weight gradients ---------------------------------------------------------------------
+// A weight gradient dW += op(hi)·(…) + op(lo)·(…) takes both products in one batched call only if they write to
+// different places (the batches run at once): the hi product accumulates into dW, the lo product into a second
+// array placed after it in memory (the batch stride must be positive), added into dW later (ot_cuda_lora_fold) —
+// per step, not per product. Without one (dW_lo NULL) the lo product goes to a temporary added at once.
+// seg: n_seg triples (offset in g, offset in lo, count); NULL: one segment (0, 0, max_n). lo2_stride: a second
+// low region that far after the first (0: none).
+__global__ void lora_fold_kernel(float *g, float *lo, size_t lo2_stride, const size_t *seg, size_t max_n) {
+    const size_t dst = seg ? seg[3 * blockIdx.y] : 0, src = seg ? seg[3 * blockIdx.y + 1] : 0,
+                 n = seg ? seg[3 * blockIdx.y + 2] : max_n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = lo[src + i];
+        lo[src + i] = 0.0f;
+        if (lo2_stride) {
+            v += lo[lo2_stride + src + i];
+            lo[lo2_stride + src + i] = 0.0f;
+        }
+        g[dst + i] += v;
+    }
+}
+
+void ot_cuda_lora_fold(cudaStream_t stream, float *g, float *lo, size_t lo2_stride, const size_t *seg, int n_seg,
+                       size_t max_n) {
+    if (n_seg <= 0 || max_n == 0) return;
+    OT_REQUIRE(n_seg <= 65535, "ot_cuda_lora_fold: %d segments is too many", n_seg);
+    unsigned bx = ot_cdiv(max_n, 256 * 8);
+    if (bx > 64) bx = 64;
+    lora_fold_kernel<<<dim3(bx, n_seg), 256, 0, stream>>>(g, lo, lo2_stride, seg, max_n);
+    OT_LAUNCH_CHECK();
+}
+
+// The weight-gradient pair: the hi product accumulates into dW, the lo product into dW_lo (one batched call), or
+// without dW_lo into dW as well (two calls: a batch stride from dW to a temporary could be negative or huge). The
+// split operand is A (split_is_a) or B, its lo part n_split elements after its hi part.
+static void weight_grad_pair(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha, const bf16 *A,
+                             int lda, const bf16 *B, int ldb, int split_is_a, size_t n_split, float *dW,
+                             float *dW_lo) {
+    const long long ss = (long long)n_split;
+    if (dW_lo) {
+        OT_REQUIRE(dW_lo > dW, "LoRA: the low-part gradient array must lie after the gradient in memory");
+        rm_gemm_pair(h, ta, tb, M, N, K, alpha, A, lda, split_is_a ? ss : 0, B, ldb, split_is_a ? 0 : ss, 1.0f, dW,
+                     N, (long long)(dW_lo - dW));
+        return;
+    }
+    const float one = 1.0f;
+    for (int part = 0; part < 2; part++) {
+        const bf16 *Ap = split_is_a ? A + part * n_split : A, *Bp = split_is_a ? B : B + part * n_split;
+        OT_CUBLAS_CHECK(cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                                     Bp, CUDA_R_16BF, ldb, Ap, CUDA_R_16BF, lda, &one, dW, CUDA_R_32F,
+                                     N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
 }
 
 // ---- expansions from rank r ---------------------------------------------------------------------------------------
-// y[t, o] = bf16(y[t, o] + scale · Σ_j u[t, j] · W(o, j)), u [T, r] fp32 row-major, W(o, j) = W[o·w_so + j·w_sj]
-// fp32 (so B [out, r] and A [r, in] both serve without a transpose). Memory bound (the activation is read and
-// written once; r is small), so a block takes 64 rows × 256 columns, each thread 8 adjacent columns (one 16-byte
-// load and store of bf16 where the row allows) of 8 rows; r goes through shared memory 16 at a time, and each
-// weight tile serves 64 rows.
-#define EXP_ROWS 64
+// y[t, o] = bf16(y[t, o] + scale · Σ_j u[t, j] · W(o, j)), j < r, u = u0 + u1 [T, r] fp32 with rows u_ld apart (the
+// two partial sums of a product pair; u1 may be NULL), W(o, j) = W[o·w_so + j·w_sj] fp32 (so B [out, r] and A
+// [r, in] both serve without a transpose). The blocks of the first column tile also store u itself in u_out and
+// its bf16 hi / lo parts in u_hl / u_hl + T·u_ld (rows u_ld apart; each when given: what the weight gradients'
+// products take). Memory
+// bound (the activation is read and written once; r is small), so a block takes 32 rows × 256 columns, each thread
+// 8 adjacent columns (one 16-byte load and store of bf16 where the row allows) of 4 rows; r goes through shared
+// memory 16 at a time, and each weight tile serves 32 rows.
+#define EXP_ROWS 32
 #define EXP_COLS 256
 #define EXP_RC 16
 #define EXP_THREADS 256
 #define EXP_TX (EXP_COLS / 8)           // 32 threads across the columns
 #define EXP_TY (EXP_THREADS / EXP_TX)   // 8 across the rows
-#define EXP_RPT (EXP_ROWS / EXP_TY)     // rows per thread: 8
+#define EXP_RPT (EXP_ROWS / EXP_TY)     // rows per thread: 4
 __global__ void __launch_bounds__(EXP_THREADS)
-    lora_expand_kernel(bf16 *y, const float *u, const float *W, size_t w_so, size_t w_sj, int T, int n, int r,
-                       float scale) {
+    lora_expand_kernel(bf16 *y, const float *u0, const float *u1, int u_ld, float *u_out, bf16 *u_hl,
+                       const float *W, size_t w_so, size_t w_sj, int T, int n, int r, float scale) {
     __shared__ float Us[EXP_ROWS][EXP_RC + 1];
     __shared__ __align__(16) float Ws[EXP_RC][EXP_COLS];
     const int t0 = blockIdx.y * EXP_ROWS, o0 = blockIdx.x * EXP_COLS;
@@ -87,7 +166,20 @@ __global__ void __launch_bounds__(EXP_THREADS)
     for (int j0 = 0; j0 < r; j0 += EXP_RC) {
         for (int i = tid; i < EXP_ROWS * EXP_RC; i += EXP_THREADS) {
             int tr = i / EXP_RC, jj = i % EXP_RC, t = t0 + tr, j = j0 + jj;
-            Us[tr][jj] = (t < T && j < r) ? u[(size_t)t * r + j] : 0.0f;
+            float v = 0.0f;
+            if (t < T && j < r) {
+                size_t k = (size_t)t * u_ld + j;
+                v = u1 ? u0[k] + u1[k] : u0[k];
+                if (blockIdx.x == 0) {
+                    if (u_out) u_out[k] = v;
+                    if (u_hl) {
+                        bf16 h = f2bf(v);
+                        u_hl[k] = h;
+                        u_hl[(size_t)T * u_ld + k] = f2bf(v - bf2f(h));
+                    }
+                }
+            }
+            Us[tr][jj] = v;
         }
         for (int i = tid; i < EXP_RC * EXP_COLS; i += EXP_THREADS) {
             // consecutive threads take consecutive j for a row of B ([out, r]) and consecutive o for A ([r, in])
@@ -137,54 +229,90 @@ __global__ void __launch_bounds__(EXP_THREADS)
     }
 }
 
-static void lora_expand(cudaStream_t stream, bf16 *y, const float *u, const float *W, size_t w_so, size_t w_sj, int T,
-                        int n, int r, float scale) {
+static void lora_expand(cudaStream_t stream, bf16 *y, const float *u0, const float *u1, int u_ld, float *u_out,
+                        bf16 *u_hl, const float *W, size_t w_so, size_t w_sj, int T, int n, int r, float scale) {
     OT_REQUIRE(ot_cdiv(T, EXP_ROWS) <= 65535, "lora_expand: T %d too large", T);
     dim3 grid(ot_cdiv(n, EXP_COLS), ot_cdiv(T, EXP_ROWS));
-    lora_expand_kernel<<<grid, EXP_THREADS, 0, stream>>>(y, u, W, w_so, w_sj, T, n, r, scale);
+    lora_expand_kernel<<<grid, EXP_THREADS, 0, stream>>>(y, u0, u1, u_ld, u_out, u_hl, W, w_so, w_sj, T, n, r,
+                                                         scale);
     OT_LAUNCH_CHECK();
 }
 
 // ---- the layer ------------------------------------------------------------------------------------------------------
-void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, const float *A, const float *B,
-                      int T, int in, int r, int out, float scale) {
-    OT_REQUIRE(T >= 0 && in > 0 && r > 0 && out > 0, "ot_cuda_lora_fwd: bad sizes T %d in %d r %d out %d", T, in, r,
-               out);
-    if (!T) return;
-    cublasHandle_t h = ot_cuda_thread_blas(stream);
-    const size_t nA = (size_t)r * in;
-    bf16 *A2 = split_bf16(stream, A, nA);
-    // xa[T, r] = x · Aᵀ   (A [r, in])
-    rm_gemm_split(h, 0, 1, T, r, in, 1.0f, as_bf16(x), in, A2, in, 0.0f, xa, r, 1, nA);
-    ot_cuda_tmp_free(A2, stream);
-    lora_expand(stream, as_bf16(y), xa, B, r, 1, T, out, r, scale); // y += scale · xa · Bᵀ   (B [out, r])
+// A split operand: the given hi / lo parts (lo `stride` elements after hi), else a temporary split of src.
+typedef struct {
+    const bf16 *hl;
+    long long stride;
+    bf16 *tmp;
+} split_operand;
+
+static split_operand operand_split(cudaStream_t stream, const ot_bf16 *given, size_t given_stride, const float *src,
+                                   size_t n) {
+    split_operand o = {as_bf16(given), (long long)given_stride, NULL};
+    if (!given) o.hl = o.tmp = split_bf16(stream, src, NULL, n), o.stride = (long long)n;
+    return o;
 }
 
-void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, float *dA, float *dB, const ot_bf16 *dy, const ot_bf16 *x,
-                      const float *xa, const float *A, const float *B, int T, int in, int r, int out, float scale) {
-    OT_REQUIRE(T >= 0 && in > 0 && r > 0 && out > 0, "ot_cuda_lora_bwd: bad sizes T %d in %d r %d out %d", T, in, r,
-               out);
+static void check_group(const char *op, const ot_cuda_lora_w *w, int T, int in, int r) {
+    OT_REQUIRE(T >= 0 && in > 0 && r > 0 && w->n >= 1 && w->n <= OT_LORA_GROUP_MAX,
+               "%s: bad sizes T %d in %d r %d, %d projections", op, T, in, r, w->n);
+    for (int i = 0; i < w->n; i++) OT_REQUIRE(w->out[i] > 0, "%s: projection %d has %d outputs", op, i, w->out[i]);
+}
+
+void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *const *y, float *xa, ot_bf16 *xa_hl, const ot_bf16 *x,
+                      const ot_cuda_lora_w *w, int T, int in, int r, float scale) {
+    check_group("ot_cuda_lora_fwd", w, T, in, r);
     if (!T) return;
     cublasHandle_t h = ot_cuda_thread_blas(stream);
-    const size_t nTr = (size_t)T * r;
-    if (dB) { // dB[out, r] += scale · dyᵀ · xa
-        bf16 *xa2 = split_bf16(stream, xa, nTr);
-        rm_gemm_split(h, 1, 0, out, r, T, scale, as_bf16(dy), out, xa2, r, 1.0f, dB, r, 1, nTr);
-        ot_cuda_tmp_free(xa2, stream);
+    const int nr = w->n * r;
+    const size_t nT = (size_t)T * nr;
+    split_operand A2 = operand_split(stream, w->A_hl, w->hl_stride, w->A, (size_t)nr * in);
+    // xa2[b][T, n·r] = x · A_bᵀ   (the A's stacked [n·r, in]; b = hi, lo): xa = xa2[0] + xa2[1], summed by the
+    // expansions; one product for the whole group
+    float *xa2 = ot_cuda_tmp<float>(2 * nT, stream);
+    rm_gemm_pair(h, 0, 1, T, nr, in, 1.0f, as_bf16(x), in, 0, A2.hl, in, A2.stride, 0.0f, xa2, nr, (long long)nT);
+    if (A2.tmp) ot_cuda_tmp_free(A2.tmp, stream);
+    for (int i = 0; i < w->n; i++) // y_i += scale · xa_i · B_iᵀ   (B_i [out_i, r]); xa and its split kept
+        lora_expand(stream, as_bf16(y[i]), xa2 + i * r, xa2 + nT + i * r, nr, xa ? xa + i * r : NULL,
+                    xa_hl ? as_bf16(xa_hl) + i * r : NULL, w->B[i], r, 1, T, w->out[i], r, scale);
+    ot_cuda_tmp_free(xa2, stream);
+}
+
+void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *const *dy, const ot_bf16 *x, const float *xa,
+                      const ot_bf16 *xa_hl, const ot_cuda_lora_w *w, int T, int in, int r, float scale) {
+    check_group("ot_cuda_lora_bwd", w, T, in, r);
+    if (!T) return;
+    cublasHandle_t h = ot_cuda_thread_blas(stream);
+    const int nr = w->n * r;
+    const size_t nT = (size_t)T * nr;
+    int want_dB = 0;
+    for (int i = 0; i < w->n; i++) want_dB |= w->dB[i] != NULL;
+    if (want_dB) { // dB_i[out_i, r] += scale · dy_iᵀ · xa_i
+        split_operand xa2 = operand_split(stream, xa_hl, nT, xa, nT);
+        for (int i = 0; i < w->n; i++)
+            if (w->dB[i])
+                weight_grad_pair(h, 1, 0, w->out[i], r, T, scale, as_bf16(dy[i]), w->out[i], xa2.hl + i * r, nr, 0,
+                                 (size_t)xa2.stride, w->dB[i], w->dB_lo[i]);
+        if (xa2.tmp) ot_cuda_tmp_free(xa2.tmp, stream);
     }
-    if (!dA && !dx) return;
-    float *dxa = ot_cuda_tmp<float>(nTr, stream);
-    { // dxa[T, r] = scale · dy · B   (B [out, r])
-        const size_t nB = (size_t)out * r;
-        bf16 *B2 = split_bf16(stream, B, nB);
-        rm_gemm_split(h, 0, 0, T, r, out, scale, as_bf16(dy), out, B2, r, 0.0f, dxa, r, 1, nB);
-        ot_cuda_tmp_free(B2, stream);
+    if (!w->dA && !dx) return;
+    // dxa2[b][T, n·r]: columns i·r.. = scale · dy_i · B_i,b   (B_i [out_i, r]; b = hi, lo); dxa = dxa2[0] + dxa2[1]
+    float *dxa2 = ot_cuda_tmp<float>(2 * nT, stream);
+    for (int i = 0; i < w->n; i++) {
+        const int out = w->out[i];
+        split_operand B2 = operand_split(stream, w->B_hl[i], w->hl_stride, w->B[i], (size_t)out * r);
+        rm_gemm_pair(h, 0, 0, T, r, out, scale, as_bf16(dy[i]), out, 0, B2.hl, r, B2.stride, 0.0f, dxa2 + i * r, nr,
+                     (long long)nT);
+        if (B2.tmp) ot_cuda_tmp_free(B2.tmp, stream);
     }
-    if (dA) { // dA[r, in] += dxaᵀ · x
-        bf16 *dxa2 = split_bf16(stream, dxa, nTr);
-        rm_gemm_split(h, 1, 0, r, in, T, 1.0f, dxa2, r, as_bf16(x), in, 1.0f, dA, in, 0, nTr);
-        ot_cuda_tmp_free(dxa2, stream);
+    bf16 *dxa_hl = w->dA ? ot_cuda_tmp<bf16>(2 * nT, stream) : NULL;
+    if (dx) // dx += Σ_i dxa_i · A_i = dxa · A (A stacked [n·r, in]): one expansion; dxa's split made on the way
+        lora_expand(stream, as_bf16(dx), dxa2, dxa2 + nT, nr, NULL, dxa_hl, w->A, 1, in, T, in, nr, 1.0f);
+    else
+        split_bf16_to(stream, dxa_hl, dxa2, dxa2 + nT, nT);
+    if (w->dA) { // dA[n·r, in] += dxaᵀ · x: one product for the whole group
+        weight_grad_pair(h, 1, 0, nr, in, T, 1.0f, dxa_hl, nr, as_bf16(x), in, 1, nT, w->dA, w->dA_lo);
+        ot_cuda_tmp_free(dxa_hl, stream);
     }
-    if (dx) lora_expand(stream, as_bf16(dx), dxa, A, 1, in, T, in, r, 1.0f); // dx += dxa · A   (A [r, in])
-    ot_cuda_tmp_free(dxa, stream);
+    ot_cuda_tmp_free(dxa2, stream);
 }

@@ -106,16 +106,52 @@ void ot_cuda_matmul_bwd(cudaStream_t stream, ot_cuda_blas *blas, ot_bf16 *dx, fl
                         const ot_bf16 *x, const ot_bf16 *W, int T, int in, int out);
 
 // ---- LoRA (PEFT): y += scale · (x · Aᵀ) · Bᵀ with A [r, in], B [out, r] fp32; xa [T, r] fp32 saved -------------
-void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, const float *A, const float *B,
-                      int T, int in, int r, int out, float scale);
-void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, float *dA, float *dB, const ot_bf16 *dy, const ot_bf16 *x,
-                      const float *xa, const float *A, const float *B, int T, int in, int r, int out, float scale);
+// For a group of n projections of the same input x (q, k, v; or one projection, n = 1): one product makes all their
+// xa, one expansion all their input gradients, one product all their A gradients. The products run in bf16 on the
+// tensor cores with each fp32 operand split into bf16 hi + lo parts (lora.cu).
+#define OT_LORA_GROUP_MAX 4
+typedef struct {
+    int n;                                   // projections (1..OT_LORA_GROUP_MAX)
+    const float *A;                          // their A's stacked [n·r, in] (one array)
+    const ot_bf16 *A_hl;                     // optional: A's hi parts stacked, the lo parts hl_stride elements later
+                                             //   (ot_cuda_lora_split_params); NULL: split A at each use
+    const float *B[OT_LORA_GROUP_MAX];       // [out_i, r]
+    const ot_bf16 *B_hl[OT_LORA_GROUP_MAX];  // optional, as A_hl
+    int out[OT_LORA_GROUP_MAX];
+    size_t hl_stride;
+    // backward: the gradients' hi products accumulate into dA / dB_i (NULL: not wanted), the lo products into
+    // dA_lo / dB_lo_i (arrays after them in memory, e.g. a tail of the same allocation, for ot_cuda_lora_fold to add
+    // once per step) or, NULL, into dA / dB_i at once. dA is [n·r, in] like A.
+    float *dA, *dA_lo;
+    float *dB[OT_LORA_GROUP_MAX], *dB_lo[OT_LORA_GROUP_MAX];
+} ot_cuda_lora_w;
+// y[i] [T, out_i] +=; xa [T, n·r] fp32 (projection i's in columns i·r..); xa_hl (optional): xa's bf16 hi / lo parts
+// [2][T, n·r], for the backward.
+void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *const *y, float *xa, ot_bf16 *xa_hl, const ot_bf16 *x,
+                      const ot_cuda_lora_w *w, int T, int in, int r, float scale);
+// dx [T, in] += … (may be NULL), and the gradients w names, from dy[i] [T, out_i]. xa_hl: the forward's (NULL:
+// split xa here).
+void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *const *dy, const ot_bf16 *x, const float *xa,
+                      const ot_bf16 *xa_hl, const ot_cuda_lora_w *w, int T, int in, int r, float scale);
+// g[seg.dst + i] += lo[seg.src + i] (+ lo[lo2_stride + seg.src + i] when lo2_stride > 0), then those are zeroed,
+// for n_seg device triples (dst, src, count) (count <= max_n; seg NULL: one segment (0, 0, max_n)).
+void ot_cuda_lora_fold(cudaStream_t stream, float *g, float *lo, size_t lo2_stride, const size_t *seg, int n_seg,
+                       size_t max_n);
+// hl[seg.dst + i] = hi, hl[hl_stride + seg.dst + i] = lo of params[seg.src + i] (and copy[seg.dst + i] = the value,
+// when copy is given), for n_seg device triples (src, dst, count), count <= max_n.
+void ot_cuda_lora_split_params(cudaStream_t stream, ot_bf16 *hl, size_t hl_stride, float *copy, const float *params,
+                               const size_t *seg, int n_seg, size_t max_n);
 
 // ---- YaRN RoPE in place on x [T, nh, D]; inv_freq [D/2] on the device (from the CPU ot_rope_inv_freq) ---------
 void ot_cuda_rope_fwd(cudaStream_t stream, ot_bf16 *x, const int32_t *pos, const float *inv_freq, float attn_factor,
                       int T, int nh, int D);
 void ot_cuda_rope_bwd(cudaStream_t stream, ot_bf16 *dx, const int32_t *pos, const float *inv_freq, float attn_factor,
                       int T, int nh, int D);
+// The same on queries [T, nh, D] and keys [T, nkv, D] in one launch.
+void ot_cuda_rope_qk_fwd(cudaStream_t stream, ot_bf16 *q, ot_bf16 *k, const int32_t *pos, const float *inv_freq,
+                         float attn_factor, int T, int nh, int nkv, int D);
+void ot_cuda_rope_qk_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, const int32_t *pos, const float *inv_freq,
+                         float attn_factor, int T, int nh, int nkv, int D);
 
 // ---- attention with sinks, GQA, sliding window, packed sequences (flash-style: no T×T matrix) ------------------
 // As ot_attention_fwd; sinks [nh] fp32, lse [T, nh] fp32. Head dim D must be 64 (gpt-oss).

@@ -399,7 +399,8 @@ static void test_lora_rank(const sizes *z, int r) {
     float *y0 = init_like(y_zero, (size_t)T * out, 1), *y_ref = plus(y0, y_zero, (size_t)T * out);
     ot_bf16 *x_d = up_bf16(x, (size_t)T * in), *y_d = up_bf16(y0, (size_t)T * out);
     float *A_d = up_f32(A, (size_t)r * in), *B_d = up_f32(B, (size_t)out * r), *xa_d = poison((size_t)T * r * 4);
-    ot_cuda_lora_fwd(g_s, y_d, xa_d, x_d, A_d, B_d, T, in, r, out, scale);
+    ot_cuda_lora_w w = {.n = 1, .A = A_d, .B = {B_d}, .out = {out}};
+    ot_cuda_lora_fwd(g_s, &y_d, xa_d, NULL, x_d, &w, T, in, r, scale);
     check_bf16("lora_fwd y += scale·xa·Bᵀ", y_d, y_ref, (size_t)T * out, TOL_BF16);
     check_f32("lora_fwd xa (fp32)", xa_d, xa, (size_t)T * r, TOL_F32);
 
@@ -412,10 +413,59 @@ static void test_lora_rank(const sizes *z, int r) {
     float *dB_ref = plus(dB0, gdB, (size_t)out * r);
     ot_bf16 *dy_d = up_bf16(dy, (size_t)T * out), *dx_d = up_bf16(dx0, (size_t)T * in);
     float *dA_d = up_f32(dA0, (size_t)r * in), *dB_d = up_f32(dB0, (size_t)out * r), *xa_ref_d = up_f32(xa, (size_t)T * r);
-    ot_cuda_lora_bwd(g_s, dx_d, dA_d, dB_d, dy_d, x_d, xa_ref_d, A_d, B_d, T, in, r, out, scale);
+    w.dA = dA_d, w.dB[0] = dB_d;
+    ot_cuda_lora_bwd(g_s, dx_d, (const ot_bf16 *const *)&dy_d, x_d, xa_ref_d, NULL, &w, T, in, r, scale);
     check_bf16("lora_bwd dx", dx_d, dx_ref, (size_t)T * in, TOL_BF16);
     check_f32("lora_bwd dA (fp32)", dA_d, dA_ref, (size_t)r * in, TOL_F32);
     check_f32("lora_bwd dB (fp32)", dB_d, dB_ref, (size_t)out * r, TOL_F32);
+    // As the trainer runs it: A and B split once (ot_cuda_lora_split_params), the forward keeping xa's split for
+    // the backward, [dA | dB] then their low parts in one allocation, added in by ot_cuda_lora_fold (which leaves
+    // the low parts zero); a second backward without dx (dxa then split on its own).
+    {
+        const size_t nA = (size_t)r * in, nAB = nA + (size_t)out * r, nTr = (size_t)T * r;
+        float *p_h = ot_malloc(nAB * sizeof(float));
+        memcpy(p_h, A, nA * sizeof(float));
+        memcpy(p_h + nA, B, (size_t)out * r * sizeof(float));
+        float *p_d = up_f32(p_h, nAB);
+        ot_bf16 *hl_d = poison(2 * nAB * sizeof(ot_bf16)), *xa_hl_d = poison(2 * nTr * sizeof(ot_bf16));
+        size_t seg_h[3] = {0, 0, nAB}, *seg_d = NULL;
+        OT_CUDA_CHECK(cudaMalloc((void **)&seg_d, sizeof seg_h));
+        OT_CUDA_CHECK(cudaMemcpy(seg_d, seg_h, sizeof seg_h, cudaMemcpyHostToDevice));
+        ot_cuda_lora_split_params(g_s, hl_d, nAB, NULL, p_d, seg_d, 1, nAB);
+        ot_bf16 *y2_d = up_bf16(y0, (size_t)T * out);
+        float *xa2_d = poison(nTr * 4);
+        ot_cuda_lora_w ws = {.n = 1, .A = p_d, .B = {p_d + nA}, .A_hl = hl_d, .B_hl = {hl_d + nA}, .out = {out},
+                             .hl_stride = nAB};
+        ot_cuda_lora_fwd(g_s, &y2_d, xa2_d, xa_hl_d, x_d, &ws, T, in, r, scale);
+        check_bf16("lora_fwd y, A and B split beforehand", y2_d, y_ref, (size_t)T * out, TOL_BF16);
+        check_f32("lora_fwd xa (fp32), A and B split beforehand", xa2_d, xa, nTr, TOL_F32);
+        float *g_h = zeros_f(2 * nAB);
+        memcpy(g_h, dA0, nA * sizeof(float));
+        memcpy(g_h + nA, dB0, (size_t)out * r * sizeof(float));
+        float *g_d = up_f32(g_h, 2 * nAB);
+        ot_bf16 *dx2_d = up_bf16(dx0, (size_t)T * in);
+        ws.dA = g_d, ws.dB[0] = g_d + nA, ws.dA_lo = g_d + nAB, ws.dB_lo[0] = g_d + nAB + nA;
+        ot_cuda_lora_bwd(g_s, dx2_d, (const ot_bf16 *const *)&dy_d, x_d, xa2_d, xa_hl_d, &ws, T, in, r, scale);
+        check_bf16("lora_bwd dx, A and B split beforehand", dx2_d, dx_ref, (size_t)T * in, TOL_BF16);
+        size_t fold_h[3] = {0, nAB, nAB};
+        OT_CUDA_CHECK(cudaMemcpy(seg_d, fold_h, sizeof fold_h, cudaMemcpyHostToDevice));
+        ot_cuda_lora_fold(g_s, g_d, g_d, 0, seg_d, 1, nAB);
+        check_f32("lora_bwd dA, low parts folded later (fp32)", g_d, dA_ref, nA, TOL_F32);
+        check_f32("lora_bwd dB, low parts folded later (fp32)", g_d + nA, dB_ref, (size_t)out * r, TOL_F32);
+        float *lo = down_f32(g_d + nAB, nAB);
+        size_t nonzero = 0;
+        for (size_t i = 0; i < nAB; i++) nonzero += lo[i] != 0.0f;
+        CHECK(nonzero == 0, "lora_fold leaves the low parts zero (%zu of %zu are not)", nonzero, nAB);
+        // no dx: the weight gradients alone (dA's operand split without the expansion), added at once
+        float *g1_d = up_f32(g_h, nAB);
+        ws.dA = g1_d, ws.dB[0] = g1_d + nA, ws.dA_lo = ws.dB_lo[0] = NULL;
+        ot_cuda_lora_bwd(g_s, NULL, (const ot_bf16 *const *)&dy_d, x_d, xa2_d, xa_hl_d, &ws, T, in, r, scale);
+        check_f32("lora_bwd dA without dx (fp32)", g1_d, dA_ref, nA, TOL_F32);
+        check_f32("lora_bwd dB without dx (fp32)", g1_d + nA, dB_ref, (size_t)out * r, TOL_F32);
+        free(lo), free(g_h), free(p_h);
+        dfree(g_d), dfree(g1_d), dfree(seg_d), dfree(p_d), dfree(hl_d), dfree(xa_hl_d), dfree(y2_d), dfree(xa2_d);
+        dfree(dx2_d);
+    }
     expect_clean("lora");
     free(x), free(A), free(B), free(y_zero), free(xa), free(y0), free(y_ref), free(dy), free(gdx), free(gdA);
     free(gdB), free(dx0), free(dA0), free(dB0), free(dx_ref), free(dA_ref), free(dB_ref);
@@ -424,7 +474,73 @@ static void test_lora_rank(const sizes *z, int r) {
     dfree(xa_ref_d);
 }
 
+// A group of three projections of one input (q, k, v as the trainer runs them: stacked A's split beforehand, xa
+// kept split, the A products into two low arrays and the B's lo products into a third, folded afterwards) against
+// three separate CPU references.
+static void test_lora_group(const sizes *z) {
+    const int T = z->T, in = z->in, r = z->r, n = 3, outs[3] = {z->out, z->out / 2 + 3, 40};
+    const float scale = 2.0f;
+    const size_t nA = (size_t)r * in, nT = (size_t)T * n * r;
+    float *x = randn_bf16((size_t)T * in, 1.0), *A = randn(n * nA, 1.0 / sqrt(in)), *B[3], *dy[3], *y0[3];
+    float *xa_ref = zeros_f(nT), *dx_ref = zeros_f((size_t)T * in), *dA_ref = zeros_f(n * nA), *dB_ref[3], *y_ref[3];
+    float *dx0 = randn_bf16((size_t)T * in, 1.0), *dxr = copy_f(dx0, (size_t)T * in);
+    ot_bf16 *x_d = up_bf16(x, (size_t)T * in), *y_d[3], *dy_d[3];
+    // the device adapter: [A (n·r × in) | B_0 | B_1 | B_2], its split, its gradients then two low regions
+    size_t nP = n * nA, b_off[3];
+    for (int i = 0; i < n; i++) b_off[i] = nP, nP += (size_t)outs[i] * r;
+    float *P = ot_malloc(nP * sizeof(float));
+    memcpy(P, A, n * nA * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        B[i] = randn((size_t)outs[i] * r, 0.2), memcpy(P + b_off[i], B[i], (size_t)outs[i] * r * sizeof(float));
+        dy[i] = randn_bf16((size_t)T * outs[i], 1.0), y0[i] = randn_bf16((size_t)T * outs[i], 1.0);
+        float *yz = zeros_f((size_t)T * outs[i]), *xai = zeros_f((size_t)T * r), *gdx = zeros_f((size_t)T * in);
+        ot_lora_fwd(yz, xai, x, A + i * nA, B[i], T, in, r, outs[i], scale);
+        y_ref[i] = plus(y0[i], yz, (size_t)T * outs[i]);
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < r; j++) xa_ref[(size_t)t * n * r + i * r + j] = xai[(size_t)t * r + j];
+        dB_ref[i] = zeros_f((size_t)outs[i] * r);
+        ot_lora_bwd(gdx, dA_ref + i * nA, dB_ref[i], dy[i], x, xai, A + i * nA, B[i], T, in, r, outs[i], scale);
+        for (size_t k = 0; k < (size_t)T * in; k++) dxr[k] += gdx[k];
+        y_d[i] = up_bf16(y0[i], (size_t)T * outs[i]), dy_d[i] = up_bf16(dy[i], (size_t)T * outs[i]);
+        free(yz), free(xai), free(gdx);
+    }
+    float *P_d = up_f32(P, nP);
+    ot_bf16 *hl_d = poison(2 * nP * sizeof(ot_bf16)), *xa_hl_d = poison(2 * nT * sizeof(ot_bf16));
+    size_t seg_h[3] = {0, 0, nP}, *seg_d = NULL;
+    OT_CUDA_CHECK(cudaMalloc((void **)&seg_d, sizeof seg_h));
+    OT_CUDA_CHECK(cudaMemcpy(seg_d, seg_h, sizeof seg_h, cudaMemcpyHostToDevice));
+    float *copy_d = poison(nP * sizeof(float));
+    ot_cuda_lora_split_params(g_s, hl_d, nP, copy_d, P_d, seg_d, 1, nP);
+    check_f32("lora_split_params fp32 copy", copy_d, P, nP, 0.0);
+    ot_cuda_lora_w w = {.n = n, .A = copy_d, .A_hl = hl_d, .hl_stride = nP};
+    for (int i = 0; i < n; i++) w.B[i] = copy_d + b_off[i], w.B_hl[i] = hl_d + b_off[i], w.out[i] = outs[i];
+    float *xa_d = poison(nT * sizeof(float));
+    ot_cuda_lora_fwd(g_s, y_d, xa_d, xa_hl_d, x_d, &w, T, in, r, scale);
+    for (int i = 0; i < n; i++) check_bf16("lora group fwd y_i", y_d[i], y_ref[i], (size_t)T * outs[i], TOL_BF16);
+    check_f32("lora group fwd xa (fp32)", xa_d, xa_ref, nT, TOL_F32);
+    // gradients: zero in the device's [grads | low 1 | low 2]; A's products into the low regions, B's hi into grads
+    float *gz = zeros_f(3 * nP), *g_d = up_f32(gz, 3 * nP);
+    free(gz);
+    w.dA = g_d + nP, w.dA_lo = g_d + 2 * nP;
+    for (int i = 0; i < n; i++) w.dB[i] = g_d + b_off[i], w.dB_lo[i] = g_d + nP + b_off[i];
+    ot_bf16 *dx_d = up_bf16(dx0, (size_t)T * in);
+    ot_cuda_lora_bwd(g_s, dx_d, (const ot_bf16 *const *)dy_d, x_d, xa_d, xa_hl_d, &w, T, in, r, scale);
+    check_bf16("lora group bwd dx (one expansion)", dx_d, dxr, (size_t)T * in, TOL_BF16);
+    ot_cuda_lora_fold(g_s, g_d, g_d + nP, nP, seg_d, 1, nP);
+    check_f32("lora group bwd dA (stacked, fp32)", g_d, dA_ref, n * nA, TOL_F32);
+    for (int i = 0; i < n; i++) check_f32("lora group bwd dB_i (fp32)", g_d + b_off[i], dB_ref[i], (size_t)outs[i] * r, TOL_F32);
+    expect_clean("lora group");
+    for (int i = 0; i < n; i++) {
+        free(B[i]), free(dy[i]), free(y0[i]), free(dB_ref[i]), free(y_ref[i]);
+        dfree(y_d[i]), dfree(dy_d[i]);
+    }
+    free(x), free(A), free(xa_ref), free(dx_ref), free(dA_ref), free(dx0), free(dxr), free(P);
+    dfree(x_d), dfree(P_d), dfree(hl_d), dfree(xa_hl_d), dfree(seg_d), dfree(copy_d), dfree(xa_d), dfree(g_d);
+    dfree(dx_d);
+}
+
 static void test_lora(const sizes *z) {
+    test_lora_group(z);
     test_lora_rank(z, z->r);
     test_lora_rank(z, 80);
     sizes odd = *z; // widths that are no multiple of 8: the expansions' element-wise stores
@@ -453,9 +569,25 @@ static void test_rope(const sizes *z) {
     ot_bf16 *dy_d = up_bf16(dy, n);
     ot_cuda_rope_bwd(g_s, dy_d, pos_d, if_d, attn_factor, T, nh, D);
     check_bf16("rope_bwd", dy_d, dref, n, TOL_BF16);
+    // queries and keys (3 heads) in one launch, both directions
+    const int nk = 3;
+    size_t nk_el = (size_t)T * nk * D;
+    float *k = randn_bf16(nk_el, 1.0), *kref = copy_f(k, nk_el);
+    ot_rope_fwd(kref, pos, inv_freq, attn_factor, T, nk, D);
+    ot_bf16 *q2_d = up_bf16(x, n), *k_d = up_bf16(k, nk_el);
+    ot_cuda_rope_qk_fwd(g_s, q2_d, k_d, pos_d, if_d, attn_factor, T, nh, nk, D);
+    check_bf16("rope_qk_fwd queries", q2_d, ref, n, TOL_BF16);
+    check_bf16("rope_qk_fwd keys", k_d, kref, nk_el, TOL_BF16);
+    float *kref_b = copy_f(k, nk_el);
+    ot_rope_bwd(kref_b, pos, inv_freq, attn_factor, T, nk, D);
+    dfree(q2_d), dfree(k_d);
+    q2_d = up_bf16(dy, n), k_d = up_bf16(k, nk_el);
+    ot_cuda_rope_qk_bwd(g_s, q2_d, k_d, pos_d, if_d, attn_factor, T, nh, nk, D);
+    check_bf16("rope_qk_bwd queries", q2_d, dref, n, TOL_BF16);
+    check_bf16("rope_qk_bwd keys", k_d, kref_b, nk_el, TOL_BF16);
     expect_clean("rope");
-    free(pos), free(x), free(ref), free(dy), free(dref);
-    dfree(x_d), dfree(pos_d), dfree(if_d), dfree(dy_d);
+    free(pos), free(x), free(ref), free(dy), free(dref), free(k), free(kref), free(kref_b);
+    dfree(x_d), dfree(pos_d), dfree(if_d), dfree(dy_d), dfree(q2_d), dfree(k_d);
 }
 
 // ---- attention ---------------------------------------------------------------------------------------------------

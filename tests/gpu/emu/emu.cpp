@@ -553,6 +553,22 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
     return gemm(ta, tb, m, n, k, *(const float *)alpha, A, at, lda, B, bt, ldb, *(const float *)beta, C, ct, ldc, C,
                 ct, ldc, nullptr);
 }
+static size_t el_bytes(cudaDataType t) { return t == CUDA_R_32F ? 4 : 2; }
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void *alpha, const void *A, cudaDataType at, int lda,
+                                          long long sa, const void *B, cudaDataType bt, int ldb, long long sb,
+                                          const void *beta, void *C, cudaDataType ct, int ldc, long long sc, int batch,
+                                          cublasComputeType_t, cublasGemmAlgo_t) {
+    if (at != bt || batch < 0) return CUBLAS_STATUS_NOT_SUPPORTED;
+    for (int i = 0; i < batch; i++) {
+        const char *a = (const char *)A + (size_t)(i * sa) * el_bytes(at), *b = (const char *)B + (size_t)(i * sb) * el_bytes(bt);
+        char *c = (char *)C + (size_t)(i * sc) * el_bytes(ct);
+        cublasStatus_t st = gemm(ta, tb, m, n, k, *(const float *)alpha, a, at, lda, b, bt, ldb, *(const float *)beta, c,
+                                 ct, ldc, c, ct, ldc, nullptr);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
 cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
 cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,

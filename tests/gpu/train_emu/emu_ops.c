@@ -495,24 +495,85 @@ void ot_cuda_matmul_bwd(cudaStream_t s, ot_cuda_blas *b, ot_bf16 *dx, float *dW,
     free(d);
 }
 
-void ot_cuda_lora_fwd(cudaStream_t s, ot_bf16 *y, float *xa, const ot_bf16 *x, const float *A, const float *B, int T,
-                      int in, int r, int out, float scale) {
-    (void)s;
-    float *xf = tof(x, (size_t)T * in), *yf = zeros((size_t)T * out);
-    ot_lora_fwd(yf, xa, xf, A, B, T, in, r, out, scale);
-    addbf(y, yf, (size_t)T * out);
-    free(xf);
-    free(yf);
+// The products from the fp32 A and B (the kernels' bf16 hi + lo splits carry 16 significant bits: the GPU test's
+// concern); xa's split, when asked for, from xa.
+static void split_host(ot_bf16 *hl, size_t stride, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        ot_bf16 h = ot_f32_to_bf16(src[i]);
+        hl[i] = h;
+        hl[stride + i] = ot_f32_to_bf16(src[i] - ot_bf16_to_f32(h));
+    }
 }
-void ot_cuda_lora_bwd(cudaStream_t s, ot_bf16 *dx, float *dA, float *dB, const ot_bf16 *dy, const ot_bf16 *x,
-                      const float *xa, const float *A, const float *B, int T, int in, int r, int out, float scale) {
+void ot_cuda_lora_fwd(cudaStream_t s, ot_bf16 *const *y, float *xa, ot_bf16 *xa_hl, const ot_bf16 *x,
+                      const ot_cuda_lora_w *w, int T, int in, int r, float scale) {
     (void)s;
-    float *xf = tof(x, (size_t)T * in), *dyf = tof(dy, (size_t)T * out), *d = zeros((size_t)T * in);
-    ot_lora_bwd(dx ? d : NULL, dA, dB, dyf, xf, xa, A, B, T, in, r, out, scale);
+    const int nr = w->n * r;
+    float *xf = tof(x, (size_t)T * in), *xai = zeros((size_t)T * r);
+    for (int i = 0; i < w->n; i++) {
+        float *yf = zeros((size_t)T * w->out[i]);
+        ot_lora_fwd(yf, xai, xf, w->A + (size_t)i * r * in, w->B[i], T, in, r, w->out[i], scale);
+        addbf(y[i], yf, (size_t)T * w->out[i]);
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < r; j++) {
+                float v = xai[(size_t)t * r + j];
+                size_t k = (size_t)t * nr + (size_t)i * r + j;
+                if (xa) xa[k] = v;
+                if (xa_hl) {
+                    ot_bf16 h = ot_f32_to_bf16(v);
+                    xa_hl[k] = h;
+                    xa_hl[(size_t)T * nr + k] = ot_f32_to_bf16(v - ot_bf16_to_f32(h));
+                }
+            }
+        free(yf);
+    }
+    free(xf);
+    free(xai);
+}
+// The low-part arrays, when given, take the whole weight-gradient contribution (they are zero until the fold, so
+// the fold's sum is the direct one, bit for bit): a wrong fold layout in the trainer shows as wrong gradients.
+void ot_cuda_lora_bwd(cudaStream_t s, ot_bf16 *dx, const ot_bf16 *const *dy, const ot_bf16 *x, const float *xa,
+                      const ot_bf16 *xa_hl, const ot_cuda_lora_w *w, int T, int in, int r, float scale) {
+    (void)s, (void)xa_hl;
+    const int nr = w->n * r;
+    float *xf = tof(x, (size_t)T * in), *d = zeros((size_t)T * in), *xai = zeros((size_t)T * r);
+    for (int i = 0; i < w->n; i++) {
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < r; j++) xai[(size_t)t * r + j] = xa[(size_t)t * nr + (size_t)i * r + j];
+        float *dyf = tof(dy[i], (size_t)T * w->out[i]);
+        float *dA = w->dA ? (w->dA_lo ? w->dA_lo : w->dA) + (size_t)i * r * in : NULL;
+        float *dB = w->dB[i] ? (w->dB_lo[i] ? w->dB_lo[i] : w->dB[i]) : NULL;
+        ot_lora_bwd(dx ? d : NULL, dA, dB, dyf, xf, xai, w->A + (size_t)i * r * in, w->B[i], T, in, r, w->out[i],
+                    scale);
+        free(dyf);
+    }
     if (dx) addbf(dx, d, (size_t)T * in);
     free(xf);
-    free(dyf);
     free(d);
+    free(xai);
+}
+void ot_cuda_lora_split_params(cudaStream_t s, ot_bf16 *hl, size_t hl_stride, float *copy, const float *params,
+                               const size_t *seg, int n_seg, size_t max_n) {
+    (void)s, (void)max_n;
+    for (int k = 0; k < n_seg; k++) {
+        split_host(hl + seg[3 * k + 1], hl_stride, params + seg[3 * k], seg[3 * k + 2]);
+        if (copy) memcpy(copy + seg[3 * k + 1], params + seg[3 * k], seg[3 * k + 2] * sizeof(float));
+    }
+}
+void ot_cuda_lora_fold(cudaStream_t s, float *g, float *lo, size_t lo2_stride, const size_t *seg, int n_seg,
+                       size_t max_n) {
+    (void)s;
+    for (int k = 0; k < n_seg; k++) {
+        const size_t dst = seg ? seg[3 * k] : 0, src = seg ? seg[3 * k + 1] : 0, n = seg ? seg[3 * k + 2] : max_n;
+        for (size_t i = 0; i < n; i++) {
+            float v = lo[src + i];
+            lo[src + i] = 0.0f;
+            if (lo2_stride) {
+                v += lo[lo2_stride + src + i];
+                lo[lo2_stride + src + i] = 0.0f;
+            }
+            g[dst + i] += v;
+        }
+    }
 }
 
 void ot_cuda_rope_fwd(cudaStream_t s, ot_bf16 *x, const int32_t *pos, const float *inv, float af, int T, int nh,
@@ -532,6 +593,16 @@ void ot_cuda_rope_bwd(cudaStream_t s, ot_bf16 *x, const int32_t *pos, const floa
     ot_rope_bwd(f, pos, inv, af, T, nh, D);
     tobf(x, f, n);
     free(f);
+}
+void ot_cuda_rope_qk_fwd(cudaStream_t s, ot_bf16 *q, ot_bf16 *k, const int32_t *pos, const float *inv, float af, int T,
+                         int nh, int nkv, int D) {
+    ot_cuda_rope_fwd(s, q, pos, inv, af, T, nh, D);
+    ot_cuda_rope_fwd(s, k, pos, inv, af, T, nkv, D);
+}
+void ot_cuda_rope_qk_bwd(cudaStream_t s, ot_bf16 *dq, ot_bf16 *dk, const int32_t *pos, const float *inv, float af,
+                         int T, int nh, int nkv, int D) {
+    ot_cuda_rope_bwd(s, dq, pos, inv, af, T, nh, D);
+    ot_cuda_rope_bwd(s, dk, pos, inv, af, T, nkv, D);
 }
 
 void ot_cuda_attention_fwd(cudaStream_t s, ot_bf16 *out, float *lse, const ot_bf16 *q, const ot_bf16 *k,
