@@ -272,6 +272,18 @@ static void assign_shards(int n, const size_t *bytes, int n_shards, int *shard_o
 // ---- main -----------------------------------------------------------------------------------------------------------
 #define MAX_SETS 64
 
+// An integer option 1..max into *v; -1 with a message otherwise.
+static int parse_count(const char *flag, const char *text, long max, int *v) {
+    char *end;
+    long x = strtol(text, &end, 10);
+    if (*end || !*text || x < 1 || x > max) {
+        fprintf(stderr, "osstune-init-model: %s %s: need an integer 1..%ld\n", flag, text, max);
+        return -1;
+    }
+    *v = (int)x;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *preset = NULL, *out = NULL, *tokenizer = NULL, *seed_str = NULL;
     const char *sets[MAX_SETS];
@@ -296,21 +308,9 @@ int main(int argc, char **argv) {
             if (n_sets == MAX_SETS) ot_die("too many --set options (at most %d)", MAX_SETS);
             sets[n_sets++] = argv[++i];
         } else if (has_val && strcmp(a, "--shards") == 0) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 99999) {
-                fprintf(stderr, "osstune-init-model: --shards %s: need an integer 1..99999\n", argv[i]);
-                return 2;
-            }
-            n_shards = (int)v;
+            if (parse_count("--shards", argv[++i], 99999, &n_shards)) return 2;
         } else if (has_val && strcmp(a, "--threads") == 0) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 256) {
-                fprintf(stderr, "osstune-init-model: --threads %s: need an integer 1..256\n", argv[i]);
-                return 2;
-            }
-            threads = (int)v;
+            if (parse_count("--threads", argv[++i], 256, &threads)) return 2;
         } else {
             fprintf(stderr, "osstune-init-model: unknown or incomplete option '%s'\n\n", a);
             usage(stderr);

@@ -309,7 +309,7 @@ static float *dev_alloc_f32(size_t n) {
     return p;
 }
 
-// The attention slots' share of the adapter (their low-part gradients' size).
+// The attention slots' share of the adapter (the size of its compact copies).
 static size_t attention_lora_size(const ot_lora_slot (*slots)[OT_LORA_N_TARGETS], int L, int r) {
     size_t n = 0;
     for (int l = 0; l < L; l++)
