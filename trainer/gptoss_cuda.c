@@ -1,10 +1,11 @@
 // One gpt-oss decoder layer after another on the GPU, the same op order as trainer/gptoss_cpu.c (spec §2), composed
 // from kernels/cuda/ops_cuda.h. Activations are bf16; LoRA factors, their gradients and AdamW state are fp32.
 //
-// The host waits for the GPU twice: once per layer's forward, for the MoE plan's expert offsets (the grouped expert
-// kernels size their grids and tile tables from them, kernels/cuda/moe_plan.cu), and once per step, for the
-// gradient norm that clipping needs (and for the loss, read then too). The cross-entropy sum accumulates in device
-// memory, and temporaries come from the stream-ordered pool.
+// The host waits for the GPU once per step, for the gradient norm that clipping needs (and for the loss, read then
+// too): the fused MXFP4 expert kernels find their row tiles from the MoE plan's device offsets. (The cuBLAS expert
+// path, used where the fused kernels do not fit, waits once per layer for the plan's host copy,
+// kernels/cuda/moe_plan.cu.) The cross-entropy sum accumulates in device memory, and temporaries come from the
+// stream-ordered pool.
 #ifdef OT_HAVE_CUDA
 
 #include "trainer/gptoss_cuda.h"

@@ -15,7 +15,7 @@
 //   backward  dx_e[n_e, K] (+)= dy_e · W_e  is  dx_eᵀ (K × n_e) = (W_e as K × N) · (dy_e as N × n_e)
 //
 // The per-expert row counts size the products on the host: ot_cuda_moe_plan_build copies them back once per plan
-// (host_offsets), so these calls never wait for the GPU themselves.
+// (host_offsets), and the first of these calls after it waits for that copy.
 #include <cublas_v2.h>
 
 #include "kernels/cuda/lanes.cuh"
@@ -90,6 +90,7 @@ __global__ void fill_rows_kernel(bf16 *y, const bf16 *b, int n, int N) {
 
 // ---- host -----------------------------------------------------------------------------------------------------
 const int32_t *ot_cuda_moe_plan_host_offsets(const ot_cuda_moe_plan *p, const char *op) {
+    if (p->host_ready) OT_CUDA_CHECK(cudaEventSynchronize(p->host_ready)); // the plan's copy has landed
     const int32_t *off = p->host_offsets;
     OT_REQUIRE(off && off[0] == 0 && off[p->E] == p->n_pairs,
                "%s: plan offsets run 0..%d, expected 0..%d (plan not built?)", op, off ? off[p->E] : -1, p->n_pairs);

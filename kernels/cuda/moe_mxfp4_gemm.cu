@@ -35,9 +35,10 @@
 // up with byte permutes (prmt) by the 3-bit magnitude of each nibble, and the sign bit is copied in (scaling and
 // rounding are symmetric in the sign, so −v decodes to the bits of v with the sign set).
 //
-// Rows: a tile never straddles two experts. The tile table comes from the plan's host copy of the offsets (the
-// library path sizes its calls from it too) and travels in the kernel's parameters (≤ 256 experts), so the host
-// never waits for the GPU; each block finds its expert by a binary search over the experts' first tiles. Ragged
+// Rows: a tile never straddles two experts; expert e owns ceil(rows_e / 128) tiles, in expert order. Each block
+// finds its tile's expert from the plan's offsets in device memory (a walk over the experts, a few hundred cycles
+// next to the block's tens of microseconds), so nothing waits for a host copy of the routing: the grid is sized for
+// the most tiles any routing can make (n_pairs / 128 + E) and the blocks past the last tile return at once. Ragged
 // ends are handled by clamping: rows past the expert's end re-read its last row, weight rows / groups past the
 // matrix re-read its last one, and only the stores are masked; with mma.sync a warp skips the products of its
 // 16-row fragments past the expert's end, and all of them when its 64 columns lie past the matrix (warp-uniform
@@ -53,7 +54,7 @@
 #include "kernels/ops.h" // OT_EXPERT_MXFP4
 
 #define MX_BM 128     // rows of a tile (one expert's)
-#define MX_MAX_EXPERTS 256
+#define MX_MAX_EXPERTS 256 // each block walks the experts to find its tile's: keep that walk short
 #define MX_DEFAULT_BK 64 // OT_MOE_FUSED_BK unset: 64 measured 5% faster than 32 on an H200 (benchmarks/RESULTS.md)
 
 // The layout of one variant: BK (32 or 64) is the reduction step, GPS = BK / 32 MXFP4 groups per thread and step.
@@ -84,12 +85,6 @@ template <int BK> struct MxCfg {
     static_assert(THREADS / GPR == 32, "the backward's weight rows: 32 per pass of the block");
 };
 
-// The row tiles of one call: expert e owns rows row0[e] .. row0[e+1]-1 and row tiles tile0[e] .. tile0[e+1]-1.
-typedef struct {
-    int E;
-    int32_t row0[MX_MAX_EXPERTS + 1];
-    int32_t tile0[MX_MAX_EXPERTS + 1];
-} MxTiles;
 
 // ---- PTX wrappers (the emulator, tests/gpu/emu/transform.py, rewrites each asm by its opcode and relies on
 // these parameter names) -----------------------------------------------------------------------------------------
@@ -283,7 +278,8 @@ template <bool BWD, int BK, bool WG>
 __global__ void __launch_bounds__(MxCfg<BK>::THREADS, 2)
     moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
                           const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
-                          const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16, MxTiles tiles) {
+                          const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16,
+                          const int32_t *__restrict__ offsets, int E) {
     using C = MxCfg<BK>;
     static_assert(!WG || BK == 64, "the wgmma products take 64-wide steps");
     constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::CPR, KS = BK / 16, TH = C::THREADS;
@@ -293,15 +289,21 @@ __global__ void __launch_bounds__(MxCfg<BK>::THREADS, 2)
     uint8_t *wtile = smem + C::W_OFF; // two dequantized weight tiles
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
-    // This tile's expert: the last one whose first tile is at or before it (experts without rows own none).
+    // This tile's expert, from the offsets (experts without rows own no tile); past the last tile: nothing to do
+    // (the whole block returns, before any barrier).
     const int tile = blockIdx.y;
-    int e = 0;
-    for (int hi = tiles.E; hi - e > 1;) {
-        const int mid = (e + hi) >> 1;
-        if (tiles.tile0[mid] <= tile) e = mid;
-        else hi = mid;
+    int e = -1, first_tile = 0, e_row0 = offsets[0];
+    for (int f = 0; f < E; f++) {
+        const int next = offsets[f + 1], n_tiles = (next - e_row0 + MX_BM - 1) / MX_BM;
+        if (tile < first_tile + n_tiles) {
+            e = f;
+            break;
+        }
+        first_tile += n_tiles;
+        e_row0 = next;
     }
-    const int m0 = tiles.row0[e] + (tile - tiles.tile0[e]) * MX_BM, m_end = tiles.row0[e + 1];
+    if (e < 0) return;
+    const int m0 = e_row0 + (tile - first_tile) * MX_BM, m_end = offsets[e + 1];
     const int c0 = blockIdx.x * C::BN;
     const int ncols = BWD ? K : N, red = BWD ? N : K; // output columns, reduction length
     const int G = K / 32, nk = red / BK;
@@ -538,19 +540,6 @@ int ot_cuda_moe_mxfp4_fits(const ot_cuda_expert_weight *W, const ot_cuda_moe_pla
            (long)p->n_pairs / MX_BM + p->E <= 65535;
 }
 
-// The call's row tiles from the plan's host offsets; returns their number.
-static int mx_tiles(MxTiles *t, const ot_cuda_moe_plan *p, const char *op) {
-    const int32_t *off = ot_cuda_moe_plan_host_offsets(p, op);
-    t->E = p->E;
-    int n = 0;
-    for (int e = 0; e <= p->E; e++) {
-        t->row0[e] = off[e];
-        t->tile0[e] = n;
-        if (e < p->E) n += (off[e + 1] - off[e] + MX_BM - 1) / MX_BM;
-    }
-    return n;
-}
-
 // The widest reduction step (64 or 32) that the call's reduction length allows, at most OT_MOE_FUSED_BK (read once;
 // tests use ot_cuda_moe_set_fused_bk).
 static int g_fused_bk = 0;
@@ -603,15 +592,15 @@ int ot_cuda_moe_set_fused_wgmma(int mode) {
 
 template <bool BWD, int BK, bool WG>
 static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
-                             const ot_cuda_expert_weight *W, int accumulate, const MxTiles &tiles, int n_tiles) {
+                             const ot_cuda_expert_weight *W, int accumulate, const ot_cuda_moe_plan *p) {
     const int ncols = BWD ? W->cols : W->rows;
     using C = MxCfg<BK>;
     OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK, WG>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES));
-    dim3 grid(ot_cdiv(ncols, C::BN), n_tiles);
+    dim3 grid(ot_cdiv(ncols, C::BN), ot_cdiv(p->n_pairs, MX_BM) + p->E); // the most tiles a routing can make
     moe_mxfp4_gemm_kernel<BWD, BK, WG><<<grid, C::THREADS, C::SMEM_BYTES, stream>>>(
         out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
-        (uintptr_t)W->blocks % 16 == 0, tiles);
+        (uintptr_t)W->blocks % 16 == 0, p->offsets, p->E);
     OT_LAUNCH_CHECK();
 }
 
@@ -620,16 +609,13 @@ static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int
                       const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate, const char *op) {
     OT_REQUIRE(ot_cuda_moe_mxfp4_fits(W, p, act, out), "%s: weights or buffers unfit for the MXFP4 kernels", op);
     if (p->n_pairs == 0) return;
-    MxTiles tiles;
-    const int n_tiles = mx_tiles(&tiles, p, op);
-    if (n_tiles == 0) return;
     if (g_wgmma < 0) ot_cuda_moe_set_fused_wgmma(-1);
     if (fused_bk(BWD ? W->rows : W->cols) == 32)
-        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, p);
     else if (g_wgmma)
-        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, p);
     else
-        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, tiles, n_tiles);
+        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, p);
 }
 
 void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,

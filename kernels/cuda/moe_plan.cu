@@ -107,6 +107,7 @@ void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
     OT_CUDA_CHECK(cudaMalloc(&p->tile_expert, (size_t)p->n_tiles * sizeof(int32_t)));
     OT_CUDA_CHECK(cudaMalloc(&p->tile_row0, (size_t)p->n_tiles * sizeof(int32_t)));
     OT_CUDA_CHECK(cudaMallocHost((void **)&p->host_offsets, (size_t)(E + 1) * sizeof(int32_t)));
+    OT_CUDA_CHECK(cudaEventCreateWithFlags(&p->host_ready, cudaEventDisableTiming));
 }
 
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p) {
@@ -114,6 +115,7 @@ void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p) {
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         if (bufs[i]) OT_CUDA_CHECK(cudaFree(bufs[i]));
     if (p->host_offsets) OT_CUDA_CHECK(cudaFreeHost(p->host_offsets));
+    if (p->host_ready) OT_CUDA_CHECK(cudaEventDestroy(p->host_ready));
     memset(p, 0, sizeof(*p));
 }
 
@@ -128,9 +130,11 @@ void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int3
     OT_REQUIRE(shmem <= 48 * 1024, "ot_cuda_moe_plan_build: %d experts is too many", p->E);
     moe_tiles_kernel<<<1, PLAN_THREADS, shmem, stream>>>(p->tile_expert, p->tile_row0, p->counts, p->E, p->n_tiles);
     OT_LAUNCH_CHECK();
+    // The host copy for the library path, waited for only there (ot_cuda_moe_plan_host_offsets): the fused
+    // kernels read the device offsets, so a training step does not stop for the routing.
     OT_CUDA_CHECK(cudaMemcpyAsync(p->host_offsets, p->offsets, (size_t)(p->E + 1) * sizeof(int32_t),
                                   cudaMemcpyDeviceToHost, stream));
-    OT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    OT_CUDA_CHECK(cudaEventRecord(p->host_ready, stream));
 }
 
 // ---- combine ---------------------------------------------------------------------------------------------------

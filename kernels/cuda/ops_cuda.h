@@ -190,13 +190,15 @@ typedef struct {
     int32_t *tile_expert;  // [n_tiles] expert of each row tile, -1 for unused tiles
     int32_t *tile_row0;    // [n_tiles] first permuted row of each tile
     int32_t *host_offsets; // [E + 1]  pinned host copy of offsets, filled by ot_cuda_moe_plan_build
+    cudaEvent_t host_ready; // recorded after that copy (the library path waits for it)
 } ot_cuda_moe_plan;
 // cudaMalloc, once. The kernels read T, n_pairs and n_tiles from the struct, so a plan allocated for T tokens also
 // serves a batch of T' < T tokens: copy it and set T = T', n_pairs = T'·k, n_tiles = ceil(n_pairs / 64) + E.
 void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E);
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p);
-// Builds the plan on the device and copies the offsets to host_offsets, waiting for the stream once: the grouped
-// products size their per-expert calls on the host, and every call of the layer then reads that copy.
+// Builds the plan on the device and starts copying the offsets to host_offsets without waiting: the fused MXFP4
+// products read the device offsets; the library path sizes its per-expert calls on the host and waits for the copy
+// (once per plan) when it first needs it.
 void ot_cuda_moe_plan_build(cudaStream_t stream, ot_cuda_moe_plan *p, const int32_t *idx);
 
 // One expert projection for all experts, logical shape [E, rows (out), cols (in)], as stored in the checkpoint.
