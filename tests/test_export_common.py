@@ -69,6 +69,36 @@ def load_checkpoint(model_dir):
     return out
 
 
+def read_safetensors_raw(path):
+    """One safetensors file as {name: (dtype, shape, raw bytes)}, any dtype, nothing converted (bf16 stays bits):
+    for tests that edit checkpoints without torch."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        lo, hi = info["data_offsets"]
+        out[key] = (info["dtype"], info["shape"], data[8 + n + lo:8 + n + hi])
+    return out
+
+
+def write_safetensors_raw(path, tensors):
+    """The inverse of read_safetensors_raw: the tensors in the given order, the header padded to 8 bytes."""
+    header, off = {}, 0
+    for key, (dtype, shape, raw) in tensors.items():
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        for _, _, raw in tensors.values():
+            f.write(raw)
+
+
 def hf_mxfp4_dequant(blocks, scales):
     """HF MXFP4 (spec §3.4): blocks [..., G, 16] (element 2j low nibble, 2j+1 high), scales [..., G] E8M0 → [..., G*32]."""
     lo, hi = FP4[blocks & 0x0F], FP4[blocks >> 4]
