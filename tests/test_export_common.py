@@ -85,8 +85,9 @@ def read_safetensors_raw(path):
     return out
 
 
-def write_safetensors_raw(path, tensors):
-    """The inverse of read_safetensors_raw: the tensors in the given order, the header padded to 8 bytes."""
+def write_safetensors_raw(tensors, path):
+    """The inverse of read_safetensors_raw (arguments as safetensors' save_file): the tensors in the given order,
+    the header padded to 8 bytes."""
     header, off = {}, 0
     for key, (dtype, shape, raw) in tensors.items():
         header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(raw)]}
