@@ -188,6 +188,33 @@ typedef struct {
     int tensor, last_part; // index in the tensor list; whether this job completes it
 } gen_job;
 
+// The jobs: one per tensor, bf16 tensors of more than PART_ELEMS elements in parts (each part's RNG found by
+// stepping the previous part's on: about a second per billion elements, on the calling thread).
+#define PART_ELEMS ((size_t)1 << 25)
+static gen_job *plan_jobs(const ot_model_config *c, const ot_expected_tensor *tensors, int n, int dense, uint64_t seed,
+                          int *n_jobs) {
+    int nj = 0, cap = n;
+    gen_job *jobs = ot_malloc((size_t)cap * sizeof(gen_job));
+    for (int t = 0; t < n; t++) {
+        size_t numel = 1;
+        for (int d = 0; d < tensors[t].ndim; d++) numel *= (size_t)tensors[t].shape[d];
+        const size_t part = splittable(&tensors[t], dense) ? PART_ELEMS : numel;
+        ot_rng r;
+        rng_for_tensor(&r, seed, tensors[t].name);
+        size_t e0 = 0, e1;
+        do { // at least one job, also for an empty tensor
+            e1 = numel - e0 <= part ? numel : e0 + part;
+            if (nj == cap) jobs = ot_realloc(jobs, (size_t)(cap *= 2) * sizeof(gen_job));
+            jobs[nj++] = (gen_job){NULL, c, &tensors[t], dense, seed, r, e0, e1, t, e1 == numel};
+            if (e1 < numel)
+                for (size_t i = e0; i < e1; i++) ot_rng_u64(&r), ot_rng_u64(&r); // two steps per normal draw
+            e0 = e1;
+        } while (e1 < numel);
+    }
+    *n_jobs = nj;
+    return jobs;
+}
+
 static void *gen_job_run(void *arg) {
     gen_job *j = arg;
     gen_tensor(j->dst, j->c, j->t, j->dense_experts, j->seed, j->rng, j->e0, j->e1);
@@ -401,25 +428,8 @@ int main(int argc, char **argv) {
     size_t written = 0;
     json_t *weight_map = json_object();
     char fname[64];
-    // The jobs: one per tensor, bf16 tensors of more than PART_ELEMS elements in parts (each part's RNG found by
-    // stepping the previous part's on: about a second per billion elements, on this thread).
-    enum { PART_ELEMS = 1 << 25 };
-    int n_jobs = 0, cap_jobs = n;
-    gen_job *jobs = ot_malloc((size_t)cap_jobs * sizeof(gen_job));
-    for (int t = 0; t < n; t++) {
-        size_t numel = 1;
-        for (int d = 0; d < tensors[t].ndim; d++) numel *= (size_t)tensors[t].shape[d];
-        size_t part = splittable(&tensors[t], dense) ? PART_ELEMS : numel;
-        ot_rng r;
-        rng_for_tensor(&r, seed, tensors[t].name);
-        for (size_t e0 = 0; e0 < numel || (numel == 0 && e0 == 0); e0 += part) {
-            if (n_jobs == cap_jobs) jobs = ot_realloc(jobs, (size_t)(cap_jobs *= 2) * sizeof(gen_job));
-            size_t e1 = numel - e0 < part ? numel : e0 + part;
-            jobs[n_jobs++] = (gen_job){NULL, &c, &tensors[t], dense, seed, r, e0, e1, t, e1 == numel};
-            if (e1 == numel) break;
-            for (size_t i = e0; i < e1; i++) ot_rng_u64(&r), ot_rng_u64(&r);
-        }
-    }
+    int n_jobs;
+    gen_job *jobs = plan_jobs(&c, tensors, n, dense, seed, &n_jobs);
     // The shards' files, for the index.
     for (int t = 0; t < n; t++) {
         snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", shard_of[t] + 1, n_shards);

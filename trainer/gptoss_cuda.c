@@ -66,13 +66,13 @@ struct ot_cuda_ctx {
     // params_hl their bf16 hi / lo parts ([2][n_lo]) and params_c their fp32 values, made at the start of each pass;
     // grads_lo ([2][n_lo], the tail of the grads allocation, after grads as the batched products need) the
     // gradients' products that do not go straight into grads (the lo products; the group's A products), added in
-    // once per backward pass. fold_seg: per A or B (offset in params / grads, offset in the compact layout, count).
+    // once per backward pass. compact_seg: per A or B (offset in params / grads, offset in the compact layout, count).
     ot_bf16 *params_hl;
     float *params_c, *grads_lo;
-    size_t n_lo, fold_max;
+    size_t n_lo, compact_max;
     size_t *loA, *loB; // [L · 4]: a q/k/v/o slot's A and B in the compact layout
-    size_t *fold_seg;
-    int n_fold_seg;
+    size_t *compact_seg;
+    int n_compact_seg;
     // workspace
     int T_cap, n_cap;
     void *ws;
@@ -327,8 +327,8 @@ static void setup_attention_lora(ot_cuda_ctx *c) {
     c->loA = ot_malloc(sizeof(size_t) * 4 * (size_t)L);
     c->loB = ot_malloc(sizeof(size_t) * 4 * (size_t)L);
     size_t *seg = ot_malloc(sizeof(size_t) * 3 * 8 * (size_t)L), off = 0;
-    c->n_fold_seg = 0;
-    c->fold_max = 0;
+    c->n_compact_seg = 0;
+    c->compact_max = 0;
     static const int order[8][2] = {{OT_LORA_Q, 0}, {OT_LORA_K, 0}, {OT_LORA_V, 0}, {OT_LORA_Q, 1},
                                     {OT_LORA_K, 1}, {OT_LORA_V, 1}, {OT_LORA_O, 0}, {OT_LORA_O, 1}};
     for (int l = 0; l < L; l++)
@@ -338,16 +338,17 @@ static void setup_attention_lora(ot_cuda_ctx *c) {
             if (!s->present) continue;
             const size_t n = is_b ? (size_t)s->out * r : r * (size_t)s->in;
             (is_b ? c->loB : c->loA)[4 * l + t] = off;
-            size_t *g = seg + 3 * c->n_fold_seg++;
+            size_t *g = seg + 3 * c->n_compact_seg++;
             g[0] = is_b ? s->b_off : s->a_off, g[1] = off, g[2] = n;
-            if (n > c->fold_max) c->fold_max = n;
+            if (n > c->compact_max) c->compact_max = n;
             off += n;
         }
-    if (c->n_fold_seg) {
+    if (c->n_compact_seg) {
         OT_CUDA_CHECK(cudaMalloc((void **)&c->params_hl, sizeof(ot_bf16) * 2 * c->n_lo));
         c->params_c = dev_alloc_f32(c->n_lo);
-        OT_CUDA_CHECK(cudaMalloc((void **)&c->fold_seg, sizeof(size_t) * 3 * (size_t)c->n_fold_seg));
-        OT_CUDA_CHECK(cudaMemcpy(c->fold_seg, seg, sizeof(size_t) * 3 * (size_t)c->n_fold_seg, cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMalloc((void **)&c->compact_seg, sizeof(size_t) * 3 * (size_t)c->n_compact_seg));
+        OT_CUDA_CHECK(cudaMemcpy(c->compact_seg, seg, sizeof(size_t) * 3 * (size_t)c->n_compact_seg,
+                                 cudaMemcpyHostToDevice));
     }
     free(seg);
 }
@@ -395,7 +396,7 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c) {
     free_workspace(c);
     if (c->params) OT_CUDA_CHECK(cudaFree(c->params));
     if (c->grads) OT_CUDA_CHECK(cudaFree(c->grads));
-    if (c->fold_seg) OT_CUDA_CHECK(cudaFree(c->fold_seg));
+    if (c->compact_seg) OT_CUDA_CHECK(cudaFree(c->compact_seg));
     if (c->params_hl) OT_CUDA_CHECK(cudaFree(c->params_hl));
     if (c->params_c) OT_CUDA_CHECK(cudaFree(c->params_c));
     free(c->loA);
@@ -718,10 +719,10 @@ static layer_acts *acts_of(ot_cuda_ctx *c, int l) {
 static void forward_layers(ot_cuda_ctx *c, const dev_batch *d) {
     const ot_model_config *cfg = &c->m->cfg;
     const int L = cfg->num_hidden_layers, H = cfg->hidden_size;
-    if (c->n_fold_seg) { // this pass's split of the attention adapters
+    if (c->n_compact_seg) { // this pass's split of the attention adapters
         mark(c, OT_CUDA_PROF_LORA);
-        ot_cuda_lora_split_params(c->stream, c->params_hl, c->n_lo, c->params_c, c->params, c->fold_seg, c->n_fold_seg,
-                                  c->fold_max);
+        ot_cuda_lora_split_params(c->stream, c->params_hl, c->n_lo, c->params_c, c->params, c->compact_seg,
+                                  c->n_compact_seg, c->compact_max);
     }
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     if (c->m->shard) ot_cuda_shard_embed(c->m, c->stream, c->xin[0], d->ids, d->T);
@@ -776,9 +777,10 @@ int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale
                             d.n, d.T, cfg->hidden_size, cfg->vocab_size, grad_scale);
     if (want_grad) {
         backward_layers(c, &d);
-        if (c->n_fold_seg) {
+        if (c->n_compact_seg) {
             mark(c, OT_CUDA_PROF_LORA);
-            ot_cuda_lora_fold(c->stream, c->grads, c->grads_lo, c->n_lo, c->fold_seg, c->n_fold_seg, c->fold_max);
+            ot_cuda_lora_fold(c->stream, c->grads, c->grads_lo, c->n_lo, c->compact_seg, c->n_compact_seg,
+                              c->compact_max);
         }
     }
     ot_cuda_shard_end_pass(c->m);

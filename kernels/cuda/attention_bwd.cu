@@ -221,8 +221,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
                 for (int dt = 0; dt < D / 8; dt++) {
                     const int col = dt * 8 + ti * 2;
-                    if (ia < T) atomic_add_pair(dq_acc + ((size_t)ia * nh + h) * D + col, dqp[dt][0] * scale, dqp[dt][1] * scale);
-                    if (ib < T) atomic_add_pair(dq_acc + ((size_t)ib * nh + h) * D + col, dqp[dt][2] * scale, dqp[dt][3] * scale);
+                    if (ia < T)
+                        atomic_add_pair(dq_acc + ((size_t)ia * nh + h) * D + col, dqp[dt][0] * scale,
+                                        dqp[dt][1] * scale);
+                    if (ib < T)
+                        atomic_add_pair(dq_acc + ((size_t)ib * nh + h) * D + col, dqp[dt][2] * scale,
+                                        dqp[dt][3] * scale);
                 }
             }
         }

@@ -8,9 +8,9 @@
 //    matrix. They run on cuBLAS's bf16 tensor-core GEMMs straight on the bf16 activation (no widened fp32 copy),
 //    with the fp32 operand split into two bf16 parts, v = hi + lo (hi = bf16(v), lo = bf16(v − hi)): the product
 //    is the sum of two products, made by one batched GEMM call (the two partial sums are added where they are
-//    used; for the weight gradients, once per step: ot_cuda_lora_fold). hi + lo carries 16 of fp32's 24 significant bits, the
-//    activation side is exact in bf16, products and sums are fp32, so the result matches the fp32 reference to
-//    ~1e-5 relative (checked to 1e-4 against the CPU twin in tests/gpu/test_ops_cuda.c).
+//    used; for the weight gradients, once per step: ot_cuda_lora_fold). hi + lo carries 16 of fp32's 24
+//    significant bits, the activation side is exact in bf16, products and sums are fp32, so the result matches the
+//    fp32 reference to ~1e-5 relative (checked to 1e-4 against the CPU twin in tests/gpu/test_ops_cuda.c).
 //  * Expansions from rank r (y += scale·xa·Bᵀ, dx += dxa·A) write a bf16 activation: one kernel reads the old
 //    value, adds the fp32 r-term dot product and rounds once, bf16(y + product), as the CPU twin does — one read
 //    and one write of the activation, no fp32 temporary.
@@ -20,14 +20,17 @@
 #include "kernels/cuda/lanes.cuh"
 
 // ---- fp32 → bf16 hi + lo ----------------------------------------------------------------------------------------
+// v = hi + lo: hi = bf16(v), lo = bf16(v − hi) (the difference is exact: v and hi share the exponent range).
+__device__ __forceinline__ void store_hi_lo(bf16 *hi, bf16 *lo, float v) {
+    const bf16 h = f2bf(v);
+    *hi = h;
+    *lo = f2bf(v - bf2f(h));
+}
+
 // src (plus src2 where given: the two partial sums a pair of products leaves) split into hi and lo.
 __global__ void split_bf16_kernel(bf16 *hi, bf16 *lo, const float *src, const float *src2, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float v = src2 ? src[i] + src2[i] : src[i];
-        bf16 h = f2bf(v);
-        hi[i] = h;
-        lo[i] = f2bf(v - bf2f(h)); // exact difference (v and h share the exponent range); rounded once
-    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        store_hi_lo(hi + i, lo + i, src2 ? src[i] + src2[i] : src[i]);
 }
 
 // hl[0 .. n) = hi, hl[n .. 2n) = lo of src[n] (+ src2[n]).
@@ -50,35 +53,45 @@ __global__ void lora_split_params_kernel(bf16 *hl, size_t hl_stride, float *copy
                                          const size_t *seg) {
     const size_t src = seg[3 * blockIdx.y], dst = seg[3 * blockIdx.y + 1], n = seg[3 * blockIdx.y + 2];
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float v = params[src + i];
+        const float v = params[src + i];
         if (copy) copy[dst + i] = v;
-        bf16 h = f2bf(v);
-        hl[dst + i] = h;
-        hl[hl_stride + dst + i] = f2bf(v - bf2f(h));
+        store_hi_lo(hl + dst + i, hl + hl_stride + dst + i, v);
     }
+}
+
+// The grid of a kernel over n_seg segments of at most max_n elements: one row of blocks per segment.
+static dim3 segment_grid(const char *op, int n_seg, size_t max_n) {
+    OT_REQUIRE(n_seg <= 65535, "%s: %d segments is too many", op, n_seg);
+    unsigned bx = ot_cdiv(max_n, 256 * 8);
+    return dim3(bx > 64 ? 64 : bx, n_seg);
 }
 
 void ot_cuda_lora_split_params(cudaStream_t stream, ot_bf16 *hl, size_t hl_stride, float *copy, const float *params,
                                const size_t *seg, int n_seg, size_t max_n) {
     if (n_seg <= 0 || max_n == 0) return;
-    OT_REQUIRE(n_seg <= 65535, "ot_cuda_lora_split_params: %d segments is too many", n_seg);
-    unsigned bx = ot_cdiv(max_n, 256 * 8);
-    if (bx > 64) bx = 64;
-    lora_split_params_kernel<<<dim3(bx, n_seg), 256, 0, stream>>>(as_bf16(hl), hl_stride, copy, params, seg);
+    lora_split_params_kernel<<<segment_grid("ot_cuda_lora_split_params", n_seg, max_n), 256, 0, stream>>>(
+        as_bf16(hl), hl_stride, copy, params, seg);
     OT_LAUNCH_CHECK();
 }
 
 // ---- reductions to rank r: cuBLAS bf16 GEMMs into fp32 -------------------------------------------------------------
-// The pair of products a split operand makes, in one batched call (one launch instead of two):
-//   C_b = alpha · op(A_b) · op(B_b) + beta · C_b,  b = 0, 1,  A_b = A + b·sa (sa = 0: both use A), likewise B, C.
-// Row-major, A and B bf16, C fp32; `ta`/`tb` say the stored array is the transpose ([K, M] / [N, K]). cuBLAS is
-// column-major, where a row-major array is its transpose, so this is C_bᵀ = op(B_b)ᵀ · op(A_b)ᵀ there.
+// Products in one batched call: C_b = alpha · op(A_b) · op(B_b) + beta · C_b, b < batches, A_b = A + b·sa (sa = 0:
+// all use A), likewise B, C. Row-major, A and B bf16, C fp32; `ta`/`tb` say the stored array is the transpose
+// ([K, M] / [N, K]). cuBLAS is column-major, where a row-major array is its transpose, so this is
+// C_bᵀ = op(B_b)ᵀ · op(A_b)ᵀ there.
+static void rm_gemm_batched(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha, const bf16 *A,
+                            int lda, long long sa, const bf16 *B, int ldb, long long sb, float beta, float *C, int ldc,
+                            long long sc, int batches) {
+    OT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                                               K, &alpha, B, CUDA_R_16BF, ldb, sb, A, CUDA_R_16BF, lda, sa, &beta, C,
+                                               CUDA_R_32F, ldc, sc, batches, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// The pair of products a split operand makes (b = 0: hi, 1: lo), one launch instead of two.
 static void rm_gemm_pair(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda,
                          long long sa, const bf16 *B, int ldb, long long sb, float beta, float *C, int ldc,
                          long long sc) {
-    OT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
-                                               K, &alpha, B, CUDA_R_16BF, ldb, sb, A, CUDA_R_16BF, lda, sa, &beta, C,
-                                               CUDA_R_32F, ldc, sc, 2, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    rm_gemm_batched(h, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, 2);
 }
 
 // ---- the low parts of the weight gradients ---------------------------------------------------------------------
@@ -105,10 +118,8 @@ __global__ void lora_fold_kernel(float *g, float *lo, size_t lo2_stride, const s
 void ot_cuda_lora_fold(cudaStream_t stream, float *g, float *lo, size_t lo2_stride, const size_t *seg, int n_seg,
                        size_t max_n) {
     if (n_seg <= 0 || max_n == 0) return;
-    OT_REQUIRE(n_seg <= 65535, "ot_cuda_lora_fold: %d segments is too many", n_seg);
-    unsigned bx = ot_cdiv(max_n, 256 * 8);
-    if (bx > 64) bx = 64;
-    lora_fold_kernel<<<dim3(bx, n_seg), 256, 0, stream>>>(g, lo, lo2_stride, seg, max_n);
+    lora_fold_kernel<<<segment_grid("ot_cuda_lora_fold", n_seg, max_n), 256, 0, stream>>>(g, lo, lo2_stride, seg,
+                                                                                          max_n);
     OT_LAUNCH_CHECK();
 }
 
@@ -125,13 +136,9 @@ static void weight_grad_pair(cublasHandle_t h, int ta, int tb, int M, int N, int
                      N, (long long)(dW_lo - dW));
         return;
     }
-    const float one = 1.0f;
-    for (int part = 0; part < 2; part++) {
-        const bf16 *Ap = split_is_a ? A + part * n_split : A, *Bp = split_is_a ? B : B + part * n_split;
-        OT_CUBLAS_CHECK(cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                                     Bp, CUDA_R_16BF, ldb, Ap, CUDA_R_16BF, lda, &one, dW, CUDA_R_32F,
-                                     N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
+    for (int part = 0; part < 2; part++) // one product at a time, both accumulating into dW
+        rm_gemm_batched(h, ta, tb, M, N, K, alpha, split_is_a ? A + part * n_split : A, lda, 0,
+                        split_is_a ? B : B + part * n_split, ldb, 0, 1.0f, dW, N, 0, 1);
 }
 
 // ---- expansions from rank r ---------------------------------------------------------------------------------------
@@ -139,10 +146,9 @@ static void weight_grad_pair(cublasHandle_t h, int ta, int tb, int M, int N, int
 // two partial sums of a product pair; u1 may be NULL), W(o, j) = W[o·w_so + j·w_sj] fp32 (so B [out, r] and A
 // [r, in] both serve without a transpose). The blocks of the first column tile also store u itself in u_out and
 // its bf16 hi / lo parts in u_hl / u_hl + T·u_ld (rows u_ld apart; each when given: what the weight gradients'
-// products take). Memory
-// bound (the activation is read and written once; r is small), so a block takes 32 rows × 256 columns, each thread
-// 8 adjacent columns (one 16-byte load and store of bf16 where the row allows) of 4 rows; r goes through shared
-// memory 16 at a time, and each weight tile serves 32 rows.
+// products take). Memory bound (the activation is read and written once; r is small), so a block takes 32 rows ×
+// 256 columns, each thread 8 adjacent columns (one 16-byte load and store of bf16 where the row allows) of 4 rows;
+// r goes through shared memory 16 at a time, and each weight tile serves 32 rows.
 #define EXP_ROWS 32
 #define EXP_COLS 256
 #define EXP_RC 16
@@ -172,11 +178,7 @@ __global__ void __launch_bounds__(EXP_THREADS)
                 v = u1 ? u0[k] + u1[k] : u0[k];
                 if (blockIdx.x == 0) {
                     if (u_out) u_out[k] = v;
-                    if (u_hl) {
-                        bf16 h = f2bf(v);
-                        u_hl[k] = h;
-                        u_hl[(size_t)T * u_ld + k] = f2bf(v - bf2f(h));
-                    }
+                    if (u_hl) store_hi_lo(u_hl + k, u_hl + (size_t)T * u_ld + k, v);
                 }
             }
             Us[tr][jj] = v;
