@@ -20,7 +20,8 @@
 #include <cuda_runtime_api.h>
 
 #include "formats/pairs_h5.h"
-#include "trainer/gptoss_cuda.h"
+#include "trainer/graph/gptoss_cuda.h"
+#include "trainer/train/step_cuda.h"
 
 #define MAX_CASES 32
 
@@ -317,7 +318,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     ot_lora lo;
     ot_lora_init(&lo, cfg, &spec, 7);
     size_t used_before = device_used();
-    ot_cuda_run_options ro = {c->recompute, 0};
+    ot_cuda_run_options ro = {.recompute = c->recompute};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(cm, &lo, &ro, max_T, max_n);
     ot_optim_config oc;
     ot_optim_config_default(&oc);
@@ -325,6 +326,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     oc.total_steps = n_steps;
     ot_optimizer opt;
     ot_optimizer_init(&opt, lo.n_params, &oc);
+    ot_cuda_optimizer *adamw = ot_cuda_optimizer_new(lo.n_params, NULL, 0, ot_cuda_ctx_stream(ctx));
 
     double *step_s = ot_malloc(sizeof(double) * (size_t)(o->steps > 0 ? o->steps : 1));
     double loss_first = 0, loss_last = 0, t_total = 0, ms[OT_CUDA_PROF_N] = {0};
@@ -339,7 +341,8 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
         if (ot_cuda_forward_backward(ctx, b, b->n_targets ? 1.0f / (float)b->n_targets : 0.0f, 1, err) ||
             ot_cuda_take_loss(ctx, &loss, err))
             return -1;
-        ot_cuda_optimizer_step(ctx, &opt, NULL);
+        ot_cuda_prof_mark(ctx, OT_CUDA_PROF_OPTIMIZER);
+        ot_cuda_optimizer_step(adamw, &opt, ot_cuda_lora_params_device(ctx), ot_cuda_lora_grads_device(ctx), NULL);
         ot_cuda_ctx_sync(ctx);
         double dt = ot_now_seconds() - t0;
         loss = b->n_targets ? loss / b->n_targets : 0;
@@ -398,6 +401,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     }
 
     ot_optimizer_free(&opt);
+    ot_cuda_optimizer_free(adamw);
     ot_cuda_ctx_free(ctx);
     ot_lora_free(&lo);
     for (int s = 0; s < n_steps; s++) ot_batch_free(&batches[s]);

@@ -15,6 +15,7 @@
 #   TAIGI_DIR (the taigi pairs; default shared/data/taigi, then ../shared/data/taigi; else the bundled sample),
 #   BUILD (default build-gpu-bench), OSSTUNE_BUNDLE (a --bundle directory: use its programs, do not build),
 #   STEPS / WARMUP (our timed / warm-up steps, default 8 / 2), PEER_STEPS / PEER_WARMUP (default 5 / 3),
+#   CASES (the bench_train cases to run, e.g. "a-attn c-attn"; default all),
 #   PEAK_TFLOPS (default 989, H100 SXM dense bf16), SKIP_PEER=1. JSON lines and logs go to $OUT when it is set.
 # A GPU image without jansson / HDF5 development files cannot build osstune: make a bundle where it builds
 # (same x86-64, CUDA 13), e.g. --bundle .carry/osstune (an ignored path), carry it, and set OSSTUNE_BUNDLE.
@@ -44,8 +45,9 @@ build() {
     exit 1
   fi
   grep -q "CUDA backend ON" "$WORK/cmake.log" || { echo "run_gpu_bench: cmake found no nvcc: no CUDA backend"; exit 1; }
-  cmake --build "$BUILD" -j"$(nproc)" --target bench_train test_train_cuda test_ops_cuda osstune-init-model \
-    osstune-prep osstune-train osstune-logits >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+  cmake --build "$BUILD" -j"$(nproc)" --target bench_train test_train_cuda test_ops_cuda test_decode_cuda \
+    osstune-init-model osstune-prep osstune-train osstune-logits osstune-translate osstune-export \
+    >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
   BIN=$ROOT/$BUILD/bin
 }
 
@@ -55,10 +57,10 @@ if [ "${1:-}" = "--bundle" ]; then
   build
   DEST=$(mkdir -p "$2" && cd "$2" && pwd)
   mkdir -p "$DEST/bin" "$DEST/lib"
-  cp "$BIN"/bench_train "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/osstune-* "$DEST/bin/"
+  cp "$BIN"/bench_train "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/test_decode_cuda "$BIN"/osstune-* "$DEST/bin/"
   # every shared library the programs load, except glibc's, the C++ runtime's and CUDA's (the GPU machine's own)
   for p in "$DEST"/bin/*; do ldd "$p"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
-    grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*)\.so' |
+    grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*|libnccl)\.so' |
     while read -r lib; do cp -L "$lib" "$DEST/lib/"; done
   du -sh "$DEST"
   echo "bundle ready: carry it; run this script with OSSTUNE_BUNDLE=$2, and the GPU tests with"
@@ -115,18 +117,21 @@ say "osstune (bench_train): $STEPS timed steps after $WARMUP warm-up steps, per-
 # (b) kept is expected just under 20 GiB, (b) recomputed well under; the peer uses gradient checkpointing throughout.
 # A failing case stops bench_train; the peer and the table still run on what was measured.
 set +e
+ALL_CASES=(a-attn:rows=4:seq=512
+           a-attn-rc:rows=4:seq=512:recompute=1
+           a-all:rows=4:seq=512:targets=attn+experts
+           b-attn-rc:rows=1:seq=2048:recompute=1
+           b-attn:rows=1:seq=2048
+           b-all-rc:rows=1:seq=2048:targets=attn+experts:recompute=1
+           c-attn:data="$PAIRS":tokens=4096
+           c-attn-rc:data="$PAIRS":tokens=4096:recompute=1
+           c-all:data="$PAIRS":tokens=4096:targets=attn+experts)
+CASE_ARGS=()
+for c in "${ALL_CASES[@]}"; do # CASES="a-attn c-attn ..." keeps only those (default: all)
+  if [ -z "${CASES:-}" ] || [[ " $CASES " == *" ${c%%:*} "* ]]; then CASE_ARGS+=(--case "$c"); fi
+done
 "$BIN/bench_train" --model "$MODEL" --warmup "$WARMUP" --steps "$STEPS" --profile-steps 2 --peak-tflops "$PEAK_TFLOPS" \
-  --json "$RES/osstune.jsonl" --dump-batches "$RES/batches" \
-  --case a-attn:rows=4:seq=512 \
-  --case a-attn-rc:rows=4:seq=512:recompute=1 \
-  --case a-all:rows=4:seq=512:targets=attn+experts \
-  --case b-attn-rc:rows=1:seq=2048:recompute=1 \
-  --case b-attn:rows=1:seq=2048 \
-  --case b-all-rc:rows=1:seq=2048:targets=attn+experts:recompute=1 \
-  --case c-attn:data="$PAIRS":tokens=4096 \
-  --case c-attn-rc:data="$PAIRS":tokens=4096:recompute=1 \
-  --case c-all:data="$PAIRS":tokens=4096:targets=attn+experts \
-  2>&1 | tee "$RES/osstune.log"
+  --json "$RES/osstune.jsonl" --dump-batches "$RES/batches" "${CASE_ARGS[@]}" 2>&1 | tee "$RES/osstune.log"
 bench_rc=${PIPESTATUS[0]}
 set -e
 [ "$bench_rc" = 0 ] || echo "run_gpu_bench: bench_train exited with status $bench_rc (see $RES/osstune.log)"

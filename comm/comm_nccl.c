@@ -26,7 +26,10 @@ static void ot_cuda_failed(ot_comm *c, cudaError_t e, const char *call, const ch
     ot_comm_fatal(c, OT_COMM_EXIT_NCCL_ERROR, "CUDA error in %s: %s [%s:%d]", call, cudaGetErrorString(e), file, line);
 }
 
-#define OT_CUDA_CHECK(c, call)                                                                                \
+// The communicator's own CUDA check: a failed CUDA call here ends the whole job the way a failed NCCL call does
+// (ot_comm_fatal: every rank stops with the communicator's exit code), not just this process as the kernels'
+// OT_CUDA_CHECK (kernels/cuda/ops_cuda.h) does — comm sits below kernels and must not leave peers waiting.
+#define OT_COMM_CUDA_CHECK(c, call)                                                                                \
     do {                                                                                                      \
         cudaError_t ot_e_ = (call);                                                                           \
         if (ot_e_ != cudaSuccess) ot_cuda_failed((c), ot_e_, #call, __FILE__, __LINE__);                       \
@@ -92,14 +95,14 @@ static void ot_nccl_wait_event(ot_comm *c, cudaEvent_t ev, const char *op, uint6
         if (waited > c->timeout_s) ot_comm_timed_out(c, op, seq, waited);
         ot_comm_pause(waited);
     }
-    OT_CUDA_CHECK(c, cudaEventDestroy(ev));
+    OT_COMM_CUDA_CHECK(c, cudaEventDestroy(ev));
 }
 
 static cudaEvent_t ot_nccl_record(ot_comm *c) {
     ot_nccl *n = c->impl;
     cudaEvent_t ev;
-    OT_CUDA_CHECK(c, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    OT_CUDA_CHECK(c, cudaEventRecord(ev, n->stream));
+    OT_COMM_CUDA_CHECK(c, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    OT_COMM_CUDA_CHECK(c, cudaEventRecord(ev, n->stream));
     return ev;
 }
 
@@ -107,7 +110,7 @@ static int ot_nccl_start(ot_comm *c, const ot_coll *k, ot_comm_req *req, ot_err 
     ot_nccl *n = c->impl;
     ncclDataType_t t = ot_nccl_type(k->dt);
     ncclRedOp_t op = ot_nccl_op(k->op);
-    OT_CUDA_CHECK(c, cudaSetDevice(c->device));
+    OT_COMM_CUDA_CHECK(c, cudaSetDevice(c->device));
     switch (k->kind) {
     case OT_COLL_ALL_GATHER: OT_NCCL_CHECK(c, ncclAllGather(k->send, k->recv, k->count, t, n->nccl, n->stream)); break;
     case OT_COLL_REDUCE_SCATTER:
@@ -143,14 +146,14 @@ static int ot_nccl_sum_ordered(ot_comm *c, const float *slots, int n_slots, size
     ot_comm_shard_range(count, c->size, c->rank, &b, &e);
     size_t n_in = (size_t)n_slots * count, n_out = gather ? count : e - b;
     float *h_slots = ot_malloc(n_in * sizeof(float)), *h_out = ot_malloc(n_out * sizeof(float));
-    OT_CUDA_CHECK(c, cudaSetDevice(c->device));
+    OT_COMM_CUDA_CHECK(c, cudaSetDevice(c->device));
     // On our stream, so that earlier collectives writing into `slots` are finished first.
-    if (n_in) OT_CUDA_CHECK(c, cudaMemcpyAsync(h_slots, slots, n_in * sizeof(float), cudaMemcpyDeviceToHost, n->stream));
+    if (n_in) OT_COMM_CUDA_CHECK(c, cudaMemcpyAsync(h_slots, slots, n_in * sizeof(float), cudaMemcpyDeviceToHost, n->stream));
     ot_nccl_wait_event(c, ot_nccl_record(c), name, seq);
     int rc = gather ? ot_comm_all_reduce_ordered(n->host, h_slots, n_slots, count, h_out, err)
                     : ot_comm_reduce_scatter_ordered(n->host, h_slots, n_slots, count, h_out, err);
     if (rc == 0 && n_out) {
-        OT_CUDA_CHECK(c, cudaMemcpyAsync(out, h_out, n_out * sizeof(float), cudaMemcpyHostToDevice, n->stream));
+        OT_COMM_CUDA_CHECK(c, cudaMemcpyAsync(out, h_out, n_out * sizeof(float), cudaMemcpyHostToDevice, n->stream));
         ot_nccl_wait_event(c, ot_nccl_record(c), name, seq);
     }
     free(h_slots);
@@ -174,8 +177,8 @@ static void ot_nccl_destroy(ot_comm *c) {
     OT_NCCL_CHECK(c, ncclCommFinalize(n->nccl));
     OT_NCCL_CHECK(c, ncclCommDestroy(n->nccl));
     n->nccl = NULL;
-    OT_CUDA_CHECK(c, cudaFree(n->scratch));
-    OT_CUDA_CHECK(c, cudaStreamDestroy(n->stream));
+    OT_COMM_CUDA_CHECK(c, cudaFree(n->scratch));
+    OT_COMM_CUDA_CHECK(c, cudaStreamDestroy(n->stream));
     free(n);
     c->impl = NULL;
 }

@@ -1,4 +1,5 @@
-// osstune: small things every layer needs — error reporting, allocation, bf16, a seeded RNG, a clock.
+// osstune: small things every layer needs — error reporting, allocation, number formats (bf16, f16, MXFP4), the
+// RoPE parameters of a model config, a seeded RNG, a clock.
 // No I/O beyond stderr, so kernels/ may include it too.
 #ifndef OT_COMMON_H
 #define OT_COMMON_H
@@ -49,6 +50,23 @@ static inline uint16_t ot_f32_to_bf16(float f) {
 float ot_f16_to_f32(uint16_t h);
 uint16_t ot_f32_to_f16(float f);
 
+// ---- MXFP4 (spec §3.4) ---------------------------------------------------------------------------------------
+// A row of `cols` elements is cols/32 groups; group g has 16 bytes (element 32g+2j in the low nibble of byte j,
+// 32g+2j+1 in the high nibble) and one E8M0 scale byte s: value = FP4[nibble] · 2^(s − 127).
+extern const float ot_fp4_values[16];
+void ot_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *scales, int cols);
+
+// ---- RoPE / YaRN parameters (config.json's rope_theta and rope_scaling) ---------------------------------------
+// What the model config holds; kernels/ops.h turns it into inverse frequencies (ot_rope_inv_freq).
+typedef struct {
+    double theta;            // rope_theta
+    double factor;           // rope_scaling.factor (1 = plain RoPE, no YaRN)
+    double beta_fast, beta_slow;
+    int original_max_position_embeddings;
+    int truncate;            // round the correction range (floor/ceil) as llama.cpp does; gpt-oss: 0
+    double attention_factor; // <= 0: the default 0.1·ln(factor) + 1
+} ot_rope_params;
+
 // ---- deterministic RNG ---------------------------------------------------------------------------------------
 // splitmix64 seeding + xoshiro256** stream. Same seed, same numbers on every machine.
 typedef struct {
@@ -59,6 +77,20 @@ uint64_t ot_rng_u64(ot_rng *r);
 double ot_rng_uniform(ot_rng *r);          // [0, 1)
 double ot_rng_normal(ot_rng *r);           // standard normal (Box–Muller, no cached second value)
 uint64_t ot_hash64(uint64_t x);            // splitmix64 finaliser, for deriving sub-seeds
+
+// ---- carving one allocation into aligned pieces ----------------------------------------------------------------
+// Lay a set of buffers out twice with the same code: first with base == NULL to measure (every piece comes back
+// NULL, off ends at the bytes needed), then over the real allocation. Each piece starts `align`-aligned.
+typedef struct {
+    char *base; // NULL while measuring
+    size_t off;
+    size_t align;
+} ot_carve;
+static inline void *ot_carve_take(ot_carve *c, size_t bytes) {
+    size_t o = (c->off + c->align - 1) / c->align * c->align;
+    c->off = o + bytes;
+    return c->base ? c->base + o : NULL;
+}
 
 // ---- time -----------------------------------------------------------------------------------------------------
 double ot_now_seconds(void); // monotonic

@@ -2,6 +2,7 @@
 // config.json, the index, every shard's container, and every tensor's presence, shape and dtype against what
 // config.json implies. Later code can then index tensors without re-checking anything.
 #include "formats/checkpoint.h"
+#include "formats/fileio.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -80,13 +81,6 @@ int ot_gptoss_expected_tensors(const ot_model_config *c, int experts_mxfp4, ot_e
 }
 
 // ---- opening ------------------------------------------------------------------------------------------------------
-static char *join_path(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = ot_malloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static int file_exists(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0;
@@ -154,7 +148,7 @@ static int open_indexed(ot_checkpoint *ck, const char *index_path, ot_err *err) 
 
     ck->files = ot_calloc((size_t)n_unique, sizeof(ot_safetensors));
     for (int i = 0; i < n_unique; i++) {
-        char *path = join_path(ck->dir, names[i]);
+        char *path = ot_path_join(ck->dir, names[i]);
         ot_err e;
         if (ot_safetensors_open(&ck->files[i], path, &e)) {
             // Name a tensor the index puts there, so the message says why this file was wanted.
@@ -204,13 +198,13 @@ int ot_checkpoint_open(ot_checkpoint *ck, const char *dir, ot_err *err) {
     memset(ck, 0, sizeof *ck);
     ck->dir = ot_strdup(dir);
     ot_expected_tensor *expected = NULL;
-    char *path = join_path(dir, "config.json");
+    char *path = ot_path_join(dir, "config.json");
     int rc = ot_model_config_load(&ck->config, path, err);
     free(path);
     if (rc) goto fail;
 
-    char *index_path = join_path(dir, "model.safetensors.index.json");
-    char *single_path = join_path(dir, "model.safetensors");
+    char *index_path = ot_path_join(dir, "model.safetensors.index.json");
+    char *single_path = ot_path_join(dir, "model.safetensors");
     if (file_exists(index_path)) {
         rc = open_indexed(ck, index_path, err);
     } else if (file_exists(single_path)) {
@@ -315,6 +309,19 @@ const ot_tensor *ot_checkpoint_find(const ot_checkpoint *ck, const char *name) {
     return hit ? *hit : NULL;
 }
 
+float ot_tensor_elem_f32(const ot_tensor *t, size_t i) {
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case OT_DT_BF16: return ot_bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+    case OT_DT_F16: return ot_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+    default: {
+        float f;
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+    }
+}
+
 int ot_tensor_to_f32(const ot_tensor *t, float *out, ot_err *err) {
     if (!t) return ot_fail(err, "ot_tensor_to_f32: no tensor");
     const uint8_t *p = t->data;
@@ -322,10 +329,8 @@ int ot_tensor_to_f32(const ot_tensor *t, float *out, ot_err *err) {
     switch (t->dtype) {
     case OT_DT_F32: memcpy(out, p, n * 4); return 0; // little-endian host, like the file
     case OT_DT_BF16:
-        for (size_t i = 0; i < n; i++) out[i] = ot_bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
-        return 0;
     case OT_DT_F16:
-        for (size_t i = 0; i < n; i++) out[i] = ot_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+        for (size_t i = 0; i < n; i++) out[i] = ot_tensor_elem_f32(t, i);
         return 0;
     default:
         return ot_fail(err, "%s: tensor '%s' is %s, not a float type (BF16, F16, F32)", t->file, t->name,

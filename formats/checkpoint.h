@@ -35,5 +35,8 @@ void ot_checkpoint_close(ot_checkpoint *ck);
 const ot_tensor *ot_checkpoint_find(const ot_checkpoint *ck, const char *name);
 // Convenience: tensor `name` as float32 into out (numel floats); converts BF16/F16/F32. -1 if absent/wrong type.
 int ot_tensor_to_f32(const ot_tensor *t, float *out, ot_err *err);
+// Element i of a float tensor (BF16, F16 or F32; the caller has checked the type) as float32: for code that streams
+// a tensor row by row or reads it strided, without a float32 copy of all of it.
+float ot_tensor_elem_f32(const ot_tensor *t, size_t i);
 
 #endif

@@ -347,8 +347,13 @@ int ot_gguf_begin(ot_gguf_writer *w, const char *path, ot_err *err) {
     size_t n = strlen(path) + 8;
     w->tmp = ot_malloc(n);
     snprintf(w->tmp, n, "%s.tmp", path);
-    w->f = fopen(w->tmp, "wb");
-    if (!w->f) return ot_fail(err, "%s: cannot create: %s", w->tmp, strerror(errno));
+    int fd = ot_open_temp(path, w->tmp, err);
+    if (fd < 0) return -1;
+    w->f = fdopen(fd, "wb");
+    if (!w->f) {
+        close(fd);
+        return ot_fail(err, "%s: cannot create: %s", w->tmp, strerror(errno));
+    }
     // A large buffer: the data arrives in many small pieces (one expert row at a time).
     setvbuf(w->f, NULL, _IOFBF, 1 << 22);
 

@@ -65,9 +65,10 @@ int ot_gguf_set_vocab(ot_gguf_writer *w, const ot_tokenizer *tok, int vocab_size
     if (vocab_size < n_named)
         return ot_fail(err, "the model's vocab_size %d is smaller than the tokenizer's %d named tokens (%s)", vocab_size,
                        n_named, ot_tokenizer_file(tok));
-    const char *names[3] = {"<|startoftext|>", "<|return|>", "<|endoftext|>"};
-    int ids[3];
-    for (int i = 0; i < 3; i++) {
+    // bos, eos, padding, then the last one for the end-of-generation list below.
+    const char *names[4] = {"<|startoftext|>", "<|return|>", "<|endoftext|>", "<|call|>"};
+    int ids[4];
+    for (int i = 0; i < 4; i++) {
         ids[i] = ot_tokenizer_special_id(tok, names[i]);
         if (ids[i] < 0 || ids[i] >= vocab_size)
             return ot_fail(err, "%s: the harmony token %s is missing", ot_tokenizer_file(tok), names[i]);
@@ -158,6 +159,12 @@ int ot_gguf_set_vocab(ot_gguf_writer *w, const ot_tokenizer *tok, int vocab_size
     ot_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)ids[0]);
     ot_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)ids[1]);
     ot_gguf_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)ids[2]);
+    // Every token that ends a generation: <|endoftext|>, <|return|> (the end of the answer) and <|call|> (the end of
+    // a tool call), as Ollama's own gpt-oss converter writes them. Ollama's gpt-oss model reads this array as its
+    // stop tokens besides eos_token_id, and only as an INT32 array (a key of another type reads as empty there).
+    // llama.cpp does not read it; it finds the same three by their names.
+    const int32_t eog[3] = {ids[2], ids[1], ids[3]};
+    ot_gguf_set_array(w, "tokenizer.ggml.eos_token_ids", OT_GGUF_I32, eog, 3);
     // harmony never starts with <|startoftext|> and never ends with an eos the caller did not write (spec §4.7).
     ot_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", 0);
     ot_gguf_set_bool(w, "tokenizer.ggml.add_eos_token", 0);

@@ -6,7 +6,9 @@
 //   - merges: "left right" in byte-level form, derived from the BPE ranks: every split of a token into two
 //     tokens, ordered by the rank of the merged token, then by the ranks of the two parts. Applying merges by that
 //     order is the same algorithm as merging by rank, so llama.cpp tokenizes as osstune does;
-//   - model "gpt2", pre "gpt-4o" (the o200k split pattern), bos/eos/padding ids, add_bos/add_eos false.
+//   - model "gpt2", pre "gpt-4o" (the o200k split pattern), bos/eos/padding ids, add_bos/add_eos false;
+//   - eos_token_ids: the end-of-generation ids <|endoftext|>, <|return|>, <|call|> as an INT32 array (as Ollama's
+//     gpt-oss converter writes it; Ollama's gpt-oss model reads its stop tokens from it).
 #ifndef OT_FORMATS_GGUF_VOCAB_H
 #define OT_FORMATS_GGUF_VOCAB_H
 

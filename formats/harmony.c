@@ -9,21 +9,6 @@
 const char OT_HARMONY_SYSTEM_DEFAULT[] =
     "You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n\nReasoning: low\n\n"
     "# Valid channels: analysis, commentary, final. Channel must be included for every message.";
-const char OT_HARMONY_INSTRUCTION_ZH2NAN[] =
-    "Translate Mandarin (華語) into Taiwanese Hokkien (台語) written in Han characters.";
-const char OT_HARMONY_INSTRUCTION_NAN2ZH[] =
-    "Translate Taiwanese Hokkien (台語) into Mandarin (華語) written in Traditional characters.";
-
-static const char *direction_names[2] = {"zh2nan", "nan2zh"};
-
-const char *ot_direction_name(ot_direction d) { return d == OT_NAN2ZH ? direction_names[1] : direction_names[0]; }
-
-int ot_direction_parse(const char *name) {
-    for (int d = 0; d < 2; d++)
-        if (strcmp(name, direction_names[d]) == 0) return d;
-    return -1;
-}
-
 // ---- the conversation as pieces -------------------------------------------------------------------------------
 enum { S_TEXT = 0, S_START, S_END, S_MESSAGE, S_CHANNEL, S_RETURN }; // the formatting tokens harmony uses here
 typedef struct {
@@ -100,8 +85,8 @@ static int pieces_to_ids(const ot_harmony *h, const piece *p, int from, int to, 
 }
 
 // ---- public ---------------------------------------------------------------------------------------------------
-int ot_harmony_init(ot_harmony *h, const ot_tokenizer *tok, const char *system, const char *instruction_zh2nan,
-                    const char *instruction_nan2zh, ot_err *err) {
+int ot_harmony_init_all(ot_harmony *h, const ot_tokenizer *tok, const char *system,
+                        const char *const *instructions, ot_err *err) {
     memset(h, 0, sizeof *h);
     h->tok = tok;
     struct {
@@ -114,9 +99,11 @@ int ot_harmony_init(ot_harmony *h, const ot_tokenizer *tok, const char *system, 
             return ot_fail(err, "tokenizer %s has no special token %s, which harmony needs", ot_tokenizer_file(tok),
                            need[i].name);
     h->system = ot_strdup(system ? system : OT_HARMONY_SYSTEM_DEFAULT);
-    h->instruction[OT_ZH2NAN] = ot_strdup(instruction_zh2nan ? instruction_zh2nan : OT_HARMONY_INSTRUCTION_ZH2NAN);
-    h->instruction[OT_NAN2ZH] = ot_strdup(instruction_nan2zh ? instruction_nan2zh : OT_HARMONY_INSTRUCTION_NAN2ZH);
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) {
+        const char *given = instructions ? instructions[d] : NULL;
+        h->instruction[d] = ot_strdup(given ? given : ot_directions[d].instruction);
+    }
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) {
         piece p[P_MAX];
         char *dev = developer_content(h->instruction[d]);
         conversation(p, h->system, dev, "", 0, NULL, 0, NULL);
@@ -125,18 +112,26 @@ int ot_harmony_init(ot_harmony *h, const ot_tokenizer *tok, const char *system, 
         free(dev);
         if (rc != 0) {
             ot_harmony_free(h);
-            return ot_fail(err, "cannot encode the system or %s developer text: %s", direction_names[d], why.msg);
+            return ot_fail(err, "cannot encode the system or %s developer text: %s", ot_directions[d].name, why.msg);
         }
     }
     return 0;
 }
 
+int ot_harmony_init(ot_harmony *h, const ot_tokenizer *tok, const char *system, const char *instruction_zh2nan,
+                    const char *instruction_nan2zh, ot_err *err) {
+    const char *instructions[OT_N_DIRECTIONS] = {0};
+    instructions[OT_ZH2NAN] = instruction_zh2nan;
+    instructions[OT_NAN2ZH] = instruction_nan2zh;
+    return ot_harmony_init_all(h, tok, system, instructions, err);
+}
+
 void ot_harmony_free(ot_harmony *h) {
     free(h->system);
-    free(h->instruction[0]);
-    free(h->instruction[1]);
-    ot_ids_free(&h->prefix[0]);
-    ot_ids_free(&h->prefix[1]);
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) {
+        free(h->instruction[d]);
+        ot_ids_free(&h->prefix[d]);
+    }
     memset(h, 0, sizeof *h);
 }
 
@@ -144,7 +139,7 @@ void ot_harmony_free(ot_harmony *h) {
 // come from the same conversation() list as the text form.
 static int render(const ot_harmony *h, ot_direction dir, const char *source, size_t source_len, const char *target,
                   size_t target_len, ot_ids *out, int *loss_start, ot_err *err) {
-    if (dir != OT_ZH2NAN && dir != OT_NAN2ZH) return ot_fail(err, "harmony: unknown direction %d", (int)dir);
+    if (dir < 0 || dir >= OT_N_DIRECTIONS) return ot_fail(err, "harmony: unknown direction %d", (int)dir);
     piece p[P_MAX];
     int starts[P_MAX], loss_piece = -1;
     int n = conversation(p, h->system, "", source, source_len, target, target_len, &loss_piece);

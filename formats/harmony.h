@@ -15,27 +15,26 @@
 
 #include <stddef.h>
 
+#include "formats/directions.h"
 #include "formats/tokenizer.h"
 
-typedef enum { OT_ZH2NAN = 0, OT_NAN2ZH = 1 } ot_direction;
-
-// The default texts (spec §4.5 with `Reasoning: low`, no date; the project's instructions).
+// The default system text (spec §4.5 with `Reasoning: low`, no date). The default instructions are in the
+// direction table (formats/directions.h).
 extern const char OT_HARMONY_SYSTEM_DEFAULT[];
-extern const char OT_HARMONY_INSTRUCTION_ZH2NAN[];
-extern const char OT_HARMONY_INSTRUCTION_NAN2ZH[];
-
-const char *ot_direction_name(ot_direction d); // "zh2nan" / "nan2zh"
-int ot_direction_parse(const char *name);      // OT_ZH2NAN, OT_NAN2ZH or -1
 
 typedef struct {
     const ot_tokenizer *tok;
-    char *system;         // system message content
-    char *instruction[2]; // developer instruction per direction (without the "# Instructions" heading)
+    char *system;                       // system message content
+    char *instruction[OT_N_DIRECTIONS]; // developer instruction per direction (without "# Instructions")
     int id_start, id_end, id_message, id_channel, id_return;
-    ot_ids prefix[2];     // the system and developer messages, encoded once per direction
+    ot_ids prefix[OT_N_DIRECTIONS];     // the system and developer messages, encoded once per direction
 } ot_harmony;
 
 // NULL texts take the defaults. The tokenizer must outlive h. -1 if the tokenizer lacks a harmony token.
+// instructions: one text per direction (NULL entries, or instructions NULL: the table's defaults).
+int ot_harmony_init_all(ot_harmony *h, const ot_tokenizer *tok, const char *system,
+                        const char *const *instructions, ot_err *err);
+// The same with the zh2nan and nan2zh instructions given (the other directions take their defaults).
 int ot_harmony_init(ot_harmony *h, const ot_tokenizer *tok, const char *system, const char *instruction_zh2nan,
                     const char *instruction_nan2zh, ot_err *err);
 void ot_harmony_free(ot_harmony *h);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -59,6 +60,8 @@ int ot_json_get_double(const json_t *obj, const char *key, double *out, const ch
 int ot_json_get_float(const json_t *obj, const char *key, float *out, const char *what, ot_err *err) {
     double d = *out;
     if (ot_json_get_double(obj, key, &d, what, err)) return -1;
+    if (fabs(d) > FLT_MAX) // would become an infinity in float32
+        return ot_fail(err, "%s: \"%s\" = %g is outside the float32 range", what, key, d);
     *out = (float)d;
     return 0;
 }

@@ -96,6 +96,27 @@ int ot_model_config_validate(const ot_model_config *c, ot_err *err) {
         if (positive[i].v <= 0) return ot_fail(err, "config: %s = %d must be positive", positive[i].key, positive[i].v);
     if (c->num_hidden_layers > OT_MAX_LAYERS)
         return ot_fail(err, "config: num_hidden_layers = %d exceeds the supported maximum %d", c->num_hidden_layers, OT_MAX_LAYERS);
+    // Upper bounds far above any gpt-oss (the 120b: vocabulary 201,088, hidden 2880, 128 experts), low enough that
+    // no product of sizes the code forms can overflow, so a corrupt number is refused here rather than becoming a
+    // huge allocation or a wrapped index later.
+    const struct {
+        const char *key;
+        int v, max;
+    } bounded[] = {
+        {"vocab_size", c->vocab_size, 1 << 24},
+        {"hidden_size", c->hidden_size, 1 << 16},
+        {"num_attention_heads", c->num_attention_heads, 1 << 10},
+        {"head_dim", c->head_dim, 1 << 12},
+        {"num_local_experts", c->num_local_experts, 1 << 12},
+        {"intermediate_size", c->intermediate_size, 1 << 18},
+        {"max_position_embeddings", c->max_position_embeddings, 1 << 24},
+        {"sliding_window", c->sliding_window, 1 << 24},
+        {"initial_context_length", c->initial_context_length, 1 << 24},
+        {"original_max_position_embeddings", c->rope.original_max_position_embeddings, 1 << 24},
+    };
+    for (size_t i = 0; i < sizeof bounded / sizeof bounded[0]; i++)
+        if (bounded[i].v < 0 || bounded[i].v > bounded[i].max)
+            return ot_fail(err, "config: %s = %d is outside 0..%d", bounded[i].key, bounded[i].v, bounded[i].max);
     if (c->num_attention_heads % c->num_key_value_heads != 0)
         return ot_fail(err, "config: num_attention_heads = %d is not a multiple of num_key_value_heads = %d",
                        c->num_attention_heads, c->num_key_value_heads);
@@ -111,13 +132,31 @@ int ot_model_config_validate(const ot_model_config *c, ot_err *err) {
                        "config: MXFP4 experts need hidden_size (%d) and intermediate_size (%d) to be multiples of 32 "
                        "(one scale per 32 inputs)",
                        c->hidden_size, c->intermediate_size);
-    if (!(c->rms_norm_eps > 0)) return ot_fail(err, "config: rms_norm_eps = %g must be positive", (double)c->rms_norm_eps);
-    if (!(c->swiglu_limit > 0)) return ot_fail(err, "config: swiglu_limit = %g must be positive", (double)c->swiglu_limit);
-    if (!(c->rope.theta > 0)) return ot_fail(err, "config: rope_theta = %g must be positive", c->rope.theta);
-    if (!(c->rope.factor >= 1)) return ot_fail(err, "config: rope factor = %g must be >= 1", c->rope.factor);
-    if (c->rope.factor > 1 && c->rope.original_max_position_embeddings <= 0)
-        return ot_fail(err, "config: YaRN needs original_max_position_embeddings > 0 (got %d)",
-                       c->rope.original_max_position_embeddings);
+    // Real numbers: finite (a NaN fails every comparison, so each test is written to let only good values pass).
+    if (!(c->rms_norm_eps > 0 && c->rms_norm_eps < 1))
+        return ot_fail(err, "config: rms_norm_eps = %g must be between 0 and 1", (double)c->rms_norm_eps);
+    if (!(c->swiglu_limit > 0 && isfinite(c->swiglu_limit)))
+        return ot_fail(err, "config: swiglu_limit = %g must be positive", (double)c->swiglu_limit);
+    if (!(c->initializer_range >= 0 && isfinite(c->initializer_range)))
+        return ot_fail(err, "config: initializer_range = %g must be >= 0", (double)c->initializer_range);
+    if (!(c->rope.theta > 1 && isfinite(c->rope.theta)))
+        return ot_fail(err, "config: rope_theta = %g must be greater than 1 (RoPE divides by its logarithm)", c->rope.theta);
+    if (!(c->rope.factor >= 1 && isfinite(c->rope.factor)))
+        return ot_fail(err, "config: rope factor = %g must be >= 1", c->rope.factor);
+    if (!(c->rope.attention_factor >= 0 && isfinite(c->rope.attention_factor)))
+        return ot_fail(err, "config: rope attention_factor = %g must be positive (or absent for the default)",
+                       c->rope.attention_factor);
+    if (c->rope.factor > 1) { // YaRN: the correction range takes logarithms of these
+        if (c->rope.original_max_position_embeddings <= 0)
+            return ot_fail(err, "config: YaRN needs original_max_position_embeddings > 0 (got %d)",
+                           c->rope.original_max_position_embeddings);
+        if (!(c->rope.beta_fast > 0 && isfinite(c->rope.beta_fast)) || !(c->rope.beta_slow > 0 && isfinite(c->rope.beta_slow)))
+            return ot_fail(err, "config: rope beta_fast = %g and beta_slow = %g must be positive", c->rope.beta_fast,
+                           c->rope.beta_slow);
+        if (!(c->rope.beta_fast > c->rope.beta_slow))
+            return ot_fail(err, "config: rope beta_fast = %g must be greater than beta_slow = %g (YaRN's ramp runs from "
+                           "the fast to the slow boundary)", c->rope.beta_fast, c->rope.beta_slow);
+    }
     int any_sliding = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) any_sliding |= c->layer_sliding[l];
     if (any_sliding && c->sliding_window <= 0)
@@ -154,6 +193,19 @@ static int get_token_id(const json_t *root, const char *key, int *out, const cha
     json_int_t x = json_integer_value(v);
     if (x < 0 || x > INT_MAX) return ot_fail(err, "%s: \"%s\" = %lld is out of range", what, key, (long long)x);
     *out = (int)x;
+    return 0;
+}
+
+// An int setting spelled two ways (HF's attribute_map aliases): either key, or both with the same value.
+static int get_int_alias(const json_t *root, const char *key, const char *alias, int *out, const char *what, ot_err *err) {
+    int a = *out, b = *out;
+    if (ot_json_get_int(root, key, &a, what, err) || ot_json_get_int(root, alias, &b, what, err)) return -1;
+    const json_t *ka = json_object_get(root, key), *kb = json_object_get(root, alias);
+    int has_a = ka && !json_is_null(ka), has_b = kb && !json_is_null(kb);
+    if (has_a && has_b && a != b)
+        return ot_fail(err, "%s: \"%s\" = %d and \"%s\" = %d disagree (they name the same setting; keep one)", what,
+                       key, a, alias, b);
+    *out = has_a ? a : b;
     return 0;
 }
 
@@ -245,12 +297,14 @@ int ot_model_config_parse(ot_model_config *c, const char *json_text, const char 
     GET_INT("num_attention_heads", num_attention_heads);
     c->num_key_value_heads = c->num_attention_heads; // HF: kv heads default to the query heads
     GET_INT("num_key_value_heads", num_key_value_heads);
-    c->head_dim = c->hidden_size / c->num_attention_heads; // HF's default when head_dim is absent
+    // HF's default when head_dim is absent is hidden_size / num_attention_heads; a count of 0 is left for
+    // validation to name (never divided by).
+    c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
     GET_INT("head_dim", head_dim);
-    GET_INT("num_experts", num_local_experts); // the reference's name; HF's attribute_map aliases it
-    GET_INT("num_local_experts", num_local_experts);
-    GET_INT("experts_per_token", num_experts_per_tok); // the reference's name
-    GET_INT("num_experts_per_tok", num_experts_per_tok);
+    // The reference's names and HF's, aliases of one setting: both may be present, but must agree.
+    if (get_int_alias(root, "num_local_experts", "num_experts", &c->num_local_experts, what, err) ||
+        get_int_alias(root, "num_experts_per_tok", "experts_per_token", &c->num_experts_per_tok, what, err))
+        goto done;
     GET_INT("intermediate_size", intermediate_size);
     GET_FLOAT("swiglu_limit", swiglu_limit);
     GET_FLOAT("rms_norm_eps", rms_norm_eps);
@@ -277,7 +331,9 @@ int ot_model_config_parse(ot_model_config *c, const char *json_text, const char 
 
     // layer_types: absent = the default alternation; present = one entry per layer.
     const json_t *lt = json_object_get(root, "layer_types");
-    if (lt && !json_is_null(lt)) {
+    // (A layer count out of range is validation's to name, below: the list is not read against it.)
+    const int layers_in_range = c->num_hidden_layers > 0 && c->num_hidden_layers <= OT_MAX_LAYERS;
+    if (lt && !json_is_null(lt) && layers_in_range) {
         if (!json_is_array(lt)) {
             ot_fail(err, "%s: \"layer_types\" must be a list", what);
             goto done;
@@ -287,7 +343,7 @@ int ot_model_config_parse(ot_model_config *c, const char *json_text, const char 
                     c->num_hidden_layers);
             goto done;
         }
-        for (int l = 0; l < c->num_hidden_layers && l < OT_MAX_LAYERS; l++) {
+        for (int l = 0; l < c->num_hidden_layers; l++) {
             const char *s = json_string_value(json_array_get(lt, (size_t)l));
             if (s && strcmp(s, "sliding_attention") == 0) c->layer_sliding[l] = 1;
             else if (s && strcmp(s, "full_attention") == 0) c->layer_sliding[l] = 0;

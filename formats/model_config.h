@@ -4,7 +4,6 @@
 #define OT_FORMATS_MODEL_CONFIG_H
 
 #include "common/ot_common.h"
-#include "kernels/ops.h"
 
 #define OT_MAX_LAYERS 256
 

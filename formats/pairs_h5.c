@@ -1,5 +1,6 @@
 // Pairs HDF5 file: streaming writer (extendible chunked datasets fed through buffers) and validating reader.
 #include "formats/pairs_h5.h"
+#include "formats/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -7,6 +8,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(hid_t) == sizeof(int64_t), "hid_t is stored as int64_t in pairs_h5.h");
@@ -28,12 +31,28 @@ static herr_t take_innermost(unsigned n, const H5E_error2_t *e, void *data) {
     return 0;
 }
 
-static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+// Also: no HDF5 clean-up at process exit. Every file is closed by the code that opened it; an identifier HDF5 itself
+// failed to release (see discard_writes) would otherwise turn an orderly error exit into a crash in that clean-up.
+// H5dont_atexit only works before the library starts, i.e. in the first HDF5 call, which is this one.
+static void h5_quiet(void) {
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
 
 static int h5_fail(ot_err *err, const char *src, int line, const char *path, const char *what) {
     char detail[256] = "";
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, take_innermost, detail);
     H5Eclear2(H5E_DEFAULT);
+    // A failed system call's entry is a long record ("file write failed: time = ..., filename = ..., errno = 28,
+    // error message = 'No space left on device', buf = ..."): keep what failed and why.
+    const char *why = strstr(detail, "error message = '");
+    if (why) {
+        why += strlen("error message = '");
+        char short_form[256];
+        int what_len = (int)strcspn(detail, ":"), why_len = (int)strcspn(why, "'");
+        snprintf(short_form, sizeof short_form, "%.*s: %.*s", what_len, detail, why_len, why);
+        snprintf(detail, sizeof detail, "%s", short_form);
+    }
     const char *base = strrchr(src, '/');
     return ot_fail(err, "%s: %s%s%s [%s:%d]", path, what, detail[0] ? ": " : "", detail, base ? base + 1 : src, line);
 }
@@ -156,6 +175,7 @@ struct ot_pairs_h5_writer {
     hid_t file;
     column tokens, offsets, loss_start, direction, source_line;
     uint64_t n_samples, n_tokens;
+    int has_direction[OT_N_DIRECTIONS]; // its instruction is in the file, so its samples may be
 };
 
 static int column_create(column *c, hid_t file, const char *name, hid_t file_type, hid_t mem_type, size_t elem,
@@ -223,8 +243,23 @@ static void column_close(column *c) {
     c->buf = NULL;
 }
 
+// A file being abandoned (an error, a full disk, an interrupt) has nothing left worth writing, so its descriptor is
+// pointed at an anonymous in-memory file before its objects are closed. Otherwise the closes flush the dirty chunks
+// and metadata into the real file; on a full disk that flush fails, and HDF5 1.10 then leaves a half-destroyed file
+// identifier behind that its exit handler crashes on. With writes (and the final truncate) that cannot fail, every
+// identifier is released. What is flushed is bounded by the caches (a few MB), and the memory goes with the close.
+static void discard_writes(hid_t file) {
+    void *handle = NULL;
+    if (H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) < 0 || !handle) return;
+    int sink = memfd_create("osstune-discarded-hdf5", MFD_CLOEXEC);
+    if (sink < 0) return;
+    dup2(sink, *(int *)handle); // the sec2 driver's handle is its file descriptor
+    close(sink);
+}
+
 static void writer_free(ot_pairs_h5_writer *w, int remove_tmp) {
     column *cols[] = {&w->tokens, &w->offsets, &w->loss_start, &w->direction, &w->source_line};
+    if (remove_tmp && w->file >= 0) discard_writes(w->file);
     for (int i = 0; i < 5; i++) column_close(cols[i]);
     if (w->file >= 0) H5Fclose(w->file);
     if (remove_tmp) unlink(w->tmp);
@@ -237,11 +272,20 @@ static ot_pairs_h5_writer *h5_create_unlocked(const char *final_path, const ot_p
     h5_quiet();
     ot_pairs_h5_writer *w = ot_calloc(1, sizeof *w);
     w->path = ot_strdup(final_path);
-    w->tmp = ot_malloc(strlen(final_path) + 32);
-    sprintf(w->tmp, "%s.tmp.%ld", final_path, (long)getpid());
+    w->tmp = ot_temp_path_pid(final_path);
     w->file = -1;
+    w->tokens.dset = w->offsets.dset = w->loss_start.dset = w->direction.dset = w->source_line.dset = -1;
     const char *path = w->tmp; // errors before the rename name the file actually being written
     hid_t fapl = -1;
+    ot_remove_stale_temps(final_path); // the temporary files of killed runs
+    // The temporary file is created here (never through a link, and only for a regular file's place); HDF5 then
+    // truncates this file it owns.
+    int fd = ot_open_temp(final_path, w->tmp, err);
+    if (fd < 0) {
+        writer_free(w, 0);
+        return NULL;
+    }
+    close(fd);
     // The 1.8 file format (superblock v2, object header v2) puts checksums on the metadata as well, so a damaged
     // header is reported instead of misread; HDF5 1.8 and later (h5py included) read it.
     H5_TRY(fapl = H5Pcreate(H5P_FILE_ACCESS), "file access properties");
@@ -254,11 +298,18 @@ static ot_pairs_h5_writer *h5_create_unlocked(const char *final_path, const ot_p
         write_attr_str(w->file, "tokenizer_sha256", meta->tokenizer_sha256, path, err) ||
         write_attr_uint(w->file, "tokenizer_vocab_size", meta->tokenizer_vocab_size, 4, path, err) ||
         write_attr_str(w->file, "system_text", meta->system_text, path, err) ||
-        write_attr_str(w->file, "instruction_zh2nan", meta->instruction_zh2nan, path, err) ||
-        write_attr_str(w->file, "instruction_nan2zh", meta->instruction_nan2zh, path, err) ||
+        write_attr_str(w->file, "instruction_zh2nan", meta->instruction[OT_ZH2NAN], path, err) ||
+        write_attr_str(w->file, "instruction_nan2zh", meta->instruction[OT_NAN2ZH], path, err) ||
         write_attr_str(w->file, "directions", meta->directions, path, err) ||
         write_attr_str(w->file, "source_file", meta->source_file, path, err))
         goto fail;
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) { // after the original attributes: a zh2nan / nan2zh file is unchanged
+        char name[64];
+        snprintf(name, sizeof name, "instruction_%s", ot_directions[d].name);
+        w->has_direction[d] = meta->instruction[d] != NULL;
+        if (d > OT_NAN2ZH && meta->instruction[d] && write_attr_str(w->file, name, meta->instruction[d], path, err))
+            goto fail;
+    }
     if (column_create(&w->tokens, w->file, "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, 4, TOKENS_CHUNK, 1 << 20,
                       path, err) ||
         column_create(&w->offsets, w->file, "offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, 8, INDEX_CHUNK, 1 << 16,
@@ -285,7 +336,9 @@ static int h5_append_unlocked(ot_pairs_h5_writer *w, const int32_t *ids, int n, 
     if (n <= 0 || loss_start >= (uint32_t)n)
         return ot_fail(err, "%s: sample from line %llu has %d ids and loss_start %u", path,
                        (unsigned long long)source_line, n, loss_start);
-    if (direction > 1) return ot_fail(err, "%s: direction %u is not 0 or 1", path, direction);
+    if (direction >= OT_N_DIRECTIONS || !w->has_direction[direction])
+        return ot_fail(err, "%s: direction %u is not one the file was created for (its instruction is not in the file)",
+                       path, direction);
     // ids are non-negative (< vocab), so their int32 bits are the uint32 values stored.
     uint64_t end = w->n_tokens + (uint64_t)n;
     if (column_push(&w->tokens, ids, (size_t)n, path, err) || column_push(&w->offsets, &end, 1, path, err) ||
@@ -310,6 +363,9 @@ static int h5_finish_unlocked(ot_pairs_h5_writer *w, uint64_t n_pairs, uint64_t 
         write_attr_uint(w->file, "n_pairs", n_pairs, 8, path, err) ||
         write_attr_uint(w->file, "n_rejected", n_rejected, 8, path, err))
         goto fail;
+    // Everything reaches the disk while the file can still be abandoned cleanly (see discard_writes): a close that
+    // fails cannot be undone.
+    H5_TRY(H5Fflush(w->file, H5F_SCOPE_LOCAL), "writing the file");
     for (int i = 0; i < 5; i++) column_close(cols[i]);
     herr_t closed = H5Fclose(w->file);
     w->file = -1;
@@ -407,8 +463,13 @@ static int h5_open_unlocked(ot_pairs_h5 *r, const char *path, ot_err *err) {
     hid_t dapl = -1;
     char *format = NULL;
     uint64_t v = 0;
-    if (access(path, R_OK) != 0) {
+    struct stat st;
+    if (access(path, R_OK) != 0 || stat(path, &st) != 0) {
         ot_fail(err, "%s: cannot read: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) { // HDF5 would wait on a FIFO, and says nothing useful about a directory
+        ot_fail(err, "%s is %s, not a pairs file from osstune-prep", path, ot_file_kind(st.st_mode));
         goto fail;
     }
     htri_t is_h5 = H5Fis_hdf5(path);
@@ -440,11 +501,18 @@ static int h5_open_unlocked(ot_pairs_h5 *r, const char *path, ot_err *err) {
         read_attr_uint(r->file, "n_pairs", &r->n_pairs, path, err) ||
         read_attr_uint(r->file, "n_rejected", &r->n_rejected, path, err) ||
         read_attr_str(r->file, "system_text", &r->system_text, path, err) ||
-        read_attr_str(r->file, "instruction_zh2nan", &r->instruction[0], path, err) ||
-        read_attr_str(r->file, "instruction_nan2zh", &r->instruction[1], path, err) ||
+        read_attr_str(r->file, "instruction_zh2nan", &r->instruction[OT_ZH2NAN], path, err) ||
+        read_attr_str(r->file, "instruction_nan2zh", &r->instruction[OT_NAN2ZH], path, err) ||
         read_attr_str(r->file, "directions", &r->directions, path, err) ||
         read_attr_str(r->file, "source_file", &r->source_file, path, err))
         goto fail;
+    for (int d = OT_NAN2ZH + 1; d < OT_N_DIRECTIONS; d++) { // present only when the file holds that direction
+        char name[64];
+        snprintf(name, sizeof name, "instruction_%s", ot_directions[d].name);
+        htri_t there = H5Aexists(r->file, name);
+        H5_TRY(there, name);
+        if (there && read_attr_str(r->file, name, &r->instruction[d], path, err) != 0) goto fail;
+    }
     if (vocab == 0 || vocab > INT32_MAX) {
         ot_fail(err, "%s: tokenizer_vocab_size %llu is not a valid vocabulary size", path, (unsigned long long)vocab);
         goto fail;
@@ -493,8 +561,14 @@ static int h5_open_unlocked(ot_pairs_h5 *r, const char *path, ot_err *err) {
                     len);
             goto fail;
         }
-        if (r->direction[i] > 1) {
-            ot_fail(err, "%s: sample %lld has direction %u (0 = zh2nan, 1 = nan2zh)", path, (long long)i, r->direction[i]);
+        if (r->direction[i] >= OT_N_DIRECTIONS) {
+            ot_fail(err, "%s: sample %lld has direction %u, not one of this osstune's %d (%s)", path, (long long)i,
+                    r->direction[i], OT_N_DIRECTIONS, ot_direction_names());
+            goto fail;
+        }
+        if (!r->instruction[r->direction[i]]) {
+            ot_fail(err, "%s: sample %lld has direction %s, but the file has no instruction_%s attribute", path,
+                    (long long)i, ot_direction_name(r->direction[i]), ot_direction_name(r->direction[i]));
             goto fail;
         }
         if (len > r->max_sample_len) r->max_sample_len = len;
@@ -556,8 +630,7 @@ static void h5_close_unlocked(ot_pairs_h5 *r) {
     free(r->direction);
     free(r->source_line);
     free(r->system_text);
-    free(r->instruction[0]);
-    free(r->instruction[1]);
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) free(r->instruction[d]);
     free(r->directions);
     free(r->source_file);
     memset(r, 0, sizeof *r);
@@ -618,4 +691,28 @@ void ot_pairs_h5_close(ot_pairs_h5 *r) {
     pthread_mutex_lock(&h5_lock);
     h5_close_unlocked(r);
     pthread_mutex_unlock(&h5_lock);
+}
+
+// ---- the file against a model ---------------------------------------------------------------------------------
+int ot_pairs_h5_check_vocab(const ot_pairs_h5 *r, const char *flag, int model_vocab, ot_err *err) {
+    if (model_vocab > 0 && r->vocab_size <= (uint32_t)model_vocab) return 0;
+    return ot_fail(err, "%s %s was tokenized for a vocabulary of %u ids (its tokenizer_vocab_size), but the model has "
+                   "%d: ids from %d on have no embedding. Tokenize the pairs with this model's tokenizer "
+                   "(osstune-prep), or train the model they were made for", flag, r->path, r->vocab_size,
+                   model_vocab, model_vocab);
+}
+
+int ot_pairs_h5_check_ids(const ot_pairs_h5 *r, int64_t i, const int32_t *ids, int model_vocab, ot_err *err) {
+    const int n = ot_pairs_h5_sample_len(r, i);
+    for (int k = 0; k < n; k++)
+        if (ids[k] < 0 || ids[k] >= model_vocab)
+            return ot_fail(err, "%s: sample %lld (line %llu of %s) has token id %u at position %d, outside the model's "
+                           "vocabulary of %d", r->path, (long long)i, (unsigned long long)r->source_line[i],
+                           r->source_file, (uint32_t)ids[k], k, model_vocab);
+    return 0;
+}
+
+int ot_pairs_h5_sample_targets(const ot_pairs_h5 *r, int64_t i, int loss_all) {
+    int ls = loss_all ? 0 : (int)r->loss_start[i];
+    return ot_pairs_h5_sample_len(r, i) - (ls < 1 ? 1 : ls);
 }

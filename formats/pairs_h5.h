@@ -3,10 +3,12 @@
 //   /tokens       uint32 [n_tokens]   every sample's ids, concatenated (chunked, shuffle + deflate, fletcher32)
 //   /offsets      uint64 [n + 1]      sample i is tokens[offsets[i] : offsets[i+1]]
 //   /loss_start   uint32 [n]          index within sample i of its first loss-bearing token
-//   /direction    uint8  [n]          0 = zh→nan, 1 = nan→zh
+//   /direction    uint8  [n]          the direction (formats/directions.h): 0 = zh→nan, 1 = nan→zh, 2 = zh→Tâi-lô, ...
 //   /source_line  uint64 [n]          1-based line of the input file the sample came from
 //   root attributes: format ("osstune-pairs"), version, tokenizer_sha256, tokenizer_vocab_size, system_text,
-//   instruction_zh2nan, instruction_nan2zh, directions, source_file, n_samples, n_tokens, n_pairs, n_rejected.
+//   instruction_zh2nan, instruction_nan2zh, instruction_NAME for every other direction the file holds (zh2tl, ...),
+//   directions, source_file, n_samples, n_tokens, n_pairs, n_rejected. A file of zh2nan / nan2zh samples has
+//   exactly the attributes it had before the Tâi-lô directions existed.
 //
 // The writer streams (memory stays bounded whatever the input size) and writes "<path>.tmp.<pid>" first, renaming
 // it to path only when everything is written, so a failed run never leaves a file that looks complete.
@@ -20,6 +22,7 @@
 #include <stdint.h>
 
 #include "common/ot_common.h"
+#include "formats/directions.h"
 
 #define OT_PAIRS_H5_FORMAT "osstune-pairs"
 #define OT_PAIRS_H5_VERSION 1
@@ -28,8 +31,11 @@
 typedef struct {
     const char *tokenizer_sha256;
     uint32_t tokenizer_vocab_size;
-    const char *system_text, *instruction_zh2nan, *instruction_nan2zh;
-    const char *directions;  // "both", "zh2nan" or "nan2zh"
+    const char *system_text;
+    // Per direction: zh2nan and nan2zh always (readers expect both); every other direction whose samples the file
+    // holds (NULL: not in the file).
+    const char *instruction[OT_N_DIRECTIONS];
+    const char *directions;  // the --directions value: "both", "all", "zh2nan", "zh2nan,zh2tl", ...
     const char *source_file; // the input's file name (no directories)
 } ot_pairs_h5_meta;
 
@@ -59,12 +65,13 @@ typedef struct {
     int max_sample_len;
     char tokenizer_sha256[65];
     uint32_t vocab_size;
-    char *system_text, *instruction[2], *directions, *source_file;
+    char *system_text, *instruction[OT_N_DIRECTIONS], *directions, *source_file; // instruction[d] NULL: absent
 } ot_pairs_h5;
 
 // Opens and validates: an HDF5 file, format and version attributes, every dataset present with its type and
 // length, offsets starting at 0 and strictly increasing up to n_tokens, loss_start inside its sample, direction
-// 0 or 1. Errors name the file and what is wrong (truncated file, wrong version, missing dataset, ...).
+// one of the table's with its instruction attribute present. Errors name the file and what is wrong (truncated
+// file, wrong version, missing dataset, ...).
 int ot_pairs_h5_open(ot_pairs_h5 *r, const char *path, ot_err *err);
 static inline int ot_pairs_h5_sample_len(const ot_pairs_h5 *r, int64_t i) {
     return (int)(r->offsets[i + 1] - r->offsets[i]);
@@ -75,5 +82,16 @@ int ot_pairs_h5_read(ot_pairs_h5 *r, int64_t i, int32_t *ids, ot_err *err);
 // vocabulary is found now rather than in the middle of training.
 int ot_pairs_h5_verify(ot_pairs_h5 *r, ot_err *err);
 void ot_pairs_h5_close(ot_pairs_h5 *r);
+
+// ---- the file against a model ---------------------------------------------------------------------------------
+// The file's ids are checked against its own tokenizer_vocab_size; a model with fewer ids than that would index past
+// its embedding. Refuses such a file (err names it, `flag` (the option that gave it) and both vocabularies).
+int ot_pairs_h5_check_vocab(const ot_pairs_h5 *r, const char *flag, int model_vocab, ot_err *err);
+// Every id of sample i (as ot_pairs_h5_read gave them, n = its length) below model_vocab, else an error naming the
+// file, the sample, its source line and the id.
+int ot_pairs_h5_check_ids(const ot_pairs_h5 *r, int64_t i, const int32_t *ids, int model_vocab, ot_err *err);
+// The loss targets sample i carries when the loss starts at its loss_start (loss_all: at every next-token position):
+// tokens from max(loss_start, 1) on. A sample of one token has none.
+int ot_pairs_h5_sample_targets(const ot_pairs_h5 *r, int64_t i, int loss_all);
 
 #endif

@@ -121,7 +121,8 @@ int ot_safetensors_open(ot_safetensors *st, const char *path, ot_err *err) {
     memset(st, 0, sizeof *st);
     st->path = ot_strdup(path);
     json_t *root = NULL;
-    int fd = open(path, O_RDONLY);
+    // O_NONBLOCK: a FIFO in a shard's place must be refused below, not waited on; regular files ignore the flag.
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         ot_fail(err, "%s: cannot open: %s", path, strerror(errno));
         goto fail;
@@ -129,6 +130,11 @@ int ot_safetensors_open(ot_safetensors *st, const char *path, ot_err *err) {
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         ot_fail(err, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        goto fail;
+    }
+    if (!S_ISREG(sb.st_mode)) { // only a regular file can be mapped and trusted to stay its size
+        ot_fail(err, "%s is %s, not a regular file; a safetensors file is expected here", path, ot_file_kind(sb.st_mode));
         close(fd);
         goto fail;
     }
@@ -402,9 +408,8 @@ ot_st_stream *ot_st_stream_begin(ot_st_writer *w, const char *path, ot_err *err)
     size_t hlen;
     char *header = build_header(w, &hlen);
     writer_free(w);
-    s->fd = open(s->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    s->fd = ot_open_temp(path, s->tmp, err);
     if (s->fd < 0) {
-        ot_fail(err, "%s: cannot create: %s", s->tmp, strerror(errno));
         free(header);
         ot_st_stream_abort(s);
         return NULL;

@@ -2,7 +2,12 @@
 #include "formats/sha256.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/fileio.h"
 
 static const uint32_t k_round[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -104,8 +109,19 @@ void ot_sha256_hex(const uint8_t digest[32], char hex[65]) {
 }
 
 int ot_sha256_file(const char *path, char hex[65], ot_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ot_fail(err, "cannot open '%s' to hash it: %s", path, strerror(errno));
+    // O_NONBLOCK: a FIFO is refused below instead of waited on (a regular file ignores the flag).
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return ot_fail(err, "cannot open '%s' to hash it: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ot_fail(err, "cannot hash '%s': it is %s, not a regular file", path, ot_file_kind(st.st_mode));
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return ot_fail(err, "cannot open '%s' to hash it: %s", path, strerror(errno));
+    }
     ot_sha256_ctx c;
     ot_sha256_init(&c);
     uint8_t buf[1 << 16];

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "formats/fileio.h"
 #include "formats/sha256.h"
 #include "formats/utf8.h"
 
@@ -333,7 +334,7 @@ static int check_pre_tokenizer(json_t *pt, const char *path, int *found_split, o
 
 static int load_json(ot_tokenizer *tok, const char *path, ot_err *err) {
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr); // a key twice: two answers to one question
     if (!root) return ot_fail(err, "cannot read tokenizer '%s': %s (line %d)", path, jerr.text, jerr.line);
     int rc = 0;
     uint8_t **ord = ot_calloc(OT_O200K_N_RANKS, sizeof(uint8_t *));
@@ -457,6 +458,12 @@ ot_tokenizer *ot_tokenizer_load(const char *path, ot_err *err) {
         }
     } else {
         file = ot_strdup(path);
+    }
+    // The file is read twice (to load, then to hash): only a regular file can be, and a FIFO would block.
+    if (!S_ISREG(st.st_mode)) {
+        ot_fail(err, "tokenizer '%s' is %s, not a regular file", file, ot_file_kind(st.st_mode));
+        free(file);
+        return NULL;
     }
     int is_json;
     if (ends_with(file, ".json")) is_json = 1;

@@ -6,15 +6,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/ot_common.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-// ---- MXFP4 (spec §3.4) ---------------------------------------------------------------------------------------
-// A row of `cols` elements is cols/32 groups; group g has 16 bytes (element 32g+2j in the low nibble of byte j,
-// 32g+2j+1 in the high nibble) and one E8M0 scale byte s: value = FP4[nibble] · 2^(s − 127).
-extern const float ot_fp4_values[16];
-void ot_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *scales, int cols);
 
 // The weights of one expert projection, all experts: logical shape [E, rows (out), cols (in)].
 enum { OT_EXPERT_MXFP4 = 1, OT_EXPERT_DENSE = 2 };
@@ -28,15 +24,13 @@ typedef struct {
 // Row r of expert e as floats (dequantized for MXFP4).
 void ot_expert_weight_row(float *out, const ot_expert_weight *W, int e, int r);
 
+// The MoE plan (CPU twin of ot_cuda_moe_plan_build): the pairs q = t·k + slot of idx [n_pairs] grouped by expert,
+// expert 0's first, each group in increasing pair id. offsets [E + 1]: expert e owns plan rows offsets[e] ..
+// offsets[e+1]-1; perm [n_pairs]: plan row -> pair; inv [n_pairs]: pair -> plan row (may be NULL).
+void ot_moe_plan(int32_t *offsets, int32_t *perm, int32_t *inv, const int32_t *idx, int n_pairs, int E);
+
 // ---- YaRN inverse frequencies (HF `_compute_yarn_parameters`, computed in float like HF) ---------------------
-typedef struct {
-    double theta;            // rope_theta
-    double factor;           // rope_scaling.factor (1 = plain RoPE, no YaRN)
-    double beta_fast, beta_slow;
-    int original_max_position_embeddings;
-    int truncate;            // round the correction range (floor/ceil) as llama.cpp does; gpt-oss: 0
-    double attention_factor; // <= 0: the default 0.1·ln(factor) + 1
-} ot_rope_params;
+// (ot_rope_params: common/ot_common.h)
 // inv_freq[D/2]; returns the attention factor that multiplies cos and sin.
 float ot_rope_inv_freq(float *inv_freq, int head_dim, const ot_rope_params *p);
 
@@ -46,6 +40,10 @@ void ot_adamw_step(float *param, const float *grad, float *m, float *v, size_t n
                    float eps, float weight_decay, long step);
 // Σ g² over n floats, in double (callers add the pieces, then sqrt, so the order is fixed).
 double ot_sum_squares(const float *g, size_t n);
+// The deterministic sum of n_slots buffers of n floats (slots[k·n + i]): out[i] = (float)(((+0.0 + (double)s_0[i])
+// + (double)s_1[i]) + ...), left to right in double, rounded once: the rule of ot_comm_all_reduce_ordered
+// (comm/comm.h), so a sum made here from the ranks' gathered gradients has its bits. n_slots = 0 gives zeros.
+void ot_sum_slots_ordered(float *out, const float *slots, int n_slots, size_t n);
 // torch.nn.utils.clip_grad_norm_: the factor to multiply gradients by, max_norm / (norm + 1e-6) capped at 1
 // (1 when max_norm <= 0).
 float ot_clip_coef(double total_norm, float max_norm);

@@ -65,6 +65,19 @@ void OT_OPS_FN(ot_router_topk_fwd)(int32_t *idx, OT_OPS_REAL *w, const OT_OPS_RE
 void OT_OPS_FN(ot_router_topk_bwd)(OT_OPS_REAL *dlogits, const OT_OPS_REAL *dw, const OT_OPS_REAL *w,
                                    const int32_t *idx, int T, int E, int k);
 
+// ---- MoE routing: the (token, slot) pairs grouped by expert (ot_moe_plan in ops.h), combined back per token ---
+// out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]], y [n_pairs, H] in plan order; out [T, H] overwritten. The sum
+// runs slot by slot in the element type (as the model has always added expert outputs).
+void OT_OPS_FN(ot_moe_combine_fwd)(OT_OPS_REAL *out, const OT_OPS_REAL *y, const OT_OPS_REAL *w, const int32_t *inv,
+                                   int T, int k, int H);
+// For every plan row p (pair q = perm[p], token q / k): dy[p] = w[q] · dout[token] (overwritten: dy is the
+// experts' own gradient buffer); dw[q] += dout[token] · y[p] (a double dot; NULL: skipped).
+void OT_OPS_FN(ot_moe_combine_bwd)(OT_OPS_REAL *dy, OT_OPS_REAL *dw, const OT_OPS_REAL *dout, const OT_OPS_REAL *y,
+                                   const OT_OPS_REAL *w, const int32_t *perm, int n_pairs, int k, int H);
+// dx[perm[p] / k] += dx_perm[p] for the plan rows p in order (the gathered rows' gradient back in token order).
+void OT_OPS_FN(ot_moe_unpermute_add)(OT_OPS_REAL *dx, const OT_OPS_REAL *dx_perm, const int32_t *perm, int n_pairs,
+                                     int k, int H);
+
 // ---- clamped SwiGLU on interleaved gate/up: gu [n, 2I] (even = gate, odd = up) -> act [n, I] ---------------
 // gate = min(gate, limit); up = clamp(up, -limit, limit); act = (up + 1) · gate · sigmoid(alpha · gate)
 void OT_OPS_FN(ot_swiglu_fwd)(OT_OPS_REAL *act, const OT_OPS_REAL *gu, int n, int I, float alpha, float limit);
@@ -93,7 +106,7 @@ void OT_OPS_FN(ot_expert_matmul_bwd_weight)(OT_OPS_REAL *dW_e, OT_OPS_REAL *db_e
 double OT_OPS_FN(ot_lmhead_xent)(OT_OPS_REAL *dh, OT_OPS_REAL *dWlm, const OT_OPS_REAL *h, const OT_OPS_REAL *Wlm,
                                  const int32_t *pos, const int32_t *label, int n, int H, int V, float grad_scale);
 // The same computation split over blocks of vocabulary rows, for a head that is never whole in memory (the FSDP
-// path gathers it a chunk at a time, trainer/model_shard.c). For nb targets b: logits[b·V + v0 + j] = h[pos_b] ·
+// path gathers it a chunk at a time, trainer/model/model_shard.c). For nb targets b: logits[b·V + v0 + j] = h[pos_b] ·
 // W[j] for the nv rows W of the block starting at row v0 (call with logits + v0); then xent_rows turns complete
 // logit rows into the loss (returns total + Σ_b loss_b, added in target order) and, with want_grad, into
 // grad_scale · (softmax − onehot) in place; then dh_part adds Σ_j dlogits[b, v0 + j] · W[j] into acc[b·H ..] for

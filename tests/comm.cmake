@@ -7,6 +7,7 @@ if(TARGET ot_comm)
   # Alone (an MPI singleton), then under mpirun with 1, 2, 3 and 4 ranks; the argument is the expected size.
   ot_add_c_test(NAME test_comm_collectives SOURCE ${CMAKE_CURRENT_SOURCE_DIR}/test_comm_collectives.c LIB ot_comm
                 ARGS 1)
+  target_link_libraries(test_comm_collectives PRIVATE ot_kernels) # the ordered sum's rule: ot_sum_slots_ordered
   set_tests_properties(test_comm_collectives PROPERTIES ENVIRONMENT "${OT_COMM_TEST_ENV}" TIMEOUT 60)
   foreach(n 1 2 3 4)
     add_test(NAME test_comm_collectives_np${n}

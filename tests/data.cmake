@@ -1,9 +1,9 @@
 # Data pipeline tests: tokenizer, harmony rendering, pair input, the pairs HDF5 file, the loader, osstune-prep.
 ot_add_c_test(NAME test_data_tokenizer SOURCE test_data_tokenizer.c LIB ot_formats)
-ot_add_c_test(NAME test_data_harmony SOURCE test_data_harmony.c LIB ot_trainer)
+ot_add_c_test(NAME test_data_harmony SOURCE test_data_harmony.c LIB ot_graph)
 ot_add_c_test(NAME test_data_pairs_input SOURCE test_data_pairs_input.c LIB ot_formats)
 ot_add_c_test(NAME test_data_h5 SOURCE test_data_h5.c LIB ot_formats)
-ot_add_c_test(NAME test_data_loader SOURCE test_data_loader.c LIB ot_trainer)
+ot_add_c_test(NAME test_data_loader SOURCE test_data_loader.c LIB ot_train)
 # decode(encode(x)) == x over the corpus at ../shared/data/taigi (or data/sample when it is absent); also
 # prints the encoder's speed.
 ot_add_c_test(NAME test_data_roundtrip SOURCE test_data_roundtrip.c LIB ot_formats)
@@ -31,4 +31,15 @@ if(Python3_Interpreter_FOUND)
                                   $<TARGET_FILE:osstune-prep> --tokenizer-json ${OT_DATA_TEST_DIR}/model
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(data_h5py PROPERTIES SKIP_RETURN_CODE 77 FIXTURES_REQUIRED data_tokenizer_json)
+endif()
+
+if(Python3_Interpreter_FOUND)
+  # tools/build-corpus.py on hand-made clones of the corpus's sources (tests/fixtures/corpus): every rule,
+  # determinism, the split rule against the shipped rows (data/moe, data/sample; the full corpus when present),
+  # osstune-prep on its output, and its errors. Standard library only.
+  add_test(NAME test_build_corpus
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/test_build_corpus.py $<TARGET_FILE:osstune-prep>
+                   ${CMAKE_BINARY_DIR}/test_build_corpus
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_build_corpus PROPERTIES TIMEOUT 120)
 endif()

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """h5py reads what osstune-prep wrote and finds the same samples.
 
-Runs osstune-prep on pairs files (TSV and the same pairs as JSONL; both directions and one direction), then reads
+Runs osstune-prep on pairs files (TSV and the same pairs as JSONL; both directions, one direction, and all six
+with the Tâi-lô ones), then reads
 the HDF5 output with h5py and checks, for every sample:
   - the schema: attributes (format, version 1, tokenizer SHA-256 = the hash of the vocabulary file, texts,
     counts), dataset types and shapes, /tokens chunked and compressed;
-  - offsets, direction and source_line consistent with the input order (both = zh2nan then nan2zh per pair);
+  - offsets, direction and source_line consistent with the input order (both = zh2nan then nan2zh per pair; the
+    directions' source and target columns as formats/directions.h lists them);
+  - an instruction_NAME attribute for exactly the Tâi-lô directions the file holds;
   - the decoded ids (a decoder written here from the .tiktoken file) equal an independent Python rendering of the
     harmony conversation for the input pair, and loss_start points at <|channel|> right after `assistant`;
   - when the `tokenizers` package and a tokenizer.json are available: the ids equal an independent encoding of
@@ -34,7 +37,15 @@ VOCAB_FILE = "data/o200k_base.tiktoken"
 SYSTEM = ("You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n\nReasoning: low\n\n"
           "# Valid channels: analysis, commentary, final. Channel must be included for every message.")
 INSTRUCTION = {0: "Translate Mandarin (華語) into Taiwanese Hokkien (台語) written in Han characters.",
-               1: "Translate Taiwanese Hokkien (台語) into Mandarin (華語) written in Traditional characters."}
+               1: "Translate Taiwanese Hokkien (台語) into Mandarin (華語) written in Traditional characters.",
+               2: "Translate Mandarin (華語) into Taiwanese Hokkien (台語) written in Tâi-lô romanization.",
+               3: "Translate Taiwanese Hokkien (台語) written in Tâi-lô romanization into Mandarin (華語) written in "
+                  "Traditional characters.",
+               4: "Write this Taiwanese Hokkien (台語) text, given in Han characters, in Tâi-lô romanization.",
+               5: "Write this Taiwanese Hokkien (台語) text, given in Tâi-lô romanization, in Han characters."}
+# direction number: (name, source column, target column), as in formats/directions.h
+DIRECTIONS = {0: ("zh2nan", "zh", "nan"), 1: ("nan2zh", "nan", "zh"), 2: ("zh2tl", "zh", "nan_tl"),
+              3: ("tl2zh", "nan_tl", "zh"), 4: ("nan2tl", "nan", "nan_tl"), 5: ("tl2nan", "nan_tl", "nan")}
 SPECIAL = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
            200005: "<|channel|>", 200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>",
            200012: "<|call|>", 200018: "<|endofprompt|>"}
@@ -74,12 +85,11 @@ def read_pairs_tsv(path):
     with open(path, encoding="utf-8", newline="") as f:
         lines = f.read().split("\n")
     cols = lines[0].split("\t")
-    zi, ni = cols.index("zh"), cols.index("nan")
     out = []
     for k, line in enumerate(lines[1:], start=2):
         if line:
-            fields = line.split("\t")
-            out.append((k, fields[zi], fields[ni]))
+            row = dict(zip(cols, line.split("\t")))
+            out.append((k, {c: row[c] for c in ("zh", "nan", "nan_tl") if c in row}))
     return out
 
 
@@ -120,6 +130,10 @@ def check_file(h5_path, pairs, directions, vocab, vocab_sha, hf, source_name):
         check(int(a["tokenizer_vocab_size"]) == 201088, "tokenizer_vocab_size")
         check(a["system_text"] == SYSTEM and a["instruction_zh2nan"] == INSTRUCTION[0]
               and a["instruction_nan2zh"] == INSTRUCTION[1], "system and instruction texts")
+        for d in range(2, 6):
+            name = "instruction_" + DIRECTIONS[d][0]
+            check((a.get(name) == INSTRUCTION[d]) if d in directions else name not in a,
+                  "%s: attribute %s %s" % (h5_path, name, "missing or wrong" if d in directions else "not expected"))
         check(a["source_file"] == source_name, "source_file %r" % a["source_file"])
         check(int(a["n_samples"]) == n_expected and int(a["n_pairs"]) == len(pairs) and int(a["n_rejected"]) == 0,
               "counts: %s" % dict(a))
@@ -133,9 +147,9 @@ def check_file(h5_path, pairs, directions, vocab, vocab_sha, hf, source_name):
         ids_all = tokens[:]
         bad_text = bad_loss = bad_hf = 0
         for i in range(n_expected):
-            line, zh, nan = pairs[i // len(directions)]
+            line, cols = pairs[i // len(directions)]
             d = directions[i % len(directions)]
-            src, tgt = (zh, nan) if d == 0 else (nan, zh)
+            src, tgt = cols[DIRECTIONS[d][1]], cols[DIRECTIONS[d][2]]
             if not check(direction[i] == d and source_line[i] == line, "sample %d: direction/source_line" % i):
                 continue
             ids = ids_all[offsets[i]:offsets[i + 1]].tolist()
@@ -200,12 +214,20 @@ def main():
         check_file(out, pairs, [1], vocab, vocab_sha, None, os.path.basename(inputs[0]))
         jsonl = os.path.join(tmp, "pairs.jsonl")
         with open(jsonl, "w", encoding="utf-8") as f:
-            for _, zh, nan in pairs:
-                f.write(json.dumps({"zh": zh, "nan": nan, "note": "extra keys are ignored"}, ensure_ascii=False) + "\n")
+            for _, cols in pairs:
+                f.write(json.dumps(dict(cols, note="extra keys are ignored"), ensure_ascii=False) + "\n")
         out = os.path.join(tmp, "jsonl.h5")
         run_prep(args.prep, jsonl, out)
-        check_file(out, [(k + 1, zh, nan) for k, (_, zh, nan) in enumerate(pairs)], [0, 1], vocab, vocab_sha, None,
-                   "pairs.jsonl")
+        jsonl_pairs = [(k + 1, cols) for k, (_, cols) in enumerate(pairs)]
+        check_file(out, jsonl_pairs, [0, 1], vocab, vocab_sha, None, "pairs.jsonl")
+        # The Tâi-lô directions read the nan_tl column (TSV) or key (JSONL): all six, and a list in its own order.
+        sample = read_pairs_tsv("data/sample/dev.tsv")
+        out = os.path.join(tmp, "all.h5")
+        run_prep(args.prep, "data/sample/dev.tsv", out, "--directions", "all")
+        check_file(out, sample, [0, 1, 2, 3, 4, 5], vocab, vocab_sha, hf, "dev.tsv")
+        out = os.path.join(tmp, "some.h5")
+        run_prep(args.prep, jsonl, out, "--directions", "tl2nan,zh2tl")
+        check_file(out, jsonl_pairs, [5, 2], vocab, vocab_sha, None, "pairs.jsonl")
     print("data_h5py: %s" % ("all checks passed" if failures == 0 else "%d checks failed" % failures))
     return 1 if failures else 0
 

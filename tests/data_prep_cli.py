@@ -54,6 +54,28 @@ def main():
         r = prep("--tokenizer", VOCAB, "--in", src, "--out", path("one.h5"), "--directions", "zh2nan")
         check(r.returncode == 0 and "2 samples" in r.stdout, "--directions zh2nan: one sample per pair")
 
+        # The Tâi-lô directions read the nan_tl column; only the columns the directions use must be there.
+        r = prep("--tokenizer", VOCAB, "--in", src, "--out", path("tl.h5"), "--directions", "zh2tl")
+        check(r.returncode == 1 and "good.tsv:1: the header has no 'nan_tl' column" in r.stderr
+              and not os.path.exists(path("tl.h5")), "zh2tl without a nan_tl column: %s" % r.stderr.strip())
+        tl = write("tl.tsv", "zh\tnan\tsource\tnan_tl\n你好\t汝好\tmoe\tLí hó\n吃飽了沒\t食飽未\tmoe\tTsia̍h-pá--bē\n")
+        r = prep("--tokenizer", VOCAB, "--in", tl, "--out", path("all.h5"), "--directions", "all")
+        check(r.returncode == 0 and "12 samples" in r.stdout and "(all," in r.stdout,
+              "--directions all: six samples per pair (%s)" % r.stdout.strip().split("\n")[0])
+        r = prep("--tokenizer", VOCAB, "--in", tl, "--out", path("two.h5"), "--directions", "nan2tl,tl2nan")
+        check(r.returncode == 0 and "4 samples" in r.stdout, "--directions nan2tl,tl2nan: two samples per pair")
+        notl = write("notl.tsv", "zh\tnan\tnan_tl\n你好\t汝好\t\n")
+        r = prep("--tokenizer", VOCAB, "--in", notl, "--out", path("notl.h5"))
+        check(r.returncode == 0, "an empty nan_tl is not read by zh2nan / nan2zh: %s" % r.stderr.strip())
+        r = prep("--tokenizer", VOCAB, "--in", notl, "--out", path("notl2.h5"), "--directions", "tl2zh")
+        check(r.returncode == 1 and "notl.tsv:2: empty nan_tl" in r.stderr, "tl2zh: empty nan_tl is a bad line")
+        for bad, why in (("zh2nan,zh2nan", "named twice"), ("zh2nan,", "is not a direction"),
+                         ("zh2tai", "is not a direction")):
+            r = prep("--tokenizer", VOCAB, "--in", tl, "--out", path("x.h5"), "--directions", bad)
+            check(r.returncode == 2 and why in r.stderr, "--directions %s: exit 2 (%s)" % (bad, r.stderr.strip()))
+        r = prep("--tokenizer", VOCAB, "--in", tl, "--out", path("x.h5"), "--instruction-zh2xx", "t")
+        check(r.returncode == 2 and "--instruction-zh2xx" in r.stderr, "--instruction-NAME with an unknown name")
+
         # A bad line stops the run: FILE:LINE and the reason, exit 1, no output, nothing temporary left behind.
         cases = [("missing column", "zh\tnan\n你好\t汝好\n只有一欄\n", 3, "missing column 'nan'"),
                  ("empty side", "zh\tnan\n你好\t汝好\n\t汝好\n", 3, "empty zh"),

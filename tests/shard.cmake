@@ -1,8 +1,8 @@
-# FSDP sharding of the base weights (trainer/shard_layout.c, shard_read.c, model_shard.c).
+# FSDP sharding of the base weights (trainer/model/shard_layout.c, shard_read.c, model_shard.c).
 # The shard plan and the shard reader on the golden model (awkward sizes, MXFP4 experts) and on a tiny model with
 # dequantized (transposed) experts and a tied output head, for world sizes 1-5 and 7.
 add_executable(test_shard_layout ${CMAKE_CURRENT_SOURCE_DIR}/test_shard_layout.c ${CMAKE_CURRENT_SOURCE_DIR}/test_util.c)
-target_link_libraries(test_shard_layout PRIVATE ot_trainer)
+target_link_libraries(test_shard_layout PRIVATE ot_model)
 add_test(NAME test_shard_layout
          COMMAND bash -c "set -e; d=${CMAKE_BINARY_DIR}/shard_layout; rm -rf $d; mkdir -p $d; \
 ${OT_BIN}/osstune-init-model --preset tiny --seed 3 --out $d/dense --dense-experts --set num_hidden_layers=2 \

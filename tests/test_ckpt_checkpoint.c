@@ -1,4 +1,4 @@
-// Training checkpoints (trainer/checkpoint.h) on the tiny golden model.
+// Training checkpoints (trainer/train/checkpoint.h) on the tiny golden model.
 //
 //   test_ckpt roundtrip FIXTURES OUT   save -> load is bitwise; saving a step twice; keep-last pruning; latest;
 //                                      incompatible adapter layout; fingerprints; the resume check
@@ -24,7 +24,7 @@
 
 #include "formats/sha256.h"
 #include "tests/test_util.h"
-#include "trainer/checkpoint.h"
+#include "trainer/train/checkpoint.h"
 
 static const char *g_fixtures, *g_out;
 static ot_model g_model;
@@ -119,7 +119,7 @@ static void free_run(run_state *r) {
 
 static int save(const char *run_dir, run_state *r, int keep_last) {
     ot_err err;
-    int rc = ot_ckpt_save(run_dir, &r->st, &r->lo, &g_model, &r->opt, keep_last, &err);
+    int rc = ot_ckpt_save(run_dir, &r->st, &r->lo, &r->opt, keep_last, &err);
     if (rc) fprintf(stderr, "save failed: %s\n", err.msg);
     return rc;
 }
@@ -134,7 +134,7 @@ static int load_capture(const char *run_dir, run_state *into, char *loaded, size
     if (saved_fd < 0 || fd < 0) ot_die("cannot redirect stderr to %s", path);
     dup2(fd, 2);
     close(fd);
-    int rc = ot_ckpt_load_latest(run_dir, &into->st, &into->lo, &g_model, &into->opt, loaded, loaded_len, err);
+    int rc = ot_ckpt_load(run_dir, NULL, &into->st, &into->lo, &g_model.cfg, NULL, &into->opt, loaded, loaded_len, err);
     fflush(stderr);
     dup2(saved_fd, 2);
     close(saved_fd);
@@ -272,10 +272,10 @@ static void test_roundtrip(void) {
     check_same(&empty, &r[3], "newest of 4 with keep_last 2");
     // One named directory (what --resume PATH uses), with or without a trailing slash.
     pathf(dir, "%s/step-000030/", ckpt);
-    CHECK(ot_ckpt_load(dir, &empty.st, &empty.lo, &g_model, &empty.opt, &err) == 0, "ot_ckpt_load: %s", err.msg);
+    CHECK(ot_ckpt_load(NULL, dir, &empty.st, &empty.lo, &g_model.cfg, NULL, &empty.opt, NULL, 0, &err) == 0, "ot_ckpt_load: %s", err.msg);
     check_same(&empty, &r[2], "ot_ckpt_load of step 30");
     pathf(dir, "%s", ckpt);
-    CHECK(ot_ckpt_load(dir, &empty.st, &empty.lo, &g_model, &empty.opt, &err) == -1 && strstr(err.msg, "step-NNNNNN"),
+    CHECK(ot_ckpt_load(NULL, dir, &empty.st, &empty.lo, &g_model.cfg, NULL, &empty.opt, NULL, 0, &err) == -1 && strstr(err.msg, "step-NNNNNN"),
           "a directory not named step-N must be refused: %s", err.msg);
     // keep_last <= 0 keeps everything.
     run_state r5;
@@ -474,7 +474,7 @@ static void test_damage(void) {
         make_empty(&got);
         ot_err err;
         pathf(p, "%s/step-000020", ckpt);
-        CHECK(ot_ckpt_load(p, &got.st, &got.lo, &g_model, &got.opt, &err) == -1 && strstr(err.msg, "COMPLETE"),
+        CHECK(ot_ckpt_load(NULL, p, &got.st, &got.lo, &g_model.cfg, NULL, &got.opt, NULL, 0, &err) == -1 && strstr(err.msg, "COMPLETE"),
               "a damaged named checkpoint must be an error: %s", err.msg);
         CHECK(got.opt.step == 0 && got.lo.params[0] == 0.0f, "a failed load changed the state");
         free_run(&got);
@@ -520,7 +520,7 @@ static void test_damage(void) {
     }
     expect_fallback(run_dir, &s10, "exp_avg", "optimizer of the wrong size");
 
-    // Both damaged: nothing to load (1), each one reported.
+    // Both damaged: an error (a run that started over would replace them), each one reported.
     pathf(p, "%s/step-000010/COMPLETE", ckpt);
     unlink(p);
     {
@@ -528,7 +528,9 @@ static void test_damage(void) {
         make_empty(&got);
         char loaded[4096], *log;
         ot_err err;
-        CHECK(load_capture(run_dir, &got, loaded, sizeof loaded, &log, &err) == 1, "all damaged: expected 1");
+        CHECK(load_capture(run_dir, &got, loaded, sizeof loaded, &log, &err) == -1 &&
+                  strstr(err.msg, "none of the 2 checkpoints") && strstr(err.msg, "move them away"),
+              "all damaged: expected an error saying what to do, got '%s'", err.msg);
         CHECK(strstr(log, "step-000010") && strstr(log, "step-000020"), "both must be reported");
         CHECK(got.opt.step == 0 && got.lo.params[0] == 0.0f, "all damaged: state changed");
         free(log);

@@ -58,8 +58,7 @@ static const ot_pairs_h5_meta meta = {
     .tokenizer_sha256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
     .tokenizer_vocab_size = VOCAB,
     .system_text = "system text ✓",
-    .instruction_zh2nan = "zh → nan",
-    .instruction_nan2zh = "nan → zh",
+    .instruction = {"zh → nan", "nan → zh"}, // no Tâi-lô direction: no instruction_zh2tl ... attributes
     .directions = "both",
     .source_file = "synthetic.tsv",
 };
@@ -88,8 +87,8 @@ static void test_round_trip(const char *path) {
               r.n_rejected == 7 && r.vocab_size == VOCAB,
           "counts and version");
     CHECK(strcmp(r.tokenizer_sha256, meta.tokenizer_sha256) == 0 && strcmp(r.system_text, meta.system_text) == 0 &&
-              strcmp(r.instruction[0], meta.instruction_zh2nan) == 0 &&
-              strcmp(r.instruction[1], meta.instruction_nan2zh) == 0 && strcmp(r.directions, "both") == 0 &&
+              strcmp(r.instruction[0], meta.instruction[0]) == 0 && strcmp(r.instruction[1], meta.instruction[1]) == 0 &&
+              !r.instruction[OT_ZH2TL] && !r.instruction[OT_TL2NAN] && strcmp(r.directions, "both") == 0 &&
               strcmp(r.source_file, "synthetic.tsv") == 0,
           "text attributes");
     CHECK(ot_pairs_h5_verify(&r, &err) == 0, "verify: %s", err.msg);
@@ -264,9 +263,11 @@ static void test_bad_files(const char *good) {
     expect_bad(p, "sample 4 has loss_start 100000", "loss_start past the sample");
     p = tmp_path("dir_bad.h5");
     copy_file(good, p, -1);
-    uint8_t three = 3;
+    uint8_t three = 3, nine = 9;
     write_element(p, "direction", 9, H5T_NATIVE_UINT8, &three);
-    expect_bad(p, "sample 9 has direction 3", "direction 3");
+    expect_bad(p, "sample 9 has direction tl2zh, but the file has no instruction_tl2zh", "direction 3, not in the file");
+    write_element(p, "direction", 9, H5T_NATIVE_UINT8, &nine);
+    expect_bad(p, "sample 9 has direction 9, not one of", "direction 9, not in the table");
     p = tmp_path("id_bad.h5");
     copy_file(good, p, -1);
     uint32_t huge = 300000;
@@ -289,10 +290,40 @@ static void test_abort_and_refusals(void) {
     CHECK(ot_pairs_h5_append(w, ids, 3, 3, 0, 2, &err) == -1 && strstr(err.msg, "loss_start 3"),
           "loss_start outside the sample refused: %s", err.msg);
     CHECK(ot_pairs_h5_append(w, ids, 0, 0, 0, 2, &err) == -1, "empty sample refused");
-    CHECK(ot_pairs_h5_append(w, ids, 3, 1, 2, 2, &err) == -1 && strstr(err.msg, "direction 2"), "direction 2 refused");
+    CHECK(ot_pairs_h5_append(w, ids, 3, 1, 2, 2, &err) == -1 && strstr(err.msg, "direction 2"),
+          "direction 2 refused without its instruction");
+    CHECK(ot_pairs_h5_append(w, ids, 3, 1, OT_N_DIRECTIONS, 2, &err) == -1, "a direction past the table refused");
     ot_pairs_h5_abort(w);
     CHECK(ot_pairs_h5_create(tmp_path("no/such/dir/x.h5"), &meta, &err) == NULL && strstr(err.msg, "cannot create"),
           "unwritable path: %s", err.msg);
+}
+
+// A file with Tâi-lô samples carries the instruction of each direction it holds, and only those.
+static void test_tailo_directions(void) {
+    ot_err err = {{0}};
+    const char *path = tmp_path("tailo.h5");
+    ot_pairs_h5_meta m = meta;
+    m.instruction[OT_ZH2TL] = "zh → Tâi-lô";
+    m.instruction[OT_NAN2TL] = "nan → Tâi-lô";
+    m.directions = "zh2tl,nan2tl";
+    ot_pairs_h5_writer *w = ot_pairs_h5_create(path, &m, &err);
+    CHECK(w != NULL, "create: %s", err.msg);
+    if (!w) return;
+    int32_t ids[3] = {1, 2, 3};
+    CHECK(ot_pairs_h5_append(w, ids, 3, 1, OT_ZH2TL, 2, &err) == 0 &&
+              ot_pairs_h5_append(w, ids, 3, 2, OT_NAN2TL, 2, &err) == 0,
+          "append zh2tl, nan2tl: %s", err.msg);
+    CHECK(ot_pairs_h5_append(w, ids, 3, 1, OT_TL2ZH, 3, &err) == -1, "tl2zh refused: not declared");
+    CHECK(ot_pairs_h5_finish(w, 1, 0, &err) == 0, "finish: %s", err.msg);
+    ot_pairs_h5 r;
+    CHECK(ot_pairs_h5_open(&r, path, &err) == 0, "open: %s", err.msg);
+    if (!r.offsets) return;
+    CHECK(r.n_samples == 2 && r.direction[0] == OT_ZH2TL && r.direction[1] == OT_NAN2TL, "directions read back");
+    CHECK(r.instruction[OT_ZH2TL] && strcmp(r.instruction[OT_ZH2TL], "zh → Tâi-lô") == 0 && r.instruction[OT_NAN2TL] &&
+              strcmp(r.instruction[OT_NAN2TL], "nan → Tâi-lô") == 0 && !r.instruction[OT_TL2ZH] &&
+              strcmp(r.instruction[OT_ZH2NAN], "zh → nan") == 0 && strcmp(r.directions, "zh2tl,nan2tl") == 0,
+          "instructions read back");
+    ot_pairs_h5_close(&r);
 }
 
 int main(void) {
@@ -309,6 +340,7 @@ int main(void) {
     test_round_trip(good_path);
     test_bad_files(good_path);
     test_abort_and_refusals();
+    test_tailo_directions();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     CHECK(system(cmd) == 0, "cleanup");

@@ -5,7 +5,7 @@
 
 #include "formats/harmony.h"
 #include "tests/test_util.h"
-#include "trainer/batch.h"
+#include "trainer/graph/batch.h"
 
 // Spec §4.7, "Token ids, verified with the encoder described above"; the '|' there is after index 75.
 static const int32_t spec_example[88] = {
@@ -101,17 +101,15 @@ static void test_defaults_and_directions(const ot_tokenizer *tok) {
     ot_harmony h;
     ot_err err = {{0}};
     CHECK(ot_harmony_init(&h, tok, NULL, NULL, NULL, &err) == 0, "init defaults: %s", err.msg);
-    const char *zh = "我們明天去。", *nan = "咱明仔載去。";
-    for (int d = 0; d < 2; d++) {
-        const char *src = d == OT_ZH2NAN ? zh : nan, *tgt = d == OT_ZH2NAN ? nan : zh;
+    const char *text_of[OT_N_COLUMNS] = {"我們明天去。", "咱明仔載去。", "Lán bîn-á-tsài khì."};
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) {
+        const char *src = text_of[ot_directions[d].source], *tgt = text_of[ot_directions[d].target];
         ot_ids ids = {0};
         int ls = -1;
         CHECK(ot_harmony_render_sample(&h, (ot_direction)d, src, strlen(src), tgt, strlen(tgt), &ids, &ls, &err) == 0,
               "render %d", d);
         char *dec = ot_tokenizer_decode(tok, ids.v, ids.n, NULL, &err);
-        char *text = ot_harmony_render_text(OT_HARMONY_SYSTEM_DEFAULT, d == OT_ZH2NAN ? OT_HARMONY_INSTRUCTION_ZH2NAN
-                                                                                       : OT_HARMONY_INSTRUCTION_NAN2ZH,
-                                            src, tgt);
+        char *text = ot_harmony_render_text(OT_HARMONY_SYSTEM_DEFAULT, ot_directions[d].instruction, src, tgt);
         CHECK(dec && strcmp(dec, text) == 0, "direction %s: ids decode to the text form", ot_direction_name(d));
         // The loss part decodes to the generated answer, exactly.
         char *answer = ot_tokenizer_decode(tok, ids.v + ls, ids.n - ls, NULL, &err);
@@ -144,6 +142,59 @@ static void test_defaults_and_directions(const ot_tokenizer *tok) {
     ot_harmony_free(&h);
 }
 
+// The direction table (formats/directions.h): names, columns, reverses, Modelfile names, the --directions parser.
+static void test_direction_table(const ot_tokenizer *tok) {
+    char names[256] = "";
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) {
+        const ot_direction_info *di = &ot_directions[d], *rev = &ot_directions[di->reverse];
+        CHECK(ot_direction_parse(di->name) == d && strcmp(ot_direction_name((ot_direction)d), di->name) == 0,
+              "%s: name round trip", di->name);
+        CHECK(di->source != di->target && rev->source == di->target && rev->target == di->source &&
+                  (int)rev->reverse == d,
+              "%s: the reverse swaps source and target", di->name);
+        for (int e = 0; e < d; e++)
+            CHECK(strcmp(ot_directions[e].modelfile, di->modelfile) != 0 &&
+                      strcmp(ot_directions[e].instruction, di->instruction) != 0,
+                  "%s and %s: distinct Modelfile and instruction", ot_directions[e].name, di->name);
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", d ? ", " : "", di->name);
+    }
+    CHECK(strcmp(names, ot_direction_names()) == 0, "ot_direction_names() lists the table: %s", ot_direction_names());
+    CHECK(strcmp(ot_column_name(OT_COL_ZH), "zh") == 0 && strcmp(ot_column_name(OT_COL_NAN), "nan") == 0 &&
+              strcmp(ot_column_name(OT_COL_TL), "nan_tl") == 0,
+          "column names are the corpus's");
+    CHECK(ot_directions[OT_ZH2NAN].instruction == OT_HARMONY_INSTRUCTION_ZH2NAN &&
+              ot_directions[OT_NAN2ZH].instruction == OT_HARMONY_INSTRUCTION_NAN2ZH &&
+              strcmp(ot_directions[OT_ZH2NAN].modelfile, "Modelfile") == 0,
+          "the first two directions keep their texts and files");
+
+    ot_direction dirs[OT_N_DIRECTIONS];
+    char why[160];
+    CHECK(ot_directions_parse_list("both", dirs, why) == 2 && dirs[0] == OT_ZH2NAN && dirs[1] == OT_NAN2ZH, "both");
+    CHECK(ot_directions_parse_list("all", dirs, why) == OT_N_DIRECTIONS && dirs[5] == OT_TL2NAN, "all");
+    CHECK(ot_directions_parse_list("tl2zh,zh2nan", dirs, why) == 2 && dirs[0] == OT_TL2ZH && dirs[1] == OT_ZH2NAN,
+          "a list keeps its order");
+    CHECK(ot_directions_parse_list("nan2tl", dirs, why) == 1 && dirs[0] == OT_NAN2TL, "one name");
+    const char *bad[] = {"", "zh2nan,", ",zh2nan", "zh2nan,zh2nan", "zh2xx", "zh2nan,,nan2zh", "ZH2NAN"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(ot_directions_parse_list(bad[i], dirs, why) == -1 && why[0], "'%s' refused", bad[i]);
+
+    // The old initializer and the per-direction one agree; a given instruction replaces only its direction's.
+    ot_harmony a, b;
+    ot_err err = {{0}};
+    const char *instr[OT_N_DIRECTIONS] = {0};
+    instr[OT_ZH2TL] = "Mandarin to Tâi-lô, please.";
+    CHECK(ot_harmony_init(&a, tok, NULL, NULL, NULL, &err) == 0 && ot_harmony_init_all(&b, tok, NULL, instr, &err) == 0,
+          "init: %s", err.msg);
+    for (int d = 0; d < OT_N_DIRECTIONS; d++) {
+        int same = a.prefix[d].n == b.prefix[d].n &&
+                   memcmp(a.prefix[d].v, b.prefix[d].v, sizeof(int32_t) * (size_t)a.prefix[d].n) == 0;
+        CHECK(d == OT_ZH2TL ? !same && strcmp(b.instruction[d], instr[OT_ZH2TL]) == 0 : same,
+              "%s: prefix %s", ot_direction_name((ot_direction)d), d == OT_ZH2TL ? "replaced" : "unchanged");
+    }
+    ot_harmony_free(&a);
+    ot_harmony_free(&b);
+}
+
 int main(void) {
     ot_err err = {{0}};
     ot_tokenizer *tok = ot_tokenizer_load("data/o200k_base.tiktoken", &err);
@@ -151,6 +202,7 @@ int main(void) {
     if (!tok) return ot_test_finish("test_data_harmony");
     test_spec_example(tok);
     test_defaults_and_directions(tok);
+    test_direction_table(tok);
     ot_tokenizer_free(tok);
     return ot_test_finish("test_data_harmony");
 }

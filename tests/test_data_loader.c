@@ -7,7 +7,7 @@
 
 #include "formats/pairs_h5.h"
 #include "tests/test_util.h"
-#include "trainer/data_loader.h"
+#include "trainer/train/data_loader.h"
 
 #define N 600
 #define SEQ 256
@@ -23,7 +23,8 @@ static int sample_len(int i) { return i % 50 == 7 ? SEQ + 1 + i % 13 : 3 + (int)
 static int sample_loss_start(int i) { return 1 + (int)(ot_hash64((uint64_t)i + 77) % (uint64_t)(sample_len(i) - 1)); }
 
 static void write_data(void) {
-    ot_pairs_h5_meta meta = {"0000", 201088, "s", "a", "b", "both", "synthetic"};
+    ot_pairs_h5_meta meta = {.tokenizer_sha256 = "0000", .tokenizer_vocab_size = 201088, .system_text = "s",
+                             .instruction = {"a", "b"}, .directions = "both", .source_file = "synthetic"};
     ot_err err = {{0}};
     ot_pairs_h5_writer *w = ot_pairs_h5_create(path, &meta, &err);
     CHECK(w != NULL, "create: %s", err.msg);
@@ -146,7 +147,7 @@ static void test_single_rank(void) {
     ot_data_cursor start = {7, 0, 0};
     reference_steps(7, start, ref, STEPS);
     ot_err err = {{0}};
-    ot_loader *l = ot_loader_open(path, SEQ, ROWS, 0, 1, 0, start, &err);
+    ot_loader *l = ot_loader_open(path, 201088, SEQ, ROWS, 0, 1, 0, start, &err);
     CHECK(l != NULL, "open: %s", err.msg);
     if (!l) return;
     ot_loader_stats stats = ot_loader_get_stats(l);
@@ -198,10 +199,10 @@ static void test_resume(void) {
     reference_steps(99, start, ref, STEPS);
     ot_batch b;
     ot_batch_init(&b);
-    ot_loader *l = ot_loader_open(path, SEQ, ROWS, 0, 1, 0, start, &err);
+    ot_loader *l = ot_loader_open(path, 201088, SEQ, ROWS, 0, 1, 0, start, &err);
     for (int s = 0; s < 37; s++) CHECK(ot_loader_next(l, &b, &saved, &err) == 0, "next: %s", err.msg);
     ot_loader_close(l);
-    l = ot_loader_open(path, SEQ, ROWS, 0, 1, 0, saved, &err);
+    l = ot_loader_open(path, 201088, SEQ, ROWS, 0, 1, 0, saved, &err);
     CHECK(l != NULL, "reopen: %s", err.msg);
     int bad = 0;
     for (int s = 37; l && s < STEPS; s++) {
@@ -226,7 +227,7 @@ static void test_ranks(void) {
         ot_loader *l[4];
         ot_batch b[4];
         for (int r = 0; r < world; r++) {
-            l[r] = ot_loader_open(path, SEQ, ROWS, r, world, 0, start, &err);
+            l[r] = ot_loader_open(path, 201088, SEQ, ROWS, r, world, 0, start, &err);
             CHECK(l[r] != NULL, "open rank %d of %d: %s", r, world, err.msg);
             ot_batch_init(&b[r]);
         }
@@ -258,7 +259,7 @@ static void test_loss_all_and_errors(void) {
     ot_data_cursor start = {3, 0, 0};
     static ref_step ref[3];
     reference_steps(3, start, ref, 3);
-    ot_loader *l = ot_loader_open(path, SEQ, ROWS, 0, 1, 1, start, &err);
+    ot_loader *l = ot_loader_open(path, 201088, SEQ, ROWS, 0, 1, 1, start, &err);
     ot_batch b;
     ot_batch_init(&b);
     for (int s = 0; l && s < 3; s++) {
@@ -269,17 +270,28 @@ static void test_loss_all_and_errors(void) {
     ot_loader_close(l);
     ot_batch_free(&b);
 
-    CHECK(ot_loader_open(path, 2, ROWS, 0, 1, 0, start, &err) == NULL && strstr(err.msg, "longer than seq_len 2"),
+    CHECK(ot_loader_open(path, 200000, SEQ, ROWS, 0, 1, 0, start, &err) == NULL &&
+              strstr(err.msg, "vocabulary of 201088 ids") && strstr(err.msg, "the model has 200000"),
+          "a file tokenized for more ids than the model has: %s", err.msg);
+    // The id check the loader and the evaluator run on every sample before use: it names the sample and its line.
+    ot_pairs_h5 f;
+    int32_t ids[400];
+    CHECK(ot_pairs_h5_open(&f, path, &err) == 0 && ot_pairs_h5_read(&f, 5, ids, &err) == 0, "read: %s", err.msg);
+    CHECK(ot_pairs_h5_check_ids(&f, 5, ids, 201088, &err) == 0, "ids of sample 5 fit the model: %s", err.msg);
+    CHECK(ot_pairs_h5_check_ids(&f, 5, ids, 1000, &err) != 0 && strstr(err.msg, "sample 5 (line 5 of synthetic)") &&
+              strstr(err.msg, "outside the model's vocabulary of 1000"), "an id past the model's vocabulary: %s", err.msg);
+    ot_pairs_h5_close(&f);
+    CHECK(ot_loader_open(path, 201088, 2, ROWS, 0, 1, 0, start, &err) == NULL && strstr(err.msg, "longer than seq_len 2"),
           "no sample fits: %s", err.msg);
     ot_data_cursor far = {3, 0, N + 1};
-    CHECK(ot_loader_open(path, SEQ, ROWS, 0, 1, 0, far, &err) == NULL && strstr(err.msg, "does not fit"),
+    CHECK(ot_loader_open(path, 201088, SEQ, ROWS, 0, 1, 0, far, &err) == NULL && strstr(err.msg, "does not fit"),
           "cursor past the file: %s", err.msg);
-    CHECK(ot_loader_open(path, SEQ, ROWS, 2, 2, 0, start, &err) == NULL && strstr(err.msg, "rank 2 of 2"),
+    CHECK(ot_loader_open(path, 201088, SEQ, ROWS, 2, 2, 0, start, &err) == NULL && strstr(err.msg, "rank 2 of 2"),
           "rank out of range: %s", err.msg);
-    CHECK(ot_loader_open("tests/fixtures/missing.h5", SEQ, ROWS, 0, 1, 0, start, &err) == NULL &&
+    CHECK(ot_loader_open("tests/fixtures/missing.h5", 201088, SEQ, ROWS, 0, 1, 0, start, &err) == NULL &&
               strstr(err.msg, "missing.h5"), "missing file: %s", err.msg);
     // Open and close at once: the prefetch thread must stop cleanly mid-work.
-    for (int k = 0; k < 5; k++) ot_loader_close(ot_loader_open(path, SEQ, ROWS, 0, 1, 0, start, &err));
+    for (int k = 0; k < 5; k++) ot_loader_close(ot_loader_open(path, 201088, SEQ, ROWS, 0, 1, 0, start, &err));
 }
 
 int main(void) {

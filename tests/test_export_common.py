@@ -3,10 +3,14 @@ reader), dequantize ggml blocks and HF MXFP4 independently of the C code, and ma
 layout. Everything here follows the spec (§3.4 HF MXFP4, §5.3 names, §5.4 ggml MXFP4, §6.4 LoRA mapping)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import Checks  # noqa: E402
 
 SKIP = 77  # ctest's SKIP_RETURN_CODE for these tests
 
@@ -15,27 +19,19 @@ FP4 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, 
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float64)
 
 
-class Failures:
-    """Counts checks like tests/test_util.h, prints each failure, and gives the exit code."""
+class Failures(Checks):
+    """tests/checks.py's counter, printing failures only, with a check for a relative error against a tolerance."""
 
     def __init__(self, name):
-        self.name, self.checks, self.failed = name, 0, 0
+        super().__init__(name, verbose=False)
 
     def check(self, cond, msg):
-        self.checks += 1
-        if not cond:
-            self.failed += 1
-            print(f"FAIL {self.name}: {msg}", file=sys.stderr)
-        return bool(cond)
+        return self(cond, msg)
 
     def close(self, what, err, tol):
         ok = err <= tol
         print(f"{'ok  ' if ok else 'FAIL'} {what}: {err:.3e} (tolerance {tol:.1e})")
         return self.check(ok, f"{what}: {err:.3e} > {tol:.1e}")
-
-    def finish(self):
-        print(f"{self.name}: {self.checks - self.failed} passed, {self.failed} failed")
-        return 1 if self.failed else 0
 
 
 # ---- HF checkpoint ------------------------------------------------------------------------------------------------
@@ -169,13 +165,16 @@ class _Tensor:
         self.name, self.tensor_type, self.shape, self.data = name, tensor_type, shape, data
 
 
-def read_gguf_tensors(path):
-    """Tensors of a GGUF file, fast: the `gguf` package spends ~9 s on a model's 650,000 vocabulary strings, which the
-    logits tests do not need. This minimal reader (spec §5.1) skips the metadata and maps the tensor data; the
-    files themselves are checked with the `gguf` package in test_export_files.py."""
-    import struct
+GGUF_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
-    import gguf
+
+def read_gguf_header(path, strings_of=()):
+    """The metadata and tensor infos of a GGUF file (spec §5.1), read with this minimal parser, independent of both
+    osstune's writer and the `gguf` package (which spends ~9 s on a model's 650,000 vocabulary strings).
+    Returns (metadata, infos, data_start, buf): metadata maps each key, in file order, to (type, element type or
+    None, value); the value of a string array is its length unless the key is in strings_of (then its strings);
+    infos lists (name, ne, ggml type, offset)."""
+    import struct
 
     buf = np.memmap(path, dtype=np.uint8, mode="r")
     mv = memoryview(buf)
@@ -187,42 +186,57 @@ def read_gguf_tensors(path):
         pos += struct.calcsize("<" + fmt)
         return v[0]
 
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-    def skip(t):
+    def string():
         nonlocal pos
-        # (`pos += u(...)` would add to the position read before u() advanced it: read the length first.)
+        n = u("Q")  # (`pos += u(...)` would add to the position read before u() advanced it)
+        s = bytes(mv[pos:pos + n])
+        pos += n
+        return s
+
+    def value(t, keep_strings):
+        nonlocal pos
         if t == 8:
-            n = u("Q")
-            pos += n
-        elif t == 9:
+            return string().decode("utf-8", "surrogateescape")
+        if t == 9:
             et, n = u("I"), u("Q")
             if et == 8:
-                for _ in range(n):
-                    k = u("Q")
-                    pos += k
-            elif et == 9:
-                raise ValueError("nested arrays are not used by osstune")
-            else:
-                pos += sizes[et] * n
-        else:
-            pos += sizes[t]
+                if not keep_strings:
+                    for _ in range(n):
+                        k = u("Q")
+                        pos += k
+                    return n
+                return [string().decode("utf-8", "surrogateescape") for _ in range(n)]
+            if et == 9:
+                raise ValueError(f"{path}: nested arrays are not used by osstune")
+            fmt = GGUF_SCALAR_FORMATS[et]
+            vals = list(struct.unpack_from(f"<{n}{fmt}", mv, pos))
+            pos += struct.calcsize(f"<{n}{fmt}")
+            return vals
+        return u(GGUF_SCALAR_FORMATS[t])
 
     assert u("I") == 0x46554747 and u("I") == 3, f"{path}: not a GGUF v3 file"
     n_t, n_kv = u("Q"), u("Q")
+    metadata = {}
     for _ in range(n_kv):
-        k = u("Q")
-        pos += k
-        skip(u("I"))
+        key = string().decode()
+        t = u("I")
+        et = struct.unpack_from("<I", mv, pos)[0] if t == 9 else None
+        metadata[key] = (t, et, value(t, key in strings_of))
     infos = []
     for _ in range(n_t):
-        n = u("Q")
-        name = bytes(mv[pos:pos + n]).decode()
-        pos += n
+        name = string().decode()
         nd = u("I")
         ne = [u("Q") for _ in range(nd)]
         infos.append((name, ne, u("I"), u("Q")))
-    data_start = (pos + 31) // 32 * 32
+    return metadata, infos, (pos + 31) // 32 * 32, buf
+
+
+def read_gguf_tensors(path):
+    """Tensors of a GGUF file, fast (read_gguf_header: the logits tests need no vocabulary); the files themselves
+    are checked with the `gguf` package in test_export_files.py."""
+    import gguf
+
+    _, infos, data_start, buf = read_gguf_header(path)
     out = {}
     for name, ne, typ, off in infos:
         qt = gguf.GGMLQuantizationType(typ)
@@ -238,6 +252,32 @@ def field_value(r, key):
     """A metadata value as Python data (str, int, float, bool, list)."""
     f = r.fields[key]
     return f.contents()
+
+
+# ---- the harmony prompt and answer as osstune renders and reads them (tests/test_export_harmony.c) ------------------
+TIKTOKEN = "data/o200k_base.tiktoken"
+
+
+def harmony_prompt(helper, direction, source):
+    """{"system", "instruction", "text", "ids"} of the inference prompt formats/harmony.h renders for source."""
+    return json.loads(subprocess.run([helper, TIKTOKEN, direction, source], check=True, capture_output=True).stdout)
+
+
+def harmony_answer(helper, ids):
+    """The line osstune-translate prints for these generated ids."""
+    out = subprocess.run([helper, TIKTOKEN, "--answer", ",".join(map(str, ids))], check=True, capture_output=True)
+    return out.stdout.decode("utf-8").rstrip("\n")
+
+
+# ---- Modelfiles -----------------------------------------------------------------------------------------------------
+def modelfile_parts(text):
+    """FROM, TEMPLATE, SYSTEM, stops and comment lines of a Modelfile."""
+    out = {"from": re.findall(r"^FROM (.+)$", text, re.M), "stops": re.findall(r'^PARAMETER stop "(.*)"$', text, re.M),
+           "comments": [l for l in text.splitlines() if l.startswith("#")]}
+    for key in ("TEMPLATE", "SYSTEM"):
+        m = re.search(key + r' """(.*?)"""', text, re.S)
+        out[key.lower()] = m.group(1) if m else None
+    return out
 
 
 # ---- the merged GGUF back in the HF layout (for osstune-logits) ------------------------------------------------------

@@ -108,7 +108,8 @@ for delay in 0.05 0.2 0.4 30; do
   rc=$?
   if [ $rc -eq 0 ]; then
     n=$(ls -A "$out" | tr '\n' ' ')
-    [ "$n" = "Modelfile Modelfile.nan2zh README.md adapter.gguf base.gguf model.gguf peft " ] && ok || bad "complete run: $n"
+    want="Modelfile Modelfile.nan2tl Modelfile.nan2zh Modelfile.tl2nan Modelfile.tl2zh Modelfile.zh2tl README.md"
+    [ "$n" = "$want adapter.gguf base.gguf model.gguf peft " ] && ok || bad "complete run: $n"
   else
     if [ "$(ls -A "$out")" = "model.gguf" ] && [ "$(cat "$out/model.gguf")" = "keep me" ]; then ok
     else bad "interrupted after $delay s (exit $rc): left $(ls -A "$out")"; fi

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_export_common import (  # noqa: E402
     Failures, bf16_bits_to_f32, field_value, ggml_mxfp4_dequant, gguf_tensor_values, hf_mxfp4_dequant,
-    load_checkpoint, read_gguf)
+    TIKTOKEN, harmony_prompt, load_checkpoint, modelfile_parts, read_gguf)
 
 try:
     import gguf
@@ -29,8 +28,12 @@ except ImportError:
     sys.exit(1)
 
 V, T = gguf.GGUFValueType, gguf.GGMLQuantizationType
-TIKTOKEN = "data/o200k_base.tiktoken"
-SOURCES = {"zh2nan": "今天天氣很好。", "nan2zh": "今仔日天氣真好。"}
+# One source text per direction (formats/directions.h), in the script of its source column.
+SOURCES = {"zh2nan": "今天天氣很好。", "nan2zh": "今仔日天氣真好。", "zh2tl": "今天天氣很好。",
+           "tl2zh": "Kin-á-ji̍t thinn-khì tsin hó.", "nan2tl": "今仔日天氣真好。", "tl2nan": "Kin-á-ji̍t thinn-khì tsin hó."}
+# The Modelfile osstune-export writes for each direction.
+MODELFILES = {"zh2nan": "Modelfile", "nan2zh": "Modelfile.nan2zh", "zh2tl": "Modelfile.zh2tl",
+              "tl2zh": "Modelfile.tl2zh", "nan2tl": "Modelfile.nan2tl", "tl2nan": "Modelfile.tl2nan"}
 
 
 # ---- the reference values ----------------------------------------------------------------------------------------
@@ -165,16 +168,6 @@ def go_render(tmpl, data):
     return run(nodes, data)
 
 
-def modelfile_parts(text):
-    """FROM, TEMPLATE, SYSTEM, stops and comment lines of a Modelfile."""
-    out = {"from": re.findall(r"^FROM (.+)$", text, re.M), "stops": re.findall(r'^PARAMETER stop "(.*)"$', text, re.M),
-           "comments": [l for l in text.splitlines() if l.startswith("#")]}
-    for key in ("TEMPLATE", "SYSTEM"):
-        m = re.search(key + r' """(.*?)"""', text, re.S)
-        out[key.lower()] = m.group(1) if m else None
-    return out
-
-
 # ---- checks -------------------------------------------------------------------------------------------------------
 def check_model_metadata(f, r, cfg, name, vocab_bytes, harmony):
     H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
@@ -213,7 +206,8 @@ def check_model_metadata(f, r, cfg, name, vocab_bytes, harmony):
         "tokenizer.ggml.add_bos_token": (V.BOOL, False),
         "tokenizer.ggml.add_eos_token": (V.BOOL, False),
     }
-    arrays = {"tokenizer.ggml.tokens": V.STRING, "tokenizer.ggml.token_type": V.INT32, "tokenizer.ggml.merges": V.STRING}
+    arrays = {"tokenizer.ggml.tokens": V.STRING, "tokenizer.ggml.token_type": V.INT32, "tokenizer.ggml.merges": V.STRING,
+              "tokenizer.ggml.eos_token_ids": V.INT32}
     keys = [k for k in r.fields if not k.startswith("GGUF.")]
     f.check(sorted(keys) == sorted(list(expect) + list(arrays) + ["tokenizer.chat_template"]),
             f"key set differs: extra {sorted(set(keys) - set(expect) - set(arrays))}, "
@@ -225,6 +219,10 @@ def check_model_metadata(f, r, cfg, name, vocab_bytes, harmony):
     for key, et in arrays.items():
         if key in r.fields:
             f.check(r.fields[key].types == [V.ARRAY, et], f"{key}: types {r.fields[key].types}")
+    # Every end-of-generation token, as Ollama's gpt-oss converter lists them: <|endoftext|>, <|return|>, <|call|>.
+    if "tokenizer.ggml.eos_token_ids" in r.fields:
+        eog = [int(x) for x in field_value(r, "tokenizer.ggml.eos_token_ids")]
+        f.check(eog == [199999, 200002, 200012], f"tokenizer.ggml.eos_token_ids {eog}")
 
     # Vocabulary (spec §5.2): GPT-2 byte-level strings of the o200k ranks, harmony specials, [PAD<id>] padding.
     vocab = cfg["vocab_size"]
@@ -429,7 +427,7 @@ def check_peft_copy(f, out_dir, adapter_dir):
 
 
 def check_modelfiles(f, out_dir, harmony):
-    for fname, d in (("Modelfile", "zh2nan"), ("Modelfile.nan2zh", "nan2zh")):
+    for d, fname in MODELFILES.items():
         text = open(os.path.join(out_dir, fname), encoding="utf-8").read()
         m = modelfile_parts(text)
         f.check(m["from"] == ["./model.gguf"], f"{fname}: FROM {m['from']}")
@@ -447,7 +445,7 @@ def check_modelfiles(f, out_dir, harmony):
                     f"{fname}: Ollama enables harmony parsing only when the template has <|start|> and <|end|>")
     readme = open(os.path.join(out_dir, "README.md"), encoding="utf-8").read()
     for needle in ("ollama create tiny-zh2nan -f Modelfile", "ollama run tiny-zh2nan", "--lora adapter.gguf",
-                   "Modelfile.nan2zh"):
+                   "Modelfile.nan2zh", "Modelfile.zh2tl", "Modelfile.tl2nan"):
         f.check(needle in readme, f"README.md lacks {needle!r}")
 
 
@@ -458,8 +456,7 @@ def main():
     cfg = json.load(open(os.path.join(tiny, "config.json")))
     ck = load_checkpoint(tiny)
     peft_cfg, lora = peft_factors(adapter)
-    harmony = {d: json.loads(subprocess.run([helper, TIKTOKEN, d, s], check=True, capture_output=True).stdout)
-               for d, s in SOURCES.items()}
+    harmony = {d: harmony_prompt(helper, d, s) for d, s in SOURCES.items()}
     vocab_bytes = [None] * 199998
     for line in open(TIKTOKEN, "rb"):
         tok, rk = line.split()

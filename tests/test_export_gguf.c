@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "formats/gguf.h"
+#include "formats/gguf_gptoss.h"
 #include "formats/gguf_vocab.h"
 #include "kernels/ops.h"
 #include "tests/test_util.h"
@@ -86,20 +87,7 @@ static uint8_t *tensor_bytes(const tspec *t, size_t *nbytes) {
     float *x = ot_malloc((size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++) x[i] = pattern(i);
     switch (t->type) {
-    case OT_GGML_F32: memcpy(b, x, (size_t)n * 4); break;
-    case OT_GGML_F16:
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h = ot_f32_to_f16(x[i]);
-            memcpy(b + 2 * i, &h, 2);
-        }
-        break;
-    case OT_GGML_BF16:
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h = ot_f32_to_bf16(x[i]);
-            memcpy(b + 2 * i, &h, 2);
-        }
-        break;
-    case OT_GGML_Q8_0: ot_gguf_quantize_q8_0(b, x, n); break;
+    default: ot_gguf_encode_row(b, x, n, t->type); break; // the exporter's own encoder (formats/gguf_gptoss.h)
     case OT_GGML_MXFP4: {
         int64_t groups = n / 32;
         uint8_t *hf = ot_malloc((size_t)groups * 16), *sc = ot_malloc((size_t)groups);

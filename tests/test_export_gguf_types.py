@@ -1,7 +1,15 @@
-"""Reads the GGUF that test_export_gguf wrote through the `gguf` package (llama.cpp's own reader) and checks every
-metadata value and type, and every tensor's type, shape and values, against what the C test put in.
+"""The GGUF value types, two ways.
 
-usage: test_export_gguf_types.py TYPES_GGUF
+1. `test_export_gguf_types.py TYPES_GGUF`: reads the GGUF that test_export_gguf wrote through the `gguf` package
+   (llama.cpp's own reader) and checks every metadata value and type, and every tensor's type, shape and values,
+   against what the C test put in.
+2. `test_export_gguf_types.py --exported SCRATCH_DIR`: every metadata key of every GGUF osstune-export wrote for the
+   tiny model (test_export_setup.sh: adapter.gguf, model.gguf, base.gguf, the Q8_0 and float32 variants) has the
+   type llama.cpp and Ollama read it as (the table EXPECTED below, each row with the source that fixes it). A key
+   that is not in the table fails too: whoever adds one must look up how the loaders read it. Ollama matters most
+   here: its Go engine (fs/ggml/ggml.go, keyValue) type-asserts each value and silently falls back to 0, "" or an
+   empty list when the type differs (e.g. block_count as UINT64 gives a model with 0 layers); llama.cpp at least
+   refuses such a file (src/llama-model-loader.cpp, GGUFMeta::GKV::get_kv: "key ... has wrong type").
 """
 import os
 import sys
@@ -9,13 +17,16 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_export_common import Failures, bf16_bits_to_f32, f32_to_bf16_bits, gguf_tensor_values  # noqa: E402
+from test_export_common import (  # noqa: E402
+    Failures, bf16_bits_to_f32, f32_to_bf16_bits, gguf_tensor_values, read_gguf_header)
 
 try:
     import gguf
 except ImportError:
     print("test_export_gguf_types: the `gguf` package is missing (pip install -r tests/requirements.txt)")
     sys.exit(1)
+
+V = gguf.GGUFValueType
 
 
 def pattern(n):
@@ -24,10 +35,9 @@ def pattern(n):
     return (((i % 29) - 14).astype(np.float32) * np.float32(0.375) + (i // 29).astype(np.float32) * np.float32(0.0625))
 
 
-def main():
+def check_writer_file(path):
     f = Failures("test_export_gguf_types")
-    r = gguf.GGUFReader(sys.argv[1])
-    V = gguf.GGUFValueType
+    r = gguf.GGUFReader(path)
     expect = {
         "test.u8": (V.UINT8, 200),
         "test.i8": (V.INT8, -100),
@@ -119,6 +129,115 @@ def main():
             pkg = gguf.quants.dequantize(np.asarray(t.data), T.MXFP4).reshape(-1)
             f.check(np.array_equal(pkg.astype(np.float64), want_vals), f"{name}: gguf.quants dequant != HF dequant")
     return f.finish()
+
+
+# ---- the exported files ----------------------------------------------------------------------------------------------
+# ggml-org/llama.cpp reads model keys with ml.get_key into a C++ variable whose type decides the GGUF type it accepts
+# (src/llama-model-loader.cpp, GGUFMeta::GKV_Base: uint32_t = UINT32, float = FLOAT32, bool = BOOL, std::string =
+# STRING; get_key_or_arr also takes an INT32/UINT32 array); the key names are in src/llama-arch.cpp (LLM_KV_NAMES).
+# ollama/ollama's Go engine reads them through fs/ggml/ggml.go (KV.Uint = uint32, Float = float32, Bool = bool,
+# String = string, Ints = []int32, Strings = []string, each a strict type assertion). "LC" and "OL" below name the
+# file of each repository where the key is read; "neither" keys are written as llama.cpp's own converter writes them
+# (gguf-py/gguf/gguf_writer.py).
+U32, F32, BOOL, STR = (V.UINT32, None), (V.FLOAT32, None), (V.BOOL, None), (V.STRING, None)
+ARR_STR, ARR_I32 = (V.ARRAY, V.STRING), (V.ARRAY, V.INT32)
+A = "gpt-oss."
+EXPECTED = {
+    # key: (type, array element type), where it is read
+    "general.architecture": (STR, "LC llama-model-loader.cpp (std::string), llama-adapter.cpp (gguf_get_val_str); "
+                                  "OL fs/ggml/ggml.go KV.Architecture (String)"),
+    "general.type": (STR, "LC src/llama-adapter.cpp (must be 'adapter'); OL fs/ggml/ggml.go KV.Kind (String)"),
+    "general.name": (STR, "LC src/llama-model.cpp (LLM_KV_GENERAL_NAME into std::string)"),
+    "general.quantization_version": (U32, "neither; gguf-py gguf_writer.add_quantization_version (uint32)"),
+    "general.file_type": (U32, "LC llama-model-loader.cpp (uint32_t ftype_val); OL fs/ggml/ggml.go KV.FileType (Uint)"),
+    A + "block_count": (U32, "LC src/llama-model.cpp load_hparams (uint32_t n_layer); "
+                             "OL model/models/gptoss/model.go (c.Uint), fs/ggml/ggml.go KV.BlockCount"),
+    A + "context_length": (U32, "LC src/llama-model.cpp (uint32_t n_ctx_train); OL fs/ggml/ggml.go KV.ContextLength"),
+    A + "embedding_length": (U32, "LC src/llama-model.cpp (uint32_t n_embd); OL gptoss/model.go (c.Uint)"),
+    A + "feed_forward_length": (U32, "LC src/llama-model.cpp (get_key_or_arr: UINT32, or an INT32/UINT32 array); "
+                                     "OL fs/ggml/ggml.go KV.FFNLength (UintOrArrayValueAsArray)"),
+    A + "expert_feed_forward_length": (U32, "LC src/llama-model.cpp, LLM_ARCH_OPENAI_MOE (uint32_t n_ff_exp)"),
+    A + "attention.head_count": (U32, "LC src/llama-model.cpp (get_key_or_arr); OL gptoss/model.go (c.Uint)"),
+    A + "attention.head_count_kv": (U32, "LC src/llama-model.cpp (get_key_or_arr); OL gptoss/model.go (c.Uint)"),
+    A + "attention.key_length": (U32, "LC src/llama-model.cpp (uint32_t n_embd_head_k); OL gptoss/model.go (c.Uint)"),
+    A + "attention.value_length": (U32, "LC src/llama-model.cpp (uint32_t n_embd_head_v); OL gptoss/model.go (c.Uint)"),
+    A + "attention.layer_norm_rms_epsilon": (F32, "LC src/llama-model.cpp, LLM_ARCH_OPENAI_MOE (float); "
+                                                  "OL gptoss/model.go (c.Float)"),
+    A + "attention.sliding_window": (U32, "LC src/llama-model.cpp, LLM_ARCH_OPENAI_MOE (uint32_t n_swa); "
+                                          "OL gptoss/model.go (c.Uint)"),
+    A + "expert_count": (U32, "LC src/llama-model.cpp (uint32_t n_expert); OL gptoss/model.go (c.Uint)"),
+    A + "expert_used_count": (U32, "LC src/llama-model.cpp (uint32_t n_expert_used); OL gptoss/model.go (c.Uint)"),
+    A + "rope.freq_base": (F32, "LC src/llama-model.cpp (float rope_freq_base_train); OL gptoss/model.go (c.Float)"),
+    A + "rope.scaling.type": (STR, "LC src/llama-model.cpp (std::string rope_scaling)"),
+    A + "rope.scaling.factor": (F32, "LC src/llama-model.cpp (float ropescale); OL gptoss/model.go (c.Float)"),
+    A + "rope.scaling.original_context_length": (U32, "LC src/llama-model.cpp (uint32_t n_ctx_orig_yarn); "
+                                                      "OL gptoss/model.go (c.Uint)"),
+    A + "rope.scaling.yarn_beta_fast": (F32, "LC src/llama-model.cpp (float yarn_beta_fast, where read); "
+                                             "gguf-py add_rope_scaling_yarn_beta_fast (float32)"),
+    A + "rope.scaling.yarn_beta_slow": (F32, "LC src/llama-model.cpp (float yarn_beta_slow, where read); "
+                                             "gguf-py add_rope_scaling_yarn_beta_slow (float32)"),
+    "tokenizer.ggml.model": (STR, "LC src/llama-vocab.cpp (std::string tokenizer_model)"),
+    "tokenizer.ggml.pre": (STR, "LC src/llama-vocab.cpp (std::string tokenizer_pre)"),
+    "tokenizer.ggml.tokens": (ARR_STR, "LC src/llama-vocab.cpp (throws unless an array of strings); OL gptoss/model.go "
+                                       "(c.Strings), fs/ggml/ggml.go GraphSize (asserts *array[string])"),
+    "tokenizer.ggml.token_type": (ARR_I32, "LC src/llama-vocab.cpp (throws unless an array of INT32); "
+                                           "OL gptoss/model.go (c.Ints)"),
+    "tokenizer.ggml.merges": (ARR_STR, "LC src/llama-vocab.cpp (throws unless an array of strings); "
+                                       "OL gptoss/model.go (c.Strings)"),
+    "tokenizer.ggml.bos_token_id": (U32, "LC src/llama-vocab.cpp (uint32_t new_id); OL gptoss/model.go (c.Uint)"),
+    "tokenizer.ggml.eos_token_id": (U32, "LC src/llama-vocab.cpp (uint32_t new_id); OL gptoss/model.go (c.Uint)"),
+    "tokenizer.ggml.padding_token_id": (U32, "LC src/llama-vocab.cpp (uint32_t new_id)"),
+    "tokenizer.ggml.add_bos_token": (BOOL, "LC src/llama-vocab.cpp (bool); OL gptoss/model.go (c.Bool)"),
+    "tokenizer.ggml.add_eos_token": (BOOL, "LC src/llama-vocab.cpp (bool); OL gptoss/model.go (c.Bool)"),
+    "tokenizer.ggml.eos_token_ids": (ARR_I32, "OL gptoss/model.go (c.Ints: its stop tokens besides eos_token_id); "
+                                              "written as []int32 by OL convert/convert_gptoss.go; LC does not read it"),
+    "tokenizer.chat_template": (STR, "LC src/llama-model.cpp (llama_model_chat_template: the value as text, a "
+                                     "Jinja string); OL fs/ggml/ggml.go KV.ChatTemplate (String)"),
+    "adapter.type": (STR, "LC src/llama-adapter.cpp (get_kv_str, must be 'lora')"),
+    "adapter.lora.alpha": (F32, "LC src/llama-adapter.cpp (get_kv_f32: gguf_get_val_f32 aborts on another type)"),
+}
+MODEL_KEYS = [k for k in EXPECTED if not k.startswith("adapter.")]
+ADAPTER_KEYS = ["general.architecture", "general.type", "general.name", "adapter.type", "adapter.lora.alpha"]
+# The end-of-generation tokens Ollama's gpt-oss converter lists (spec §4.3, §5.2): ids and names.
+EOG = [(199999, "<|endoftext|>"), (200002, "<|return|>"), (200012, "<|call|>")]
+
+
+def check_exported(scratch):
+    f = Failures("test_export_gguf_types --exported")
+    files = {os.path.join(d, n): ADAPTER_KEYS if n == "adapter.gguf" else MODEL_KEYS
+             for d, names in (("out", ("adapter.gguf", "model.gguf", "base.gguf")), ("out_q8", ("model.gguf",)),
+                              ("out_f32", ("adapter.gguf", "model.gguf", "base.gguf"))) for n in names}
+    for rel, required in files.items():
+        md, _, _, _ = read_gguf_header(os.path.join(scratch, rel), strings_of={"tokenizer.ggml.tokens"})
+        for key, (t, et, _) in md.items():
+            if not f.check(key in EXPECTED, f"{rel}: key {key} is not in the EXPECTED table: look up the type "
+                                            "llama.cpp and Ollama read it as and add it"):
+                continue
+            (want_t, want_et), where = EXPECTED[key]
+            got = V(t).name + (f"[{V(et).name}]" if et is not None else "")
+            want = want_t.name + (f"[{want_et.name}]" if want_et is not None else "")
+            f.check(got == want, f"{rel}: {key} is {got}, but {where} reads {want}")
+        missing = [k for k in required if k not in md]
+        f.check(not missing, f"{rel}: keys missing: {missing}")
+        if "tokenizer.ggml.tokens" in md:
+            toks = md["tokenizer.ggml.tokens"][2]
+            ids = md.get("tokenizer.ggml.eos_token_ids", (0, 0, []))[2]
+            f.check(ids == [i for i, _ in EOG], f"{rel}: tokenizer.ggml.eos_token_ids {ids}")
+            names = [toks[i] if 0 <= i < len(toks) else None for i in ids]
+            f.check(names == [n for _, n in EOG], f"{rel}: tokenizer.ggml.eos_token_ids name the tokens {names}")
+            eos = md["tokenizer.ggml.eos_token_id"][2]
+            f.check(toks[eos] == "<|return|>", f"{rel}: eos_token_id {eos} is {toks[eos]!r}, not <|return|>")
+        print(f"{rel}: {len(md)} keys checked")
+    return f.finish()
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--exported":
+        return check_exported(sys.argv[2])
+    if len(sys.argv) != 2:
+        print("usage: test_export_gguf_types.py TYPES_GGUF | --exported SCRATCH_DIR", file=sys.stderr)
+        return 2
+    return check_writer_file(sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -18,16 +18,15 @@ Skipped (exit 77) when llama-cpp-python is not installed.
 
 usage: test_export_llama_cpp.py BIN_DIR SCRATCH_DIR HARMONY_HELPER
 """
-import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_export_common import SKIP, EXAMPLE_TOKENS, Failures, osstune_logits, rel_err, with_truncated_yarn  # noqa: E402
+from test_export_common import (  # noqa: E402
+    SKIP, EXAMPLE_TOKENS, Failures, harmony_prompt, osstune_logits, rel_err, with_truncated_yarn)
 
 try:
     from llama_cpp import Llama
@@ -113,7 +112,7 @@ def main():
     # 4. Tokenization of the harmony prompt.
     m = Llama(model_path=os.path.join(out, "model.gguf"), vocab_only=True, verbose=False)
     for d, src in (("zh2nan", "今天天氣很好。"), ("nan2zh", "今仔日天氣真好。 Hello, world's 123 tokens!")):
-        h = json.loads(subprocess.run([helper, "data/o200k_base.tiktoken", d, src], check=True, capture_output=True).stdout)
+        h = harmony_prompt(helper, d, src)
         ids = m.tokenize(h["text"].encode(), add_bos=False, special=True)
         f.check(ids == h["ids"], f"{d}: llama.cpp tokenizes the prompt as\n{ids}\nosstune renders\n{h['ids']}")
         f.check(m.detokenize(ids, special=True).decode() == h["text"], f"{d}: detokenize does not give the text back")

@@ -112,7 +112,10 @@ static char *cfg(const char *extra) {
 static void test_keys_and_defaults(void) {
     ot_model_config c;
     ot_err err = {{0}};
-    char *t = cfg("\"num_experts\":8,\"experts_per_token\":2");
+    char *t = cfg("\"num_experts\":8,\"num_local_experts\":8");
+    CHECK(parse(&c, t, &err) == 0 && c.num_local_experts == 8, "both aliases, same value: %s", err.msg);
+    free(t);
+    t = cfg("\"num_experts\":8,\"experts_per_token\":2");
     CHECK(parse(&c, t, &err) == 0, "aliases: %s", err.msg);
     free(t);
     CHECK(c.num_local_experts == 8 && c.num_experts_per_tok == 2, "num_experts / experts_per_token aliases");
@@ -176,6 +179,17 @@ static void test_validation(void) {
     BAD("eos out of vocab", "\"num_local_experts\":4,\"eos_token_id\":5000", "eos_token_id = 5000 is outside");
     BAD("string where an int belongs", "\"num_local_experts\":\"4\"", "\"num_local_experts\" must be an integer");
     BAD("fractional int", "\"num_local_experts\":4.5", "\"num_local_experts\" must be an integer");
+    // Sizes are checked before anything divides by them; aliases of one setting must agree; rope values make sense.
+    expect_bad("zero heads, no head_dim",
+               "{\"vocab_size\":1000,\"hidden_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":0,"
+               "\"intermediate_size\":64,\"num_local_experts\":4}",
+               "num_attention_heads = 0 must be positive");
+    BAD("conflicting aliases", "\"num_local_experts\":4,\"num_experts\":8", "\"num_experts\" = 8 disagree");
+    BAD("conflicting top-k aliases", "\"num_local_experts\":4,\"num_experts_per_tok\":2,\"experts_per_token\":3",
+        "disagree");
+    BAD("negative beta_fast", "\"num_local_experts\":4,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4.0,"
+        "\"beta_fast\":-3.0}", "beta_fast = -3");
+    BAD("size out of bounds", "\"num_local_experts\":100000", "num_local_experts = 100000 is outside");
 #undef BAD
     expect_bad("not an object", "[1]", "not a JSON object");
     expect_bad("bad JSON", "{\"vocab_size\": }", "invalid JSON at line 1");

@@ -17,9 +17,9 @@
 #include "common/ot_common.h"
 #include "formats/fileio.h"
 #include "formats/pairs_h5.h"
-#include "trainer/full_checkpoint.h"
-#include "trainer/full_params.h"
-#include "trainer/gptoss_cpu.h"
+#include "trainer/train/checkpoint.h"
+#include "trainer/model/full_params.h"
+#include "trainer/graph/gptoss_cpu.h"
 #include "tests/test_util.h"
 
 #define FD_H 3e-3

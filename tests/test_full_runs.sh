@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# osstune-train --full end to end on the CPU backend (a 2-layer, hidden-32 bf16 model with the real vocabulary):
+# osstune-train --full end to end on the CPU backend (a 2-layer, hidden-32 bf16 model with the real vocabulary).
+# What --full shares with LoRA runs (N ranks = 1 rank, SIGTERM / SIGKILL / damage / another world size on resume)
+# is tests/test_train_runs.sh --full; here what only full training has:
 #   grad     model-level gradients of every tensor against finite differences (test_full_grad), MXFP4 refused
 #   learn    12 steps on 20 pairs: the loss of the last 3 steps is below the first step's by a clear margin
-#   ranks    2 ranks end with the 1-rank master weights and optimizer state, byte for byte
-#   sigterm  SIGTERM mid-run, the same command again → byte-identical to an uninterrupted run
 #   lora     the trained model directory works as --model: a LoRA run on it, and osstune-logits
 # usage: test_full_runs.sh BIN_DIR WORK_DIR [case ...]
 set -euo pipefail
 BIN=$1
 WORK=$2
 shift 2
-CASES=${*:-grad learn ranks sigterm lora}
+CASES=${*:-grad learn lora}
 . "$(dirname "$0")/train_test_lib.sh"
 
 SMALL=(--preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 --set intermediate_size=32)
@@ -65,34 +65,6 @@ PY
 )
     [ "${verdict%% *}" = ok ] && ok "full training lowers the loss: ${verdict#* }" || bad "loss did not fall: ${verdict#* }"
     ;;
-  ranks)
-    reference
-    rm -rf "$WORK/np2"
-    if train 2 "$WORK/np2" 2>"$WORK/np2.log" && same_state "$WORK/ref1" "$WORK/np2"; then
-      ok "2 ranks end with the 1-rank weights and optimizer state, byte for byte"
-    else
-      tail -5 "$WORK/np2.log"
-      bad "2 ranks differ from 1 rank"
-    fi
-    ;;
-  sigterm)
-    reference
-    d="$WORK/term"
-    rm -rf "$d"
-    stop_at=$(( (RANDOM % (STEPS - 3)) + 2 ))
-    train 1 "$d" --save-every 2 2>"$d.log" &
-    st=0
-    stop_after_step "$d" "$stop_at" $! || st=$?
-    if [ $st -ne 75 ] && [ $st -ne 0 ]; then
-      tail -5 "$d.log"
-      bad "SIGTERM gave exit status $st (want 75)"
-    elif train 1 "$d" --save-every 2 2>>"$d.log" && same_state "$WORK/ref1" "$d"; then
-      ok "SIGTERM after step $stop_at (exit $st), resume → byte-identical to the uninterrupted run"
-    else
-      tail -5 "$d.log"
-      bad "the resumed run differs from the uninterrupted one"
-    fi
-    ;;
   lora)
     reference
     mdir="$(final "$WORK/ref1")/model"
@@ -118,4 +90,4 @@ PY
   esac
 done
 echo "test_full_runs: $passes passed, $fails failed"
-[ $fails -eq 0 ]
+[ $passes -gt 0 ] && [ $fails -eq 0 ]

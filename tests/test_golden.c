@@ -9,8 +9,8 @@
 
 #include "formats/safetensors.h"
 #include "tests/test_util.h"
-#include "trainer/gptoss_cpu.h"
-#include "trainer/optimizer.h"
+#include "trainer/graph/gptoss_cpu.h"
+#include "trainer/train/optimizer.h"
 
 #define TOL_LOGITS 1e-5
 #define TOL_LOSS 1e-5

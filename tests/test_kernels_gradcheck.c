@@ -440,6 +440,39 @@ static void test_swiglu(void) {
     free(fd), free(before), free(g), free(c.gu), free(c.w), free(c.act);
 }
 
+// ---- MoE combine: out[t] = Σ_slot w[t, slot] · y[row of (t, slot)] -------------------------------------------
+typedef struct {
+    int T, k, H;
+    int32_t *perm, *inv;
+    double *y, *wts, *w, *out;
+} combine_ctx;
+static double combine_loss(void *p) {
+    combine_ctx *c = p;
+    ot_moe_combine_fwd_f64(c->out, c->y, c->wts, c->inv, c->T, c->k, c->H);
+    return dot(c->w, c->out, (size_t)c->T * c->H);
+}
+static void test_moe_combine(void) {
+    const int T = 5, k = 3, E = 4, H = 6, n = T * k;
+    int32_t idx[5 * 3] = {2, 0, 1, 3, 2, 0, 1, 0, 3, 0, 2, 1, 3, 1, 2}; // every expert used, none twice per token
+    combine_ctx c = {T, k, H, ot_malloc(n * sizeof(int32_t)), ot_malloc(n * sizeof(int32_t)),
+                     rand_vec((size_t)n * H, -1, 1), rand_vec(n, 0, 1), rand_vec((size_t)T * H, -1, 1),
+                     ot_malloc((size_t)T * H * sizeof(double))};
+    int32_t off[5];
+    ot_moe_plan(off, c.perm, c.inv, idx, n, E);
+    double *fd_y = fd_grad(c.y, (size_t)n * H, combine_loss, &c), *fd_w = fd_grad(c.wts, n, combine_loss, &c);
+    // dy is the experts' own buffer (overwritten); dw accumulates
+    double *dy = rand_vec((size_t)n * H, -1, 1), *zeros = ot_calloc((size_t)n * H, sizeof(double));
+    double *before = rand_vec(n, -1, 1), *dw = copy_vec(before, n);
+    ot_moe_combine_bwd_f64(dy, dw, c.w, c.y, c.wts, c.perm, n, k, H);
+    check_grad("moe_combine dy", dy, zeros, fd_y, (size_t)n * H);
+    check_grad("moe_combine dw", dw, before, fd_w, n);
+    double *dy2 = ot_malloc((size_t)n * H * sizeof(double));
+    ot_moe_combine_bwd_f64(dy2, NULL, c.w, c.y, c.wts, c.perm, n, k, H);
+    check_same("moe_combine dy without dw", dy2, dy, (size_t)n * H);
+    free(fd_y), free(fd_w), free(dy), free(dy2), free(zeros), free(before), free(dw);
+    free(c.perm), free(c.inv), free(c.y), free(c.wts), free(c.w), free(c.out);
+}
+
 // ---- expert matmul (dense float weights and MXFP4) -----------------------------------------------------------
 typedef struct {
     int n;
@@ -593,6 +626,7 @@ int main(void) {
     test_attention();
     test_router();
     test_swiglu();
+    test_moe_combine();
     test_experts();
     test_expert_weight_grad();
     test_xent();

@@ -632,6 +632,41 @@ static void test_schedule_and_clip(void) {
     CHECK(ot_sum_squares(gs, 7) == 1 + 4 + 9 + 0.25 + 0.0625 + 16 + 1, "sum of squares = %.17g", ot_sum_squares(gs, 7));
 }
 
+// The MoE plan groups the pairs by expert in pair order; unpermute adds each plan row back to its token.
+static void test_moe_plan_and_unpermute(void) {
+    const int T = 4, k = 2, E = 3, H = 2, n = T * k;
+    const int32_t idx[8] = {2, 0, 0, 1, 2, 1, 0, 2}; // expert 0: pairs 1 2 6; 1: 3 5; 2: 0 4 7
+    int32_t off[4], perm[8], inv[8];
+    ot_moe_plan(off, perm, inv, idx, n, E);
+    const int32_t want_off[4] = {0, 3, 5, 8}, want_perm[8] = {1, 2, 6, 3, 5, 0, 4, 7};
+    CHECK(!memcmp(off, want_off, sizeof off) && !memcmp(perm, want_perm, sizeof perm),
+          "moe_plan: offsets or order differ from experts in order, pairs in order within each");
+    int inv_ok = 1;
+    for (int p = 0; p < n; p++) inv_ok &= inv[perm[p]] == p;
+    CHECK(inv_ok, "moe_plan: inv is not the inverse of perm");
+    float rows[16], dx[8] = {0};
+    for (int p = 0; p < n; p++) rows[2 * p] = (float)(p + 1), rows[2 * p + 1] = (float)(10 * (p + 1));
+    ot_moe_unpermute_add(dx, rows, perm, n, k, H);
+    // token t gets the rows of pairs 2t and 2t+1
+    int un_ok = 1;
+    for (int t = 0; t < T; t++)
+        un_ok &= dx[2 * t] == (float)(inv[2 * t] + 1 + inv[2 * t + 1] + 1) &&
+                 dx[2 * t + 1] == (float)(10 * (inv[2 * t] + 1) + 10 * (inv[2 * t + 1] + 1));
+    CHECK(un_ok, "moe_unpermute_add: a token did not get exactly its own rows");
+}
+
+// The ordered slot sum adds left to right in double and rounds once: 1e8 + 1 − 1e8 is 1 (float sums would lose it),
+// and the order of the slots is the order of the additions.
+static void test_sum_slots_ordered(void) {
+    const float slots[3 * 2] = {1e8f, 3.0f, 1.0f, 0.25f, -1e8f, 0.5f};
+    float out[2] = {-1, -1};
+    ot_sum_slots_ordered(out, slots, 3, 2);
+    CHECK(out[0] == 1.0f && out[1] == 3.75f, "sum_slots_ordered: got %g %g, want 1 3.75", out[0], out[1]);
+    float zero[2] = {-1, -1};
+    ot_sum_slots_ordered(zero, slots, 0, 2);
+    CHECK(zero[0] == 0.0f && zero[1] == 0.0f, "sum_slots_ordered: no slot must give zeros");
+}
+
 int main(void) {
     ot_rng_seed(&rng, 77);
     test_mxfp4();
@@ -643,5 +678,7 @@ int main(void) {
     test_expert_mxfp4_vs_dense();
     test_adamw();
     test_schedule_and_clip();
+    test_moe_plan_and_unpermute();
+    test_sum_slots_ordered();
     return ot_test_finish("test_kernels_misc");
 }

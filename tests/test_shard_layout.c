@@ -1,10 +1,10 @@
-// The FSDP shard plan and shard reading (trainer/shard_layout.h, trainer/shard_read.h), without MPI: every rank's
+// The FSDP shard plan and shard reading (trainer/model/shard_layout.h, trainer/model/shard_read.h), without MPI: every rank's
 // pieces are read in this one process and put back together.
 //   - every tensor starts aligned, tensors do not overlap, the unit ends aligned;
 //   - for world sizes that do and do not divide the unit sizes, the ranks' pieces cover every byte of every unit
 //     exactly once, the tail is padding (zero), and the padding is less than one piece per rank;
 //   - vocabulary pieces hold whole rows;
-//   - the reassembled bytes equal the unsharded model (trainer/model.c: float32 values; MXFP4 bytes from the file;
+//   - the reassembled bytes equal the unsharded model (trainer/model/model.c: float32 values; MXFP4 bytes from the file;
 //     dequantized experts transposed the same way), and the bf16 layout rounds as the CUDA upload does;
 //   - each layer is two units, the attention block's tensors in one and the MoE block's in the other, every base
 //     tensor of the model in exactly one unit;
@@ -15,9 +15,9 @@
 #include <string.h>
 
 #include "test_util.h"
-#include "trainer/model.h"
-#include "trainer/shard_layout.h"
-#include "trainer/shard_read.h"
+#include "trainer/model/model.h"
+#include "trainer/model/shard_layout.h"
+#include "trainer/model/shard_read.h"
 
 // The unsharded model's float32 array for a dense role of layer l (NULL for MXFP4 bytes).
 static const float *reference(const ot_model *m, int l, ot_shard_role role) {

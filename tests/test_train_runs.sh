@@ -1,28 +1,47 @@
 #!/usr/bin/env bash
-# End-to-end training runs on the CPU backend under mpirun:
-#   1. N ranks (2, 3, 4) end with the same adapter and optimizer state as 1 rank, byte for byte;
-#   2. SIGTERM at a random step, then the same command again → byte-identical to an uninterrupted run (1 and 3 ranks);
-#   3. a run stopped with 3 ranks and resumed with 2 → byte-identical;
-#   4. SIGKILL while a checkpoint is being written → the previous checkpoint is intact and the run resumes;
-#   5. a truncated adapter in the newest checkpoint → a clear warning and fallback to the previous one.
-# usage: test_train_runs.sh BIN_DIR WORK_DIR [case ...]   (cases: ranks sigterm reshard sigkill corrupt; default all)
+# End-to-end training runs on the CPU backend under mpirun, for LoRA runs and (with --full) full training alike —
+# both keep their state in the same run-directory protocol, so both must pass the same cases:
+#   ranks    N ranks end with the same trainable state and optimizer state as 1 rank, byte for byte;
+#   sigterm  SIGTERM during a run (held at a checkpoint write, so it cannot finish first): exit 75 with a checkpoint
+#            below the last step, then the same command again → byte-identical to an uninterrupted run (1, 3 ranks);
+#   reshard  a run stopped with 3 ranks and resumed with 2 → byte-identical;
+#   sigkill  SIGKILL while a checkpoint is being written → the previous checkpoint is intact and the run resumes;
+#   corrupt  a truncated tensor file in the newest checkpoint → a clear warning and fallback to the previous one.
+# usage: test_train_runs.sh BIN_DIR WORK_DIR [--full] [case ...]   (cases: ranks sigterm reshard sigkill corrupt;
+#        default all)
 set -euo pipefail
 BIN=$1
 WORK=$2
 shift 2
+MODE=lora
+if [ "${1:-}" = --full ]; then MODE=full; shift; fi
 CASES=${*:-ranks sigterm reshard sigkill corrupt}
 . "$(dirname "$0")/train_test_lib.sh"
 
-# A small model with the real vocabulary (the data is real o200k tokens) and every LoRA target.
-if [ ! -f "$WORK/model/config.json" ]; then
-  "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null
-fi
+STEPS=6
 prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 41
 prep_pairs "$WORK/eval.h5" "$ROOT/data/sample/dev.tsv" 9
-STEPS=6
-ARGS=(--backend cpu --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6 --lora-r 4
-      --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100
-      --eval-data "$WORK/eval.h5" --eval-every 3)
+if [ $MODE = lora ]; then
+  # A small model with the real vocabulary (the data is real o200k tokens) and every LoRA target.
+  [ -f "$WORK/model/config.json" ] ||
+    "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null
+  ARGS=(--backend cpu --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6
+        --lora-r 4 --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100
+        --eval-data "$WORK/eval.h5" --eval-every 3)
+  STATE_FILES=(adapter_model.safetensors optimizer.safetensors) # what must be byte-identical
+  DAMAGE=adapter_model.safetensors                              # what the corrupt case truncates
+  RANKS="2 3 4"
+else
+  # A bf16 model with dense experts (MXFP4 experts are not trainable), small enough to train every weight.
+  [ -f "$WORK/model/config.json" ] ||
+    "$BIN/osstune-init-model" --preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 \
+      --set intermediate_size=32 --dense-experts --out "$WORK/model" >/dev/null
+  ARGS=(--backend cpu --full --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 128
+        --rows-per-step 6 --lr 3e-3 --warmup 1 --seed 3 --log-every 100 --eval-data "$WORK/eval.h5" --eval-every 3)
+  STATE_FILES=(master.safetensors optimizer.safetensors model/model.safetensors)
+  DAMAGE=master.safetensors
+  RANKS="2 3"
+fi
 
 train() { # train NP RUN_DIR [extra args]
   local np=$1 dir=$2
@@ -30,9 +49,14 @@ train() { # train NP RUN_DIR [extra args]
   mpirun -np "$np" "$BIN/osstune-train" "${ARGS[@]}" --run-dir "$dir" "$@"
 }
 final() { echo "$1/ckpt/step-$(printf %06d $STEPS)"; }
-same_state() { # same_state RUN_A RUN_B: adapter and optimizer byte-identical
-  cmp -s "$(final "$1")/adapter_model.safetensors" "$(final "$2")/adapter_model.safetensors" &&
-    cmp -s "$(final "$1")/optimizer.safetensors" "$(final "$2")/optimizer.safetensors"
+same_state() { # same_state RUN_A RUN_B: the trainable state and the optimizer state byte-identical
+  local f
+  for f in "${STATE_FILES[@]}"; do cmp -s "$(final "$1")/$f" "$(final "$2")/$f" || return 1; done
+}
+latest_step() { # the step number `latest` names in RUN_DIR
+  local name
+  name=$(cat "$1/ckpt/latest" 2>/dev/null) || { echo -1; return; }
+  echo $((10#${name#step-}))
 }
 
 rm -rf "$WORK/ref1"
@@ -41,7 +65,7 @@ train 1 "$WORK/ref1" --save-every 1 2>"$WORK/ref1.log" || { cat "$WORK/ref1.log"
 for c in $CASES; do
   case $c in
   ranks)
-    for np in 2 3 4; do
+    for np in $RANKS; do
       rm -rf "$WORK/np$np"
       if train "$np" "$WORK/np$np" 2>"$WORK/np$np.log" && same_state "$WORK/ref1" "$WORK/np$np"; then
         ok "$np ranks end with the 1-rank adapter and optimizer state, byte for byte"
@@ -62,17 +86,19 @@ for c in $CASES; do
       d="$WORK/term$np"
       rm -rf "$d"
       stop_at=$(( (RANDOM % (STEPS - 2)) + 1 ))
-      # stop after step stop_at: wait for that step's line in the metrics, then SIGTERM every rank
-      train "$np" "$d" --save-every 2 2>"$d.log" &
+      # Every checkpoint write pauses a second after its step's metrics line (test hook), so the SIGTERM sent
+      # after step stop_at's line lands while the run is held there: it stops at the next step, below the last.
+      OSSTUNE_TEST_CKPT_PAUSE=1 train "$np" "$d" --save-every 1 2>"$d.log" &
       st=0
       stop_after_step "$d" "$stop_at" $! || st=$?
-      if [ $st -ne 75 ] && [ $st -ne 0 ]; then
+      stopped=$(latest_step "$d")
+      if [ $st -ne 75 ] || [ "$stopped" -lt 1 ] || [ "$stopped" -ge $STEPS ]; then
         tail -5 "$d.log"
-        bad "$np ranks: SIGTERM gave exit status $st (want 75)"
+        bad "$np ranks: SIGTERM after step $stop_at gave exit status $st and a checkpoint at step $stopped (want 75 and a step from 1 to $((STEPS - 1)))"
         continue
       fi
       if train "$np" "$d" --save-every 2 2>>"$d.log" && same_state "$WORK/ref1" "$d"; then
-        ok "$np ranks: SIGTERM after step $stop_at (exit $st), resume → byte-identical to the uninterrupted run"
+        ok "$np ranks: SIGTERM after step $stop_at, stopped at step $stopped (exit 75), resume → byte-identical to the uninterrupted run"
       else
         tail -5 "$d.log"
         bad "$np ranks: resumed run differs from the uninterrupted one"
@@ -127,10 +153,10 @@ for c in $CASES; do
     rm -rf "$d"
     cp -r "$WORK/ref1" "$d"
     newest="$d/ckpt/$(cat "$d/ckpt/latest")"
-    truncate -s 100 "$newest/adapter_model.safetensors"
+    truncate -s 100 "$newest/$DAMAGE"
     if "$BIN/osstune-train" "${ARGS[@]}" --run-dir "$d" --steps $((STEPS + 1)) --force-resume 2>"$d.log" &&
-      grep -q "adapter_model.safetensors" "$d.log" && grep -q "step-$(printf %06d $((STEPS - 1)))" "$d.log"; then
-      ok "truncated adapter in the newest checkpoint: reported, fell back to step $((STEPS - 1))"
+      grep -q "$DAMAGE" "$d.log" && grep -q "step-$(printf %06d $((STEPS - 1)))" "$d.log"; then
+      ok "truncated $DAMAGE in the newest checkpoint: reported, fell back to step $((STEPS - 1))"
     else
       tail -8 "$d.log"
       bad "corrupt newest checkpoint not handled"
@@ -139,5 +165,5 @@ for c in $CASES; do
   *) echo "unknown case $c"; exit 2 ;;
   esac
 done
-echo "test_train_runs: $passes passed, $fails failed"
-[ $fails -eq 0 ]
+echo "test_train_runs ($MODE): $passes passed, $fails failed"
+[ $passes -gt 0 ] && [ $fails -eq 0 ]

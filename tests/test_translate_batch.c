@@ -1,4 +1,4 @@
-// The batch scheduler (trainer/generate_batch.c) on the CPU decoder behind the batched interface, against
+// The batch scheduler (infer/generate_batch.c) on the CPU decoder behind the batched interface, against
 // ot_translate one sentence at a time: on a tiny random model with the real vocabulary, five sources of different
 // lengths must give the same outputs (text, new tokens, why they stopped) for 1, 2, 3 and 5 slots, with a step
 // budget that cuts prompts into pieces, greedy and sampled (each sentence keeps its own random stream). Also: every
@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "tests/test_util.h"
-#include "trainer/decode_cpu_batch.h"
+#include "infer/decode_cpu_batch.h"
 
 #define N_SRC 5
 static const char *const SOURCES[N_SRC] = {

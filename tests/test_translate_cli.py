@@ -4,7 +4,8 @@
 usage: test_translate_cli.py BIN_DIR WORK_DIR
 
 The model is random, so its translations are gibberish; what is checked is the program's contract: one output
-line per input line, the same outputs from a TSV and from plain lines on stdin, a sentence's output independent
+line per input line, the same outputs from a TSV and from plain lines on stdin (for every direction, the Tâi-lô
+ones reading the nan_tl column), a sentence's output independent
 of the sentences before it (the cached prefix is re-used safely), the JSON score line with --ref (equal to
 scoring the printed lines with --hyp), --limit, --adapter (a zero LoRA changes nothing, a non-zero one
 changes the output), seeded sampling, and clear errors.
@@ -18,19 +19,13 @@ import sys
 import numpy as np
 from safetensors.numpy import save_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import Checks  # noqa: E402
+
+check = Checks("test_translate_cli", verbose=False)
+
 TOKENIZER = "data/o200k_base.tiktoken"
 MAX_NEW = "12"
-
-failures = 0
-checks = 0
-
-
-def check(ok, msg):
-    global failures, checks
-    checks += 1
-    if not ok:
-        failures += 1
-        print("FAIL " + msg)
 
 
 def run(args, stdin=None, expect_ok=True):
@@ -41,13 +36,17 @@ def run(args, stdin=None, expect_ok=True):
     return p
 
 
-# Own example sentences (zh, nan, source group).
+# Own example sentences (zh, nan, source group), and the Tâi-lô of each nan.
 ROWS = [
     ("今天天氣很好。", "今仔日天氣真好。", "grp-a"),
     ("我不知道。", "我毋知。", "grp-a"),
     ("他在家裡。", "伊佇厝裡。", "grp-b"),
     ("你要去哪裡？", "你欲去佗位？", "grp-a"),
 ]
+TAILO = ["Kin-á-ji̍t thinn-khì tsin hó.", "Guá m̄ tsai.", "I tī tshù-lí.", "Lí beh khì tó-uī?"]
+# The Tâi-lô directions: source and target columns (formats/directions.h).
+TL_DIRECTIONS = {"zh2tl": ("zh", "nan_tl"), "tl2zh": ("nan_tl", "zh"), "nan2tl": ("nan", "nan_tl"),
+                 "tl2nan": ("nan_tl", "nan")}
 
 
 def make_model(bin_dir, work):
@@ -138,6 +137,35 @@ def main():
     p2 = run(base + ["--direction", "nan2zh"], stdin="".join(nan + "\n" for _, nan, _ in ROWS))
     check(p2.stdout.split("\n")[:-1] == lines[:len(ROWS)], "nan2zh from the TSV's nan column vs plain lines differ")
 
+    # 5b. the Tâi-lô directions: the TSV's source column is theirs (nan_tl or the other), the scores take the target
+    # column as reference and the source column as the copy baseline.
+    tl_tsv = os.path.join(work, "tailo.tsv")
+    cols = {"zh": [r[0] for r in ROWS], "nan": [r[1] for r in ROWS], "nan_tl": TAILO, "source": [r[2] for r in ROWS]}
+    with open(tl_tsv, "w", encoding="utf-8") as f:
+        f.write("nan_tl\tsource\tzh\tnan\n" + "".join("%s\t%s\t%s\t%s\n" % (cols["nan_tl"][i], cols["source"][i],
+                                                                       cols["zh"][i], cols["nan"][i])
+                                                   for i in range(len(ROWS))))
+    for d, (src_col, tgt_col) in TL_DIRECTIONS.items():
+        p = run(base + ["--direction", d, "--in", tl_tsv, "--ref", tl_tsv])
+        lines = p.stdout.split("\n")[:-1]
+        rep = json.loads(lines[-1]) if lines else {}
+        check(len(lines) == len(ROWS) + 1 and rep.get("direction") == d, "%s: %r" % (d, lines))
+        p2 = run(base + ["--direction", d], stdin="".join(x + "\n" for x in cols[src_col]))
+        check(p2.stdout.split("\n")[:-1] == lines[:len(ROWS)], "%s: the TSV's %s column vs plain lines" % (d, src_col))
+        for col, key, want in ((tgt_col, "chrf", 100.0), (src_col, "chrf", rep.get("copy_chrf"))):
+            with open(hyp, "w", encoding="utf-8") as f:
+                f.write("".join(x + "\n" for x in cols[col]))
+            got = json.loads(run([tool, "--direction", d, "--ref", tl_tsv, "--hyp", hyp]).stdout)
+            check(abs(got[key] - want) < 1e-9, "%s: the %s column as output scores chrF %r, expected %r"
+                  % (d, col, got[key], want))
+    check(rep.get("copy_chrf", 1) < 50, "tl2nan: copying Tâi-lô for Han characters scores %r" % rep.get("copy_chrf"))
+    p = run(base + ["--direction", "zh2tl", "--in", tsv, "--ref", tsv], expect_ok=False)
+    check(p.returncode != 0 and "nan_tl" in p.stderr, "zh2tl --ref without a nan_tl column: %r" % p.stderr)
+    p = run(base + ["--direction", "tl2zh", "--in", tsv], expect_ok=False)
+    check(p.returncode != 0 and "`nan_tl` column" in p.stderr, "tl2zh on a zh/nan TSV: %r" % p.stderr)
+    p = run(base + ["--direction", "zh2tai", "--in", tsv], expect_ok=False)
+    check(p.returncode == 2 and "tl2nan" in p.stderr, "unknown direction lists the names: %r" % p.stderr)
+
     # 6. --adapter: B = 0 (PEFT's initialisation) changes nothing; a non-zero adapter changes the outputs
     zero = make_adapter(work, "adapter-zero", 0.0)
     live = make_adapter(work, "adapter-live", 3.0)
@@ -178,8 +206,7 @@ def main():
     p = run([tool, "--help"])
     check("--max-new-tokens" in p.stdout and "final channel" in p.stdout, "--help text")
 
-    print("test_translate_cli: %d passed, %d failed" % (checks - failures, failures))
-    sys.exit(1 if failures else 0)
+    sys.exit(check.finish())
 
 
 if __name__ == "__main__":

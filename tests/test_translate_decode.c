@@ -12,8 +12,8 @@
 #include <string.h>
 
 #include "tests/test_util.h"
-#include "trainer/decode_cpu.h"
-#include "trainer/gptoss_cpu.h"
+#include "infer/decode_cpu.h"
+#include "trainer/graph/gptoss_cpu.h"
 
 // The bound for decoder vs full forward; the kernels are row-independent, so the logits are expected
 // to be identical, which the test reports as information.

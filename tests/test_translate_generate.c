@@ -1,4 +1,4 @@
-// Generation pieces that need no model: reading the answer out of harmony output (trainer/generate.h rules
+// Generation pieces that need no model: reading the answer out of harmony output (infer/generate.h rules
 // 1–4), flattening an answer to one line, and the sampler (greedy ties, nucleus cut, draw frequencies).
 // Usage: test_translate_generate [TOKENIZER]   (default data/o200k_base.tiktoken)
 #include <math.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "tests/test_util.h"
-#include "trainer/generate.h"
+#include "infer/generate.h"
 
 static const ot_tokenizer *g_tok;
 static ot_harmony g_h;

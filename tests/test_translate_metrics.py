@@ -20,6 +20,11 @@ import random
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import Checks  # noqa: E402
+
+check = Checks("test_translate_metrics", verbose=False)
+
 TOL = 1e-6
 
 try:
@@ -27,17 +32,6 @@ try:
 except ImportError:
     print("FAIL: the sacrebleu package is missing: pip install -r tests/requirements.txt")
     sys.exit(1)
-
-failures = 0
-checks = 0
-
-
-def check(ok, msg):
-    global failures, checks
-    checks += 1
-    if not ok:
-        failures += 1
-        print("FAIL " + msg)
 
 
 def ref_scores(hyps, refs):
@@ -239,8 +233,7 @@ def main():
     tool, mode, work = sys.argv[1:]
     os.makedirs(work, exist_ok=True)
     (run_random if mode == "random" else run_corpus)(tool, work)
-    print("test_translate_metrics %s: %d passed, %d failed" % (mode, checks - failures, failures))
-    sys.exit(1 if failures else 0)
+    sys.exit(check.finish(mode))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "tests/test_util.h"
-#include "trainer/score.h"
+#include "infer/score.h"
 
 #define TOL 1e-12 // relative: the formulas are a handful of double operations
 

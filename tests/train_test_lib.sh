@@ -2,6 +2,7 @@
 # not run. Expects BIN (the programs) and WORK (a scratch directory) to be set.
 #   ok / bad MESSAGE          count a check (passes, fails) and print it
 #   prep_pairs OUT.h5 TSV N   the first N lines of TSV (header included) tokenized into OUT.h5, once
+#   tiny_model DIR            the tiny test model with 2 layers, the real vocabulary and seed 7 in DIR, once
 #   stop_after_step DIR N PID wait until DIR/metrics.jsonl has N lines (or a minute), SIGTERM every osstune-train
 #                             rank of --run-dir DIR, and return the exit status of PID (the backgrounded run)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -18,6 +19,11 @@ prep_pairs() {
   [ -f "$out" ] && return 0
   head -n "$n" "$tsv" >"${out%.h5}.tsv"
   "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "${out%.h5}.tsv" --out "$out" >/dev/null
+}
+
+tiny_model() {
+  [ -f "$1/config.json" ] && return 0
+  "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$1" --set num_hidden_layers=2 >/dev/null
 }
 
 stop_after_step() {

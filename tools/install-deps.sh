@@ -4,8 +4,9 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+# iproute2: the multi-node launch tests make network namespaces with `ip` (tests/launch/).
 PKGS="build-essential cmake pkg-config libjansson-dev libpcre2-dev libhdf5-dev hdf5-tools
-      libprotobuf-c-dev protobuf-c-compiler libopenmpi-dev openmpi-bin python3 python3-pip"
+      libprotobuf-c-dev protobuf-c-compiler libopenmpi-dev openmpi-bin python3 python3-pip curl iproute2"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "formats/checkpoint.h"
+#include "formats/fileio.h"
 #include "formats/json_util.h"
 #include "formats/model_config.h"
 #include "formats/safetensors.h"
@@ -222,27 +223,69 @@ static void *gen_job_run(void *arg) {
 }
 
 // ---- directory plumbing --------------------------------------------------------------------------------------------
-static char *join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = ot_malloc(n);
-    snprintf(p, n, "%s/%s", dir, name);
-    return p;
+// Whether `name` is a file this tool writes into DIR (or its temporary form, "<name>.tmp").
+static int written_here(const char *name) {
+    static const char *fixed[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                  "model.safetensors.index.json"};
+    char base[256];
+    snprintf(base, sizeof base, "%s", name);
+    size_t n = strlen(base);
+    if (n > 4 && strcmp(base + n - 4, ".tmp") == 0) base[n - 4] = 0;
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (strcmp(base, fixed[i]) == 0) return 1;
+    int a, b, used = 0;
+    return sscanf(base, "model-%5d-of-%5d.safetensors%n", &a, &b, &used) == 2 && base[used] == 0;
 }
 
-// A DIR.tmp left by an interrupted run holds only files this tool writes: remove them and the directory.
-static void remove_stale_tmp_dir(const char *tmp) {
-    DIR *d = opendir(tmp);
-    if (!d) return;
+// Removes the files this tool writes from dir (leaving anything else), then dir itself. 0, or -1 with errno set.
+static int remove_written_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
     struct dirent *de;
+    int rc = 0;
     while ((de = readdir(d))) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        char *p = join(tmp, de->d_name);
-        if (unlink(p) != 0) ot_die("%s: cannot remove stale file: %s", p, strerror(errno));
+        if (!written_here(de->d_name)) continue;
+        char *p = ot_path_join(dir, de->d_name);
+        if (unlink(p) != 0) rc = -1;
         free(p);
     }
     closedir(d);
-    if (rmdir(tmp) != 0) ot_die("%s: cannot remove stale directory: %s", tmp, strerror(errno));
+    return rmdir(dir) != 0 || rc ? -1 : 0;
+}
+
+// A DIR.tmp left by an interrupted run holds only files this tool writes: remove them and the directory. Anything
+// else there (a link in DIR.tmp's place, a file this tool does not write, the --tokenizer being copied) means it is
+// not such a leftover, and nothing is removed.
+static void remove_stale_tmp_dir(const char *tmp, const char *tokenizer) {
+    struct stat st;
+    if (lstat(tmp, &st) != 0) return;
+    if (!S_ISDIR(st.st_mode))
+        ot_die("%s is in the way (it is not a directory an interrupted run left); remove it or choose another --out", tmp);
+    DIR *d = opendir(tmp);
+    if (!d) ot_die("%s: cannot read: %s", tmp, strerror(errno));
+    const ot_path_role inputs[] = {{"--tokenizer", tokenizer}};
+    ot_err err;
+    struct dirent *de;
+    while ((de = readdir(d))) { // everything is checked before anything is removed
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        char *p = ot_path_join(tmp, de->d_name);
+        if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode) || !written_here(de->d_name))
+            ot_die("%s holds %s, which osstune-init-model does not write: it is not a leftover of an interrupted "
+                   "run; remove it yourself or choose another --out", tmp, de->d_name);
+        if (ot_check_output("a leftover file", p, inputs, 1, &err)) ot_die("%s", err.msg);
+        free(p);
+    }
+    closedir(d);
+    if (remove_written_files(tmp) != 0) ot_die("%s: cannot remove it: %s", tmp, strerror(errno));
     ot_warn("removed %s left by an interrupted run", tmp);
+}
+
+// The directory this run is building: removed when the run ends any way but by finishing (an error exits through
+// ot_die), so a failure -- a full disk included -- leaves nothing behind. A kill leaves it for the next run.
+static char *g_building;
+
+static void remove_unfinished(void) {
+    if (g_building) remove_written_files(g_building);
 }
 
 static int copy_file(const char *src, const char *dst, ot_err *err) {
@@ -255,7 +298,7 @@ static int copy_file(const char *src, const char *dst, ot_err *err) {
 }
 
 static int write_text(const char *dir, const char *name, const char *text, ot_err *err) {
-    char *p = join(dir, name);
+    char *p = ot_path_join(dir, name);
     int rc = ot_write_file_atomic(p, text, strlen(text), err);
     free(p);
     return rc;
@@ -298,6 +341,18 @@ static void assign_shards(int n, const size_t *bytes, int n_shards, int *shard_o
 
 // ---- main -----------------------------------------------------------------------------------------------------------
 #define MAX_SETS 64
+
+// A validation message names the setting at fault ("config: KEY = ..."). When that is not a key the user gave with
+// --set, its value is the preset's, which another --set made wrong (--set vocab_size=1000 against the preset's
+// pad_token_id 199999): say so, so the message does not seem to blame an option never given.
+static void explain_preset_value(const char *msg, const char *preset, const char **sets, int n_sets) {
+    char key[64];
+    if (sscanf(msg, "config: %63[a-z_] =", key) != 1) return;
+    for (int i = 0; i < n_sets; i++)
+        if (strncmp(sets[i], key, strlen(key)) == 0 && sets[i][strlen(key)] == '=') return;
+    fprintf(stderr, "osstune-init-model: %s is the '%s' preset's value, not one you set%s; change it with --set %s=VALUE\n",
+            key, preset, n_sets ? " (your --set options made it invalid)" : "", key);
+}
 
 // An integer option 1..max into *v; -1 with a message otherwise.
 static int parse_count(const char *flag, const char *text, long max, int *v) {
@@ -373,7 +428,11 @@ int main(int argc, char **argv) {
         free(kv);
     }
     c.experts_mxfp4 = !dense;
-    if (ot_model_config_validate(&c, &err)) ot_die("%s", err.msg);
+    if (ot_model_config_validate(&c, &err)) {
+        fprintf(stderr, "osstune-init-model: %s\n", err.msg);
+        explain_preset_value(err.msg, preset, sets, n_sets);
+        return 1;
+    }
     // Both expert forms are generated through MXFP4 (dense = its dequantization), so both need the 32-multiples.
     if (c.hidden_size % 32 || c.intermediate_size % 32)
         ot_die("hidden_size (%d) and intermediate_size (%d) must be multiples of 32 (experts are generated as MXFP4)",
@@ -405,8 +464,10 @@ int main(int argc, char **argv) {
     size_t tl = strlen(out) + 8;
     char *tmp = ot_malloc(tl);
     snprintf(tmp, tl, "%s.tmp", out);
-    remove_stale_tmp_dir(tmp);
+    remove_stale_tmp_dir(tmp, tokenizer);
     if (mkdir(tmp, 0755) != 0) ot_die("%s: cannot create directory: %s", tmp, strerror(errno));
+    g_building = tmp;
+    atexit(remove_unfinished);
 
     char *text = ot_model_config_to_json(&c);
     if (write_text(tmp, "config.json", text, &err)) ot_die("%s", err.msg);
@@ -415,7 +476,7 @@ int main(int argc, char **argv) {
     if (write_text(tmp, "generation_config.json", text, &err)) ot_die("%s", err.msg);
     free(text);
     if (tokenizer) {
-        char *dst = join(tmp, "tokenizer.json");
+        char *dst = ot_path_join(tmp, "tokenizer.json");
         if (copy_file(tokenizer, dst, &err)) ot_die("--tokenizer: %s", err.msg);
         free(dst);
     }
@@ -467,7 +528,7 @@ int main(int argc, char **argv) {
                     ot_st_writer_add(w, tensors[u].name, tensors[u].kind == OT_TK_U8 ? OT_DT_U8 : OT_DT_BF16,
                                      tensors[u].ndim, tensors[u].shape, NULL);
                 snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
-                char *path = join(tmp, fname);
+                char *path = ot_path_join(tmp, fname);
                 st = ot_st_stream_begin(w, path, &err);
                 free(path);
                 if (!st) ot_die("%s", err.msg);
@@ -503,6 +564,7 @@ int main(int argc, char **argv) {
     free(text);
 
     if (rename(tmp, out) != 0) ot_die("cannot rename %s to %s: %s", tmp, out, strerror(errno));
+    g_building = NULL;
     if (ot_fsync_parent_dir(out, &err)) ot_die("%s", err.msg);
 
     free(shard_of);

@@ -7,16 +7,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include "trainer/gptoss_cpu.h"
+#include "formats/fileio.h"
+#include "formats/run_dir.h"
+#include "trainer/graph/gptoss_cpu.h"
+#include "trainer/model/backend.h"
 #ifdef OT_HAVE_CUDA
-#include "trainer/gptoss_cuda.h"
+#include "trainer/graph/gptoss_cuda.h"
 #endif
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: osstune-logits --model DIR --tokens ID,ID,... --out FILE [--adapter PEFT_DIR] [--backend cpu|cuda]\n"
+            "usage: osstune-logits --model DIR --tokens ID,ID,... --out FILE [--adapter PEFT_DIR] [--backend auto|cpu|cuda]\n"
             "\n"
             "Runs the gpt-oss model in DIR (HF layout: config.json + safetensors shards) on the given token ids and\n"
             "writes float32 little-endian logits [T, vocab] to FILE. Prints one JSON line: {\"loss\": mean next-token\n"
@@ -25,9 +29,9 @@ static void usage(FILE *f) {
             "  --model DIR        base model directory\n"
             "  --adapter DIR      PEFT adapter directory (adapter_config.json + adapter_model.safetensors)\n"
             "  --tokens LIST      comma-separated token ids (at least 1)\n"
-            "  --out FILE         where to write the logits ('-' = do not write)\n"
-            "  --backend B        cpu (the float32 reference) or cuda (bf16 activations on the GPU); default: cuda\n"
-            "                     when this build has CUDA and a GPU is visible, else cpu\n"
+            "  --out FILE         where to write the logits ('-' = do not write; a FIFO is written into)\n"
+            "  --backend B        cpu (the float32 reference), cuda (bf16 activations on the GPU) or auto (the\n"
+            "                     default: cuda when this build has CUDA and a GPU is visible, else cpu)\n"
             "  -h, --help         this text\n");
 }
 
@@ -82,34 +86,37 @@ int main(int argc, char **argv) {
         fprintf(stderr, "osstune-logits: --model, --tokens and --out are required (see --help)\n");
         return 2;
     }
-#ifdef OT_HAVE_CUDA
-    if (!backend) backend = ot_cuda_device_count() > 0 ? "cuda" : "cpu";
-#else
-    if (!backend) backend = "cpu";
-#endif
-    if (strcmp(backend, "cpu") != 0 && strcmp(backend, "cuda") != 0) {
-        fprintf(stderr, "osstune-logits: --backend must be cpu or cuda, not '%s'\n", backend);
-        return 2;
-    }
-    const int use_cuda = strcmp(backend, "cuda") == 0;
-#ifndef OT_HAVE_CUDA
-    if (use_cuda) {
-        fprintf(stderr, "osstune-logits: --backend cuda: this build has no CUDA (no nvcc at build time); use --backend cpu\n");
-        return 2;
-    }
-#endif
-    double t0 = ot_now_seconds();
+    ot_backend which;
     ot_err err;
+    if (ot_backend_resolve(backend, &which, &err)) {
+        fprintf(stderr, "osstune-logits: %s\n", err.msg);
+        return 2;
+    }
+    backend = ot_backend_name(which);
+    const int use_cuda = which == OT_BACKEND_CUDA;
+    double t0 = ot_now_seconds();
+    // The logits replace neither an input nor anything but a regular file; a FIFO is written into (a reader waits
+    // on it), never replaced.
+    struct stat out_st;
+    const int write_out = strcmp(out_path, "-") != 0;
+    const int to_fifo = write_out && stat(out_path, &out_st) == 0 && S_ISFIFO(out_st.st_mode);
+    const ot_path_role inputs[] = {{"--model", model_dir}, {"--adapter", adapter_dir}};
+    if (write_out && !to_fifo && ot_check_output("--out", out_path, inputs, 2, &err)) {
+        fprintf(stderr, "osstune-logits: %s\n", err.msg);
+        return 1;
+    }
+    // A checkpoint of a run is used only as it was written (its COMPLETE marker's sizes and hashes).
+    if (ot_run_ckpt_verify_files(model_dir, "--model", &err) ||
+        (adapter_dir && ot_run_ckpt_verify_files(adapter_dir, "--adapter", &err))) {
+        fprintf(stderr, "osstune-logits: %s\n", err.msg);
+        return 1;
+    }
     ot_model m;
     memset(&m, 0, sizeof m);
 #ifdef OT_HAVE_CUDA
     ot_cuda_model cm;
     memset(&cm, 0, sizeof cm);
     if (use_cuda) {
-        if (ot_cuda_device_count() < 1) {
-            fprintf(stderr, "osstune-logits: --backend cuda: no CUDA device is visible\n");
-            return 1;
-        }
         if (ot_cuda_model_load(&cm, model_dir, 0, &err)) {
             fprintf(stderr, "osstune-logits: %s\n", err.msg);
             return 1;
@@ -148,7 +155,7 @@ int main(int argc, char **argv) {
     ot_cpu_workspace *ws = ot_cpu_workspace_new();
     if (use_cuda) {
 #ifdef OT_HAVE_CUDA
-        ot_cuda_run_options ro = {0, 0};
+        ot_cuda_run_options ro = {.forward_only = 1};
         ot_cuda_ctx *ctx = ot_cuda_ctx_new(&cm, lop, &ro, T, b.n_targets);
         int rc = ot_cuda_logits(ctx, &b, logits, &err);
         ot_cuda_ctx_free(ctx);
@@ -172,23 +179,18 @@ int main(int argc, char **argv) {
     }
     if (T > 1) loss /= (T - 1);
 
-    if (strcmp(out_path, "-") != 0) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
-        FILE *f = fopen(tmp, "wb");
-        if (!f) {
-            fprintf(stderr, "osstune-logits: cannot write %s: %s\n", tmp, strerror(errno));
+    const size_t out_bytes = sizeof(float) * (size_t)T * V;
+    if (to_fifo) {
+        FILE *f = fopen(out_path, "wb");
+        int ok = f && fwrite(logits, 1, out_bytes, f) == out_bytes;
+        if (f) ok &= fclose(f) == 0;
+        if (!ok) {
+            fprintf(stderr, "osstune-logits: writing to the FIFO %s failed: %s\n", out_path, strerror(errno));
             return 1;
         }
-        size_t n = (size_t)T * V;
-        int ok = fwrite(logits, sizeof(float), n, f) == n;
-        ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
-        ok &= fclose(f) == 0;
-        if (!ok || rename(tmp, out_path) != 0) {
-            fprintf(stderr, "osstune-logits: writing %s failed: %s\n", out_path, strerror(errno));
-            unlink(tmp);
-            return 1;
-        }
+    } else if (write_out && ot_write_file_atomic(out_path, logits, out_bytes, &err)) {
+        fprintf(stderr, "osstune-logits: %s\n", err.msg);
+        return 1;
     }
     char loss_text[64];
     if (T > 1) snprintf(loss_text, sizeof loss_text, "%.8f", loss);

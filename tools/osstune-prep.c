@@ -1,10 +1,12 @@
 // osstune-prep: translation pairs (TSV or JSONL) -> tokenized harmony samples in an HDF5 file for osstune-train.
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "formats/fileio.h"
 #include "formats/harmony.h"
 #include "formats/pairs_h5.h"
 #include "formats/pairs_input.h"
@@ -13,32 +15,43 @@
 static const char usage[] =
     "usage: osstune-prep --tokenizer PATH --in FILE --out FILE.h5 [options]\n"
     "\n"
-    "Renders every (zh, nan) pair as harmony training samples (docs/data-format.md) and writes them, tokenized,\n"
-    "to an HDF5 file. The output appears only when everything succeeded (it is written under a temporary name).\n"
+    "Renders every pair as harmony training samples (docs/data-format.md), one per direction asked for, and\n"
+    "writes them, tokenized, to an HDF5 file. The output appears only when everything succeeded (it is written\n"
+    "under a temporary name).\n"
     "\n"
     "  --tokenizer PATH     a model directory (its tokenizer.json), a tokenizer.json, or an o200k .tiktoken file\n"
     "  --in FILE            pairs: TSV with a header naming zh and nan columns (others ignored), or JSONL\n"
-    "                       objects with zh and nan keys (.jsonl; other names: '{' first means JSONL)\n"
+    "                       objects with zh and nan keys (.jsonl; other names: '{' first means JSONL); the\n"
+    "                       Tâi-lô directions also read the nan_tl column / key\n"
     "  --out FILE.h5        the output file\n"
-    "  --directions D       both (default: per pair, zh2nan then nan2zh), zh2nan or nan2zh\n"
+    "  --directions D       both (default: per pair, zh2nan then nan2zh), all (the six below, in this order), or\n"
+    "                       a comma-separated list of: zh2nan, nan2zh (Mandarin <-> Taiwanese in Han\n"
+    "                       characters), zh2tl, tl2zh (Mandarin <-> Tâi-lô), nan2tl, tl2nan (Han characters <->\n"
+    "                       Tâi-lô); per pair, the samples follow the order given\n"
     "  --max-chars N        a side longer than N characters is a bad line (default 4096; 0 = no limit)\n"
     "  --skip-bad           skip bad lines instead of stopping; they go to the rejects file with the reason\n"
     "  --rejects FILE       where --skip-bad writes rejected lines (default: FILE.h5.rejects.tsv)\n"
     "  --system TEXT        system message text (default: the harmony default with 'Reasoning: low')\n"
-    "  --instruction-zh2nan TEXT, --instruction-nan2zh TEXT\n"
-    "                       developer instructions (defaults: see docs/data-format.md)\n"
+    "  --instruction-NAME TEXT\n"
+    "                       the developer instruction of direction NAME (--instruction-zh2nan, ...; defaults:\n"
+    "                       see docs/data-format.md)\n"
     "  --quiet              no progress line\n"
     "  --help               this text\n"
     "\n"
-    "A bad line (missing column or key, empty side, invalid UTF-8, a side over --max-chars, bad JSON) stops the\n"
-    "run with FILE:LINE and the reason, exit status 1, and no output file -- unless --skip-bad is given.\n";
+    "A bad line (missing column or key, empty or blank side, invalid UTF-8, a side over --max-chars, bad JSON)\n"
+    "stops the run with FILE:LINE and the reason, exit status 1, and no output file -- unless --skip-bad is given.\n"
+    "An output never replaces an input (--in, --tokenizer) or anything but a regular file. SIGINT, SIGTERM and\n"
+    "SIGHUP remove the unfinished output; temporary files of killed runs are removed by the next run\n"
+    "(docs/failure-policy.md).\n";
 
 #define PROGRESS_MIN_BYTES (4 << 20) // smaller inputs take well under a second: no progress line
 
 typedef struct {
-    const char *tokenizer, *in, *out, *directions, *rejects, *system, *instr[2];
+    const char *tokenizer, *in, *out, *directions, *rejects, *system, *instr[OT_N_DIRECTIONS];
     long max_chars;
     int skip_bad, quiet;
+    ot_direction dirs[OT_N_DIRECTIONS]; // the directions of --directions, in its order
+    int n_dirs;
 } options;
 
 static void usage_error(const char *fmt, const char *arg) {
@@ -64,15 +77,18 @@ static options parse_args(int argc, char **argv) {
             o.quiet = 1;
             continue;
         }
-        const char **slot = strcmp(a, "--tokenizer") == 0            ? &o.tokenizer
-                            : strcmp(a, "--in") == 0                 ? &o.in
-                            : strcmp(a, "--out") == 0                ? &o.out
-                            : strcmp(a, "--directions") == 0         ? &o.directions
-                            : strcmp(a, "--rejects") == 0            ? &o.rejects
-                            : strcmp(a, "--system") == 0             ? &o.system
-                            : strcmp(a, "--instruction-zh2nan") == 0 ? &o.instr[OT_ZH2NAN]
-                            : strcmp(a, "--instruction-nan2zh") == 0 ? &o.instr[OT_NAN2ZH]
-                                                                     : NULL;
+        const char **slot = strcmp(a, "--tokenizer") == 0    ? &o.tokenizer
+                            : strcmp(a, "--in") == 0         ? &o.in
+                            : strcmp(a, "--out") == 0        ? &o.out
+                            : strcmp(a, "--directions") == 0 ? &o.directions
+                            : strcmp(a, "--rejects") == 0    ? &o.rejects
+                            : strcmp(a, "--system") == 0     ? &o.system
+                                                             : NULL;
+        if (!slot && strncmp(a, "--instruction-", 14) == 0) {
+            int d = ot_direction_parse(a + 14);
+            if (d < 0) usage_error("unknown argument '%s' (--instruction-NAME takes a direction name)", a);
+            slot = &o.instr[d];
+        }
         const char *max_chars = NULL;
         if (!slot && strcmp(a, "--max-chars") == 0) slot = &max_chars;
         if (!slot) usage_error("unknown argument '%s'", a);
@@ -87,9 +103,8 @@ static options parse_args(int argc, char **argv) {
     if (!o.tokenizer) usage_error("%s", "--tokenizer is required");
     if (!o.in) usage_error("%s", "--in is required");
     if (!o.out) usage_error("%s", "--out is required");
-    if (strcmp(o.directions, "both") != 0 && ot_direction_parse(o.directions) < 0)
-        usage_error("--directions must be both, zh2nan or nan2zh, not '%s'", o.directions);
-    if (strcmp(o.in, o.out) == 0) usage_error("--out '%s' would overwrite the input", o.out);
+    char why[160];
+    if ((o.n_dirs = ot_directions_parse_list(o.directions, o.dirs, why)) < 0) usage_error("--directions: %s", why);
     return o;
 }
 
@@ -97,13 +112,23 @@ static options parse_args(int argc, char **argv) {
 static ot_pairs_h5_writer *g_writer;
 static FILE *g_rejects;
 static char *g_rejects_tmp;
+// SIGINT / SIGTERM / SIGHUP only set this; the loop notices it between lines and leaves through fail(), which
+// removes the temporary files (HDF5 may not be called from a signal handler).
+static volatile sig_atomic_t g_signal;
+
+static void on_signal(int sig) { g_signal = sig; }
 
 static void fail(const char *msg) {
-    fprintf(stderr, "osstune-prep: error: %s\n", msg);
+    if (g_signal) fprintf(stderr, "osstune-prep: interrupted (%s); nothing written\n", strsignal(g_signal));
+    else fprintf(stderr, "osstune-prep: error: %s\n", msg);
     ot_pairs_h5_abort(g_writer);
     if (g_rejects) {
         fclose(g_rejects);
         unlink(g_rejects_tmp);
+    }
+    if (g_signal) { // die of the signal, as a shell expects of an interrupted program
+        signal(g_signal, SIG_DFL);
+        raise(g_signal);
     }
     exit(1);
 }
@@ -128,39 +153,58 @@ int main(int argc, char **argv) {
     double t0 = ot_now_seconds();
     ot_err err = {{0}};
     char msg[2 * OT_ERR_LEN];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; // no SA_RESTART: a read blocked on a pipe returns, and the loop sees the flag
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
-    ot_tokenizer *tok = ot_tokenizer_load(o.tokenizer, &err);
-    if (!tok) fail(err.msg);
-    ot_harmony h;
-    if (ot_harmony_init(&h, tok, o.system, o.instr[OT_ZH2NAN], o.instr[OT_NAN2ZH], &err) != 0) fail(err.msg);
-    ot_pairs_reader *in = ot_pairs_open(o.in, o.max_chars, &err);
-    if (!in) fail(err.msg);
-    struct stat st;
-    double in_bytes = stat(o.in, &st) == 0 ? (double)st.st_size : 0;
-
-    int dirs[2], n_dirs = 0;
-    if (strcmp(o.directions, "both") == 0) dirs[n_dirs++] = OT_ZH2NAN, dirs[n_dirs++] = OT_NAN2ZH;
-    else dirs[n_dirs++] = ot_direction_parse(o.directions);
-
-    ot_pairs_h5_meta meta = {.tokenizer_sha256 = ot_tokenizer_sha256(tok),
-                             .tokenizer_vocab_size = (uint32_t)ot_tokenizer_vocab_size(tok),
-                             .system_text = h.system,
-                             .instruction_zh2nan = h.instruction[OT_ZH2NAN],
-                             .instruction_nan2zh = h.instruction[OT_NAN2ZH],
-                             .directions = o.directions,
-                             .source_file = base_name(o.in)};
-    g_writer = ot_pairs_h5_create(o.out, &meta, &err);
-    if (!g_writer) fail(err.msg);
-
+    // The outputs may replace neither an input nor each other, nor anything but a regular file.
     char *rejects_path = NULL;
     if (o.skip_bad) {
         rejects_path = o.rejects ? ot_strdup(o.rejects) : ot_malloc(strlen(o.out) + 16);
         if (!o.rejects) sprintf(rejects_path, "%s.rejects.tsv", o.out);
-        g_rejects_tmp = ot_malloc(strlen(rejects_path) + 32);
-        sprintf(g_rejects_tmp, "%s.tmp.%ld", rejects_path, (long)getpid());
-        g_rejects = fopen(g_rejects_tmp, "wb");
-        if (!g_rejects) {
+    }
+    const char *rejects_role = o.rejects ? "--rejects" : "the rejects file";
+    const ot_path_role out_inputs[] = {{"--in", o.in}, {"--tokenizer", o.tokenizer}, {rejects_role, rejects_path}};
+    const ot_path_role rejects_inputs[] = {{"--in", o.in}, {"--tokenizer", o.tokenizer}, {"--out", o.out}};
+    if (ot_check_output("--out", o.out, out_inputs, 3, &err) ||
+        (rejects_path && ot_check_output(rejects_role, rejects_path, rejects_inputs, 3, &err)))
+        fail(err.msg);
+
+    ot_tokenizer *tok = ot_tokenizer_load(o.tokenizer, &err);
+    if (!tok) fail(err.msg);
+    ot_harmony h;
+    if (ot_harmony_init_all(&h, tok, o.system, o.instr, &err) != 0) fail(err.msg);
+    unsigned columns = 0; // the columns the directions read: only those must be present and valid
+    for (int k = 0; k < o.n_dirs; k++)
+        columns |= 1u << ot_directions[o.dirs[k]].source | 1u << ot_directions[o.dirs[k]].target;
+    ot_pairs_reader *in = ot_pairs_open_columns(o.in, o.max_chars, columns, &err);
+    if (!in) fail(err.msg);
+    struct stat st;
+    double in_bytes = stat(o.in, &st) == 0 ? (double)st.st_size : 0;
+
+    ot_pairs_h5_meta meta = {.tokenizer_sha256 = ot_tokenizer_sha256(tok),
+                             .tokenizer_vocab_size = (uint32_t)ot_tokenizer_vocab_size(tok),
+                             .system_text = h.system,
+                             .directions = o.directions,
+                             .source_file = base_name(o.in)};
+    meta.instruction[OT_ZH2NAN] = h.instruction[OT_ZH2NAN]; // always recorded, as before the Tâi-lô directions
+    meta.instruction[OT_NAN2ZH] = h.instruction[OT_NAN2ZH];
+    for (int k = 0; k < o.n_dirs; k++) meta.instruction[o.dirs[k]] = h.instruction[o.dirs[k]];
+    g_writer = ot_pairs_h5_create(o.out, &meta, &err);
+    if (!g_writer) fail(err.msg);
+
+    if (rejects_path) {
+        ot_remove_stale_temps(rejects_path);
+        g_rejects_tmp = ot_temp_path_pid(rejects_path);
+        int fd = ot_open_temp(rejects_path, g_rejects_tmp, &err);
+        if (fd < 0) fail(err.msg);
+        if (!(g_rejects = fdopen(fd, "wb"))) {
             snprintf(msg, sizeof msg, "cannot create rejects file %s: %s", g_rejects_tmp, strerror(errno));
+            close(fd);
+            unlink(g_rejects_tmp);
             fail(msg);
         }
         fprintf(g_rejects, "line\treason\tinput\n");
@@ -172,18 +216,20 @@ int main(int argc, char **argv) {
     double next_report_bytes = in_bytes / 10, next_report_time = ot_now_seconds() + 2.0;
     int tty = isatty(2), printed_progress = 0;
     for (;;) {
+        if (g_signal) fail("interrupted");
         int got = ot_pairs_next(in, &p, &err);
         if (got == OT_PAIRS_END) break;
         if (got < 0) fail(err.msg);
         int bad = got == OT_PAIRS_BAD;
         // Render every direction of the pair before writing any, so a bad pair contributes nothing.
-        int loss_start[2], len[2];
+        int loss_start[OT_N_DIRECTIONS], len[OT_N_DIRECTIONS];
         ids.n = 0;
-        for (int k = 0; !bad && k < n_dirs; k++) {
-            int dir = dirs[k], before = ids.n;
-            const char *src = dir == OT_ZH2NAN ? p.zh : p.nan, *tgt = dir == OT_ZH2NAN ? p.nan : p.zh;
-            size_t sl = dir == OT_ZH2NAN ? p.zh_len : p.nan_len, tl = dir == OT_ZH2NAN ? p.nan_len : p.zh_len;
-            if (ot_harmony_render_sample(&h, dir, src, sl, tgt, tl, &ids, &loss_start[k], &err) != 0) {
+        for (int k = 0; !bad && k < o.n_dirs; k++) {
+            ot_direction dir = o.dirs[k];
+            int before = ids.n;
+            const ot_direction_info *di = &ot_directions[dir];
+            if (ot_harmony_render_sample(&h, dir, p.text[di->source], p.len[di->source], p.text[di->target],
+                                         p.len[di->target], &ids, &loss_start[k], &err) != 0) {
                 ot_err why = err;
                 ot_fail(&err, "%s:%ld: %s", o.in, p.line, why.msg);
                 bad = 1;
@@ -196,8 +242,8 @@ int main(int argc, char **argv) {
             n_rejected++;
             continue;
         }
-        for (int k = 0, at = 0; k < n_dirs; at += len[k], k++)
-            if (ot_pairs_h5_append(g_writer, ids.v + at, len[k], (uint32_t)loss_start[k], (uint8_t)dirs[k],
+        for (int k = 0, at = 0; k < o.n_dirs; at += len[k], k++)
+            if (ot_pairs_h5_append(g_writer, ids.v + at, len[k], (uint32_t)loss_start[k], (uint8_t)o.dirs[k],
                                    (uint64_t)p.line, &err) != 0)
                 fail(err.msg);
         n_pairs++;
@@ -220,6 +266,7 @@ int main(int argc, char **argv) {
         snprintf(msg, sizeof msg, "%s: no usable pairs (%llu lines rejected)", o.in, (unsigned long long)n_rejected);
         fail(msg);
     }
+    if (g_signal) fail("interrupted");
     uint64_t n_samples = ot_pairs_h5_written_samples(g_writer), n_tokens = ot_pairs_h5_written_tokens(g_writer);
     ot_pairs_h5_writer *w = g_writer;
     g_writer = NULL; // finish frees it, on success and on failure

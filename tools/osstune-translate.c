@@ -11,11 +11,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "formats/run_dir.h"
 #include "formats/utf8.h"
-#include "trainer/decode_cpu.h"
-#include "trainer/score.h"
+#include "trainer/model/backend.h"
+#include "infer/decode_cpu.h"
+#include "infer/score.h"
 #ifdef OT_HAVE_CUDA
-#include "trainer/decode_cuda.h"
+#include "infer/decode_cuda.h"
 #endif
 
 #define PROG "osstune-translate"
@@ -23,16 +25,17 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: " PROG " --model DIR --direction zh2nan|nan2zh [options]\n"
-            "       " PROG " --direction zh2nan|nan2zh --ref FILE --hyp FILE    (score existing outputs)\n"
+            "usage: " PROG " --model DIR --direction D [options]\n"
+            "       " PROG " --direction D --ref FILE --hyp FILE    (score existing outputs)\n"
             "\n"
             "Translates each input line with the gpt-oss model in DIR (plus a PEFT adapter) and prints one output\n"
             "line per input line. The prompt is the harmony conversation osstune-prep trains on, ending at\n"
             "<|start|>assistant; decoding is greedy unless --temperature is given, and stops at <|return|>, at\n"
             "<|call|> or after --max-new-tokens tokens.\n"
             "\n"
-            "Input: one source sentence per line; or a TSV whose header has `zh` and `nan` columns, in which case\n"
-            "the source column of the direction is read (zh for zh2nan, nan for nan2zh).\n"
+            "Input: one source sentence per line; or a TSV whose header names the direction's source and target\n"
+            "columns (or `zh` and `nan`), in which case the source column of the direction is read (zh for zh2nan,\n"
+            "nan for nan2zh, nan_tl for tl2zh, ...).\n"
             "\n"
             "Output: the text of the final channel. If the model writes an analysis message first\n"
             "(<|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...), it is\n"
@@ -44,9 +47,13 @@ static void usage(FILE *f) {
             "  --adapter DIR        PEFT adapter directory (adapter_config.json + adapter_model.safetensors)\n"
             "  --tokenizer PATH     tokenizer.json or o200k_base .tiktoken file (default: DIR/tokenizer.json;\n"
             "                       this repository ships data/o200k_base.tiktoken)\n"
-            "  --direction D        zh2nan (Mandarin -> Taiwanese Hokkien) or nan2zh\n"
+            "  --direction D        zh2nan (Mandarin -> Taiwanese Hokkien in Han characters), nan2zh, zh2tl\n"
+            "                       (Mandarin -> Tâi-lô), tl2zh, nan2tl (Han characters -> Tâi-lô) or tl2nan;\n"
+            "                       source -> target columns: zh->nan, nan->zh, zh->nan_tl, nan_tl->zh, nan->nan_tl,\n"
+            "                       nan_tl->nan\n"
             "  --in FILE            input (default: standard input; '-' also means standard input)\n"
-            "  --ref FILE           TSV with `zh` and `nan` columns (and optionally `source`), row i the reference\n"
+            "  --ref FILE           TSV with the direction's source and target columns (zh, nan, nan_tl; and\n"
+            "                       optionally `source`), row i the reference\n"
             "                       of input line i. Scores the outputs and the copy-the-source baseline (the\n"
             "                       direction's source column of FILE taken as the output) and prints, as the last\n"
             "                       line, one JSON object: {\"direction\", \"count\", \"chrf\", \"bleu\", \"copy_chrf\",\n"
@@ -73,26 +80,27 @@ static void usage(FILE *f) {
             PROGRESS_EVERY_S);
 }
 
+// Errors end the program: exit status 1 for what went wrong, 2 for a bad command line (with a pointer to --help).
+static void vexit(int status, const char *fmt, va_list ap) __attribute__((noreturn));
+static void vexit(int status, const char *fmt, va_list ap) {
+    fprintf(stderr, PROG ": ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, status == 2 ? " (see --help)\n" : "\n");
+    exit(status);
+}
+
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, PROG ": ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
+    vexit(1, fmt, ap);
 }
 
 static void usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void usage_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, PROG ": ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see --help)\n");
-    va_end(ap);
-    exit(2);
+    vexit(2, fmt, ap);
 }
 
 // ---- reading text files ---------------------------------------------------------------------------------------
@@ -195,16 +203,24 @@ static void check_utf8(const text_list *l, const char *path) {
     }
 }
 
-static const char *source_column(ot_direction dir) { return dir == OT_ZH2NAN ? "zh" : "nan"; }
-static const char *target_column(ot_direction dir) { return dir == OT_ZH2NAN ? "nan" : "zh"; }
+// The TSV columns of a direction (formats/directions.h).
+static const char *source_column(ot_direction dir) { return ot_column_name(ot_directions[dir].source); }
+static const char *target_column(ot_direction dir) { return ot_column_name(ot_directions[dir].target); }
 
-// The sentences to translate: plain lines, or the direction's source column of a zh/nan TSV.
+// The sentences to translate: plain lines, or the direction's source column of a corpus TSV (a header naming the
+// direction's two columns, or zh and nan).
 static text_list read_sources(const char *path, ot_direction dir, long limit) {
     const char *name = path && strcmp(path, "-") ? path : "<stdin>";
     text_list lines = read_lines(path), out = {0};
-    int is_tsv = lines.n > 0 && tsv_column(lines.v[0], "zh") >= 0 && tsv_column(lines.v[0], "nan") >= 0;
+    int is_tsv = lines.n > 0 && ((tsv_column(lines.v[0], "zh") >= 0 && tsv_column(lines.v[0], "nan") >= 0) ||
+                                 (tsv_column(lines.v[0], source_column(dir)) >= 0 &&
+                                  tsv_column(lines.v[0], target_column(dir)) >= 0));
     if (is_tsv) {
-        out = tsv_column_values(&lines, tsv_column(lines.v[0], source_column(dir)), name);
+        int col = tsv_column(lines.v[0], source_column(dir));
+        if (col < 0)
+            die("%s:1: --direction %s reads the `%s` column, which the header does not name", name,
+                ot_direction_name(dir), source_column(dir));
+        out = tsv_column_values(&lines, col, name);
         list_free(&lines);
     } else {
         out = lines;
@@ -225,7 +241,9 @@ static ref_table read_refs(const char *path, ot_direction dir, long limit) {
     text_list lines = read_lines(path);
     if (lines.n == 0) die("%s: empty file (expected a TSV header with `zh` and `nan` columns)", path);
     int c_src = tsv_column(lines.v[0], source_column(dir)), c_tgt = tsv_column(lines.v[0], target_column(dir));
-    if (c_src < 0 || c_tgt < 0) die("%s:1: the header must name a `zh` and a `nan` column (tab-separated)", path);
+    if (c_src < 0 || c_tgt < 0)
+        die("%s:1: the header must name a `%s` and a `%s` column (tab-separated) for --direction %s", path,
+            source_column(dir), target_column(dir), ot_direction_name(dir));
     int c_group = tsv_column(lines.v[0], "source");
     ref_table r = {0};
     r.source = tsv_column_values(&lines, c_src, path);
@@ -346,7 +364,7 @@ static options parse_args(int argc, char **argv) {
         case O_TOK: o.tokenizer = optarg; break;
         case 'd':
             if ((o.direction = ot_direction_parse(optarg)) < 0)
-                usage_error("--direction: '%s' is not zh2nan or nan2zh", optarg);
+                usage_error("--direction: '%s' is not one of %s", optarg, ot_direction_names());
             break;
         case 'i': o.in = optarg; break;
         case 'r': o.ref = optarg; break;
@@ -386,15 +404,14 @@ static options parse_args(int argc, char **argv) {
     if (!o.model) usage_error("--model is required");
     if (strcmp(o.backend, "cpu") && strcmp(o.backend, "cuda") && strcmp(o.backend, "auto"))
         usage_error("--backend: unknown backend '%s' (cpu, cuda or auto)", o.backend);
-#ifdef OT_HAVE_CUDA
-    if (strcmp(o.backend, "auto") == 0) o.backend = ot_cuda_device_count() > 0 ? "cuda" : "cpu";
-    if (strcmp(o.backend, "cuda") == 0 && ot_cuda_device_count() < 1)
-        die("--backend cuda: no CUDA device is visible; use --backend cpu");
-#else
-    if (strcmp(o.backend, "auto") == 0) o.backend = "cpu";
-    if (strcmp(o.backend, "cuda") == 0)
-        die("--backend cuda: this build has no CUDA backend (nvcc was not found when it was built); use --backend cpu");
-#endif
+    ot_backend which;
+    ot_err err;
+    if (ot_backend_resolve(o.backend, &which, &err)) die("%s", err.msg);
+    o.backend = ot_backend_name(which);
+    // A checkpoint of a run is used only as it was written (its COMPLETE marker's sizes and hashes).
+    if (ot_run_ckpt_verify_files(o.model, "--model", &err) ||
+        (o.adapter && ot_run_ckpt_verify_files(o.adapter, "--adapter", &err)))
+        die("%s", err.msg);
     return o;
 }
 
@@ -520,7 +537,7 @@ static void on_done(void *user, long index, const ot_translation *t) {
     fflush(stdout);
 }
 
-// Batched decoding on the GPU (trainer/decode_cuda.h, trainer/generate_batch.h).
+// Batched decoding on the GPU (infer/decode_cuda.h, infer/generate_batch.h).
 static text_list translate_cuda(const options *o, const text_list *src, const char *in_name, const ot_harmony *h) {
     ot_err err;
     text_list out = {0};

@@ -61,6 +61,14 @@ double ot_sum_squares(const float *g, size_t n) {
     return (s0 + s1) + (s2 + s3);
 }
 
+void ot_sum_slots_ordered(float *out, const float *slots, int n_slots, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double acc = 0.0;
+        for (int k = 0; k < n_slots; k++) acc += (double)slots[(size_t)k * n + i];
+        out[i] = (float)acc;
+    }
+}
+
 // torch: clip_coef = max_norm / (total_norm + 1e-6) on a float32 tensor (computed as reciprocal · max_norm, which
 // is how torch evaluates a Python number divided by a tensor), then clamped to at most 1. At norm == max_norm the
 // factor is therefore 1 − 1e-6/max_norm, not exactly 1, just as in torch. max_norm <= 0 disables clipping.

@@ -308,6 +308,12 @@ static int attention_bwd_slices(int T, int nkv, int rep) {
     return want;
 }
 
+size_t ot_cuda_attention_bwd_tmp_bytes(int T, int nh, int nkv, int D) {
+    // delta [T, nh] and the tiles' first keys, then the fp32 sums of dq and (sliced) dk, dv at their largest
+    const size_t Tz = (size_t)T;
+    return sizeof(float) * Tz * nh + sizeof(int) * ot_cdiv(T, ATT_BQ) + sizeof(float) * Tz * D * ((size_t)nh + 2 * nkv);
+}
+
 void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf16 *dv, float *dsinks,
                            const ot_bf16 *dout, const ot_bf16 *out, const float *lse, const ot_bf16 *q,
                            const ot_bf16 *k, const ot_bf16 *v, const float *sinks, const int32_t *seg_start, int T,

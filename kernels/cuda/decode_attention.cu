@@ -177,7 +177,7 @@ void ot_cuda_attention_cache_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf1
 
 // ---- greedy pick ----------------------------------------------------------------------------------------------
 // One block per row: each thread scans a strided share, then a tree over shared memory. The better of two
-// candidates is the larger value, the lower index on a tie — the CPU argmax (trainer/generate.c) exactly.
+// candidates is the larger value, the lower index on a tie — the CPU argmax (infer/generate.c) exactly.
 #define ARGMAX_THREADS 256
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(int32_t *idx, const float *x, int V) {
     __shared__ float bv[ARGMAX_THREADS];

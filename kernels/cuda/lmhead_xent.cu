@@ -25,6 +25,21 @@
 static long g_chunk_elems = XENT_CHUNK_ELEMS; // tests shrink it to make many chunks of a small vocabulary
 
 void ot_cuda_xent_set_chunk_elems(long elems) { g_chunk_elems = elems > 0 ? elems : XENT_CHUNK_ELEMS; }
+
+// The vocabulary columns of one chunk for n targets.
+static int chunk_cols(int n, int V) {
+    long want = g_chunk_elems / n;
+    int vc = (int)(want < 256 ? 256 : want > V ? V : want);
+    if (vc < V) vc -= vc % 8; // keep chunk starts 16-byte aligned in the [V, H] weight and the logits rows
+    return vc;
+}
+
+size_t ot_cuda_lmhead_xent_tmp_bytes(int n, int H, int V) {
+    if (n <= 0) return 0;
+    const size_t N = (size_t)n, cells = N * (size_t)chunk_cols(n, V);
+    // h_sel (bf16) + dh_sel (fp32), labels + 4 statistics, the chunk's fp32 logits + their bf16 gradient
+    return N * H * 6 + N * 20 + cells * 6;
+}
 #define XENT_THREADS 256
 
 // h_sel[i] = h[pos[i]]; a position or label out of range flags bad input, zeroes the row and marks the target
@@ -183,9 +198,7 @@ ot_cuda_xent *ot_cuda_xent_begin(cudaStream_t stream, ot_cuda_blas *blas, const 
     x->n = n, x->T = T, x->H = H, x->V = V;
     x->grad_scale = grad_scale;
     if (!n) return x;
-    long want = g_chunk_elems / n;
-    x->vc = (int)(want < 256 ? 256 : want > V ? V : want);
-    if (x->vc < V) x->vc -= x->vc % 8; // keep chunk starts 16-byte aligned in the [V, H] weight and the logits rows
+    x->vc = chunk_cols(n, V);
     x->h_sel = ot_cuda_tmp<bf16>((size_t)n * H, stream);
     x->lab = ot_cuda_tmp<int32_t>((size_t)n, stream);
     x->stats = ot_cuda_tmp<float>((size_t)4 * n, stream);

@@ -110,6 +110,11 @@ void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
     OT_CUDA_CHECK(cudaEventCreateWithFlags(&p->host_ready, cudaEventDisableTiming));
 }
 
+size_t ot_cuda_moe_plan_bytes(int T, int k, int E) {
+    const size_t P = (size_t)T * k, tiles = ot_cdiv(P, OT_CUDA_MOE_TILE_ROWS) + E;
+    return sizeof(int32_t) * ((size_t)E + (size_t)(E + 1) + 3 * P + 2 * tiles); // as ot_cuda_moe_plan_alloc takes
+}
+
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p) {
     int32_t *bufs[] = {p->counts, p->offsets, p->perm, p->inv, p->row_token, p->tile_expert, p->tile_row0};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)

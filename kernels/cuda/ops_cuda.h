@@ -163,6 +163,8 @@ void ot_cuda_attention_bwd(cudaStream_t stream, ot_bf16 *dq, ot_bf16 *dk, ot_bf1
                            const ot_bf16 *dout, const ot_bf16 *out, const float *lse, const ot_bf16 *q,
                            const ot_bf16 *k, const ot_bf16 *v, const float *sinks, const int32_t *seg_start, int T,
                            int nh, int nkv, int D, int window);
+// The most pool memory ot_cuda_attention_bwd takes for these sizes (for memory planning).
+size_t ot_cuda_attention_bwd_tmp_bytes(int T, int nh, int nkv, int D);
 
 // ---- router: top-k of logits [T, E] (descending, ties to the lower index), softmax over the k; w [T, k] fp32 ----
 void ot_cuda_router_topk_fwd(cudaStream_t stream, int32_t *idx, float *w, const ot_bf16 *logits, int T, int E, int k);
@@ -195,6 +197,8 @@ typedef struct {
 // cudaMalloc, once. The kernels read T, n_pairs and n_tiles from the struct, so a plan allocated for T tokens also
 // serves a batch of T' < T tokens: copy it and set T = T', n_pairs = T'·k, n_tiles = ceil(n_pairs / 64) + E.
 void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E);
+// The device bytes ot_cuda_moe_plan_alloc takes for these sizes (for memory planning).
+size_t ot_cuda_moe_plan_bytes(int T, int k, int E);
 void ot_cuda_moe_plan_free(ot_cuda_moe_plan *p);
 // Builds the plan on the device and starts copying the offsets to host_offsets without waiting: the fused MXFP4
 // products read the device offsets; the library path sizes its per-expert calls on the host and waits for the copy
@@ -275,6 +279,8 @@ void ot_cuda_lmhead_xent(cudaStream_t stream, ot_cuda_blas *blas, double *loss_s
                          int H, int V, float grad_scale);
 // Tests: the fp32 logits per chunk (chunk = elems / n columns, at least 256); elems <= 0 restores the default 2^24.
 void ot_cuda_xent_set_chunk_elems(long elems);
+// The most pool memory ot_cuda_lmhead_xent takes for n targets (for memory planning).
+size_t ot_cuda_lmhead_xent_tmp_bytes(int n, int H, int V);
 
 // ---- batched decoding over a KV cache (decode_attention.cu) ------------------------------------------------------
 // The cache of one layer is [S slots, nkv, L, D] bf16 (k_cache and v_cache alike): slot s holds one sequence, its
@@ -314,6 +320,9 @@ void ot_cuda_adamw_step(cudaStream_t stream, float *param, const float *grad, fl
                         float beta1, float beta2, float eps, float weight_decay, long step);
 // *out (DEVICE double) += Σ g², summed in double in a fixed order (the same bits on every run).
 void ot_cuda_sum_squares(cudaStream_t stream, double *out, const float *g, size_t n);
+// ot_sum_slots_ordered on the device: out[i] = the left-to-right double sum of slots[k·n + i], rounded once (the
+// rule of ot_comm_all_reduce_ordered). out may be the first slot (each element reads all its slots first).
+void ot_cuda_sum_slots_ordered(cudaStream_t stream, float *out, const float *slots, int n_slots, size_t n);
 
 // ---- full training: bf16 working weights from the fp32 masters ------------------------------------------------
 // One tensor: master[src .. src + n) -> dst, rounded to bf16 (round to nearest even) or copied as fp32 (f32 = 1).

@@ -1,4 +1,5 @@
-// Optimizer pieces on the GPU: AdamW on fp32 LoRA tensors and the sum of squares for the global gradient norm.
+// Optimizer pieces on the GPU: AdamW on fp32 tensors, the sum of squares for the global gradient norm, and the
+// ordered sum of gathered gradients.
 #include <math.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -68,4 +69,21 @@ void ot_cuda_sum_squares(cudaStream_t stream, double *out, const float *g, size_
     sum_squares_final_kernel<<<1, SS_BLOCKS, 0, stream>>>(out, partial);
     OT_LAUNCH_CHECK();
     ot_cuda_tmp_free(partial, stream);
+}
+
+// One thread per element, the slots in order: the sum of ot_sum_slots_ordered (kernels/cpu/optim.c) bit for bit
+// (IEEE double additions in the same order: an add alone has nothing to fuse).
+__global__ void sum_slots_ordered_kernel(float *out, const float *slots, int n_slots, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        double acc = 0.0;
+        for (int k = 0; k < n_slots; k++) acc += (double)slots[(size_t)k * n + i];
+        out[i] = (float)acc;
+    }
+}
+
+void ot_cuda_sum_slots_ordered(cudaStream_t stream, float *out, const float *slots, int n_slots, size_t n) {
+    if (!n) return;
+    OT_REQUIRE(n_slots >= 0, "ot_cuda_sum_slots_ordered: %d slots", n_slots);
+    sum_slots_ordered_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(out, slots, n_slots, n);
+    OT_LAUNCH_CHECK();
 }

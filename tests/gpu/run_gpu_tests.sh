@@ -48,7 +48,7 @@ else
     failed=1
 fi
 
-# ---- the training path (trainer/gptoss_cuda.c, docs/cuda-backend.md "Training path") ----------------------------
+# ---- the training path (trainer/graph/gptoss_cuda.c, docs/cuda-backend.md "Training path") ----------------------------
 #   4. test_train_cuda: the CUDA layer graph against the CPU reference on a small model with head_dim 64 (the
 #      golden fixtures have head_dim 20, which the CUDA attention does not take): logits, loss, every LoRA
 #      gradient, recomputation against kept activations, a 50-step AdamW loss curve;
@@ -84,7 +84,7 @@ echo "== osstune-train --full: --backend cuda against --backend cpu (30 steps)"
 bash "$root/tests/gpu/full_cuda_e2e.sh" "$build/bin" "$train_work/full_e2e" ||
     { echo "run_gpu_tests: full_cuda_e2e FAILED" >&2; failed=1; }
 
-# ---- batched decoding (trainer/decode_cuda.c, docs/translate.md "Backends") --------------------------------------
+# ---- batched decoding (infer/decode_cuda.c, docs/translate.md "Backends") --------------------------------------
 #   8. test_decode_cuda + osstune-translate --backend cuda against --backend cpu (tests/gpu/decode_e2e.sh, bf16 bounds)
 echo "== the GPU decoder against the CPU decoder"
 bash "$root/tests/gpu/decode_e2e.sh" "$build/bin" "$train_work/decode" ||

@@ -1,4 +1,4 @@
-// The GPU decoder (trainer/decode_cuda.c) against the CPU decoder (trainer/decode_cpu.c): three prompts of ragged
+// The GPU decoder (infer/decode_cuda.c) against the CPU decoder (infer/decode_cpu.c): three prompts of ragged
 // lengths (5, 37 and 80 tokens, two of them past the sliding window) decoded together in 3 slots, then one after
 // another in 1 slot (a new sequence overwriting the slot), 8 new tokens each. Teacher forcing: both decoders are fed
 // the CPU's greedy tokens, so the logits of every step are compared on the same prefix and one early difference
@@ -18,8 +18,8 @@
 #include <string.h>
 
 #include "tests/test_util.h"
-#include "trainer/decode_cpu.h"
-#include "trainer/decode_cuda.h"
+#include "infer/decode_cpu.h"
+#include "infer/decode_cuda.h"
 
 #define TOL_EXACT 1e-5
 // bf16 activations through 4 layers of a random model. The emulator with bf16 storage gives, base model / with

@@ -846,21 +846,14 @@ static int32_t *make_routes(int T, int E, int k) {
     return idx;
 }
 
-// The reference plan: pairs sorted by expert, stable in pair id.
+// The reference plan: the CPU twin's (ot_moe_plan: pairs grouped by expert, stable in pair id).
 typedef struct {
-    int *offsets, *perm, *inv;
+    int32_t *offsets, *perm, *inv;
 } ref_plan;
 static ref_plan make_ref_plan(const int32_t *idx, int n_pairs, int E) {
-    ref_plan p = {ot_calloc(E + 1, sizeof(int)), ot_malloc(n_pairs * sizeof(int)), ot_malloc(n_pairs * sizeof(int))};
-    for (int i = 0; i < n_pairs; i++) p.offsets[idx[i] + 1]++;
-    for (int e = 0; e < E; e++) p.offsets[e + 1] += p.offsets[e];
-    int *fill = ot_calloc(E, sizeof(int));
-    for (int i = 0; i < n_pairs; i++) {
-        int row = p.offsets[idx[i]] + fill[idx[i]]++;
-        p.perm[row] = i;
-        p.inv[i] = row;
-    }
-    free(fill);
+    ref_plan p = {ot_malloc((E + 1) * sizeof(int32_t)), ot_malloc(n_pairs * sizeof(int32_t)),
+                  ot_malloc(n_pairs * sizeof(int32_t))};
+    ot_moe_plan(p.offsets, p.perm, p.inv, idx, n_pairs, E);
     return p;
 }
 static void free_ref_plan(ref_plan *p) { free(p->offsets), free(p->perm), free(p->inv); }
@@ -1101,53 +1094,33 @@ static void test_moe_weight_grad(const ot_cuda_moe_plan *plan, const ref_plan *r
 }
 
 // Combine (weighted sum of a token's expert outputs), its backward, and the un-permutation of input gradients,
-// against plain loops.
+// against their CPU twins (kernels/cpu/moe.c).
 static void test_moe_combine(const ot_cuda_moe_plan *plan, const ref_plan *rp, int H) {
     int T = plan->T, k = plan->k, n = plan->n_pairs;
     float *y = randn_bf16((size_t)n * H, 1.0), *w = randn((size_t)T * k, 0.5), *ref = zeros_f((size_t)T * H);
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < H; c++) {
-            double acc = 0;
-            for (int s = 0; s < k; s++) acc += (double)w[t * k + s] * y[(size_t)rp->inv[t * k + s] * H + c];
-            ref[(size_t)t * H + c] = (float)acc;
-        }
+    ot_moe_combine_fwd(ref, y, w, rp->inv, T, k, H);
     ot_bf16 *y_d = up_bf16(y, (size_t)n * H), *out_d = poison((size_t)T * H * 2);
     float *w_d = up_f32(w, (size_t)T * k);
     ot_cuda_moe_combine_fwd(g_s, out_d, y_d, w_d, plan, H);
     check_bf16("moe_combine_fwd", out_d, ref, (size_t)T * H, TOL_BF16);
 
-    float *dout = randn_bf16((size_t)T * H, 1.0), *dy_ref = zeros_f((size_t)n * H), *gdw = zeros_f((size_t)T * k);
-    for (int t = 0; t < T; t++)
-        for (int s = 0; s < k; s++) {
-            int row = rp->inv[t * k + s];
-            double dot = 0;
-            for (int c = 0; c < H; c++) {
-                dy_ref[(size_t)row * H + c] = (float)((double)w[t * k + s] * dout[(size_t)t * H + c]);
-                dot += (double)dout[(size_t)t * H + c] * y[(size_t)row * H + c];
-            }
-            gdw[t * k + s] = (float)dot;
-        }
-    float *dw0 = init_like(gdw, (size_t)T * k, 0), *dw_ref = plus(dw0, gdw, (size_t)T * k);
+    float *dout = randn_bf16((size_t)T * H, 1.0), *dy_ref = zeros_f((size_t)n * H);
+    float *dw0 = init_like(w, (size_t)T * k, 0), *dw_ref = copy_f(dw0, (size_t)T * k);
+    ot_moe_combine_bwd(dy_ref, dw_ref, dout, y, w, rp->perm, n, k, H); // dw_ref = dw0 + the gradient
     ot_bf16 *dout_d = up_bf16(dout, (size_t)T * H), *dy_d = poison((size_t)n * H * 2);
     float *dw_d = up_f32(dw0, (size_t)T * k);
     ot_cuda_moe_combine_bwd(g_s, dy_d, dw_d, dout_d, y_d, w_d, plan, H);
     check_bf16("moe_combine_bwd dy", dy_d, dy_ref, (size_t)n * H, TOL_BF16);
     check_f32("moe_combine_bwd dw (fp32)", dw_d, dw_ref, (size_t)T * k, TOL_F32);
 
-    float *dxp = randn_bf16((size_t)n * H, 1.0), *gx = zeros_f((size_t)T * H);
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < H; c++) {
-            double acc = 0;
-            for (int s = 0; s < k; s++) acc += dxp[(size_t)rp->inv[t * k + s] * H + c];
-            gx[(size_t)t * H + c] = (float)acc;
-        }
-    float *dx0 = init_like(gx, (size_t)T * H, 1), *dx_ref = plus(dx0, gx, (size_t)T * H);
+    float *dxp = randn_bf16((size_t)n * H, 1.0), *dx0 = init_like(y, (size_t)T * H, 1);
+    float *dx_ref = copy_f(dx0, (size_t)T * H);
+    ot_moe_unpermute_add(dx_ref, dxp, rp->perm, n, k, H); // dx_ref = dx0 + the gathered gradient
     ot_bf16 *dxp_d = up_bf16(dxp, (size_t)n * H), *dx_d = up_bf16(dx0, (size_t)T * H);
     ot_cuda_moe_unpermute_add(g_s, dx_d, dxp_d, plan, H);
     check_bf16("moe_unpermute_add", dx_d, dx_ref, (size_t)T * H, TOL_BF16);
     expect_clean("moe_combine");
-    free(y), free(w), free(ref), free(dout), free(dy_ref), free(gdw), free(dw0), free(dw_ref), free(dxp), free(gx);
-    free(dx0), free(dx_ref);
+    free(y), free(w), free(ref), free(dout), free(dy_ref), free(dw0), free(dw_ref), free(dxp), free(dx0), free(dx_ref);
     dfree(y_d), dfree(out_d), dfree(w_d), dfree(dout_d), dfree(dy_d), dfree(dw_d), dfree(dxp_d), dfree(dx_d);
 }
 
@@ -1428,9 +1401,22 @@ static void test_optim(const sizes *z) {
     OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
     OT_CUDA_CHECK(cudaMemcpy(&got, s_d, sizeof(double), cudaMemcpyDeviceToHost));
     ot_check_close("sum_squares (fp64)", fabs(got - ref) / ref, TOL_F64);
+
+    // The ordered sum of gathered gradient slots: the CPU twin's bits exactly (the rank sum's rule). Values of very
+    // different sizes and signs, so an other order or a float accumulation would show.
+    const int n_slots = 5;
+    float *slots = randn(n * n_slots, 1.0), *sum_ref = zeros_f(n);
+    for (size_t i = 0; i < n * n_slots; i += 3) slots[i] *= 1e7f;
+    ot_sum_slots_ordered(sum_ref, slots, n_slots, n);
+    float *slots_d = up_f32(slots, n * n_slots), *sum_d = up_f32(sum_ref, n), *sum_got = zeros_f(n);
+    OT_CUDA_CHECK(cudaMemset(sum_d, 0xFF, n * sizeof(float)));
+    ot_cuda_sum_slots_ordered(g_s, sum_d, slots_d, n_slots, n);
+    OT_CUDA_CHECK(cudaStreamSynchronize(g_s));
+    OT_CUDA_CHECK(cudaMemcpy(sum_got, sum_d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    count_check("sum_slots_ordered (bitwise)", (size_t)(memcmp(sum_got, sum_ref, n * sizeof(float)) != 0), 1);
     expect_clean("optim");
-    free(p), free(m), free(v), free(g);
-    dfree(p_d), dfree(m_d), dfree(v_d), dfree(g_d), dfree(s_d);
+    free(p), free(m), free(v), free(g), free(slots), free(sum_ref), free(sum_got);
+    dfree(p_d), dfree(m_d), dfree(v_d), dfree(g_d), dfree(s_d), dfree(slots_d), dfree(sum_d);
 }
 
 int main(int argc, char **argv) {

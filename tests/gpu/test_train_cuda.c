@@ -1,4 +1,4 @@
-// The CUDA training path (trainer/gptoss_cuda.c) against the CPU reference (trainer/gptoss_cpu.c) on one small
+// The CUDA training path (trainer/graph/gptoss_cuda.c) against the CPU reference (trainer/graph/gptoss_cpu.c) on one small
 // model: logits, loss, every LoRA gradient (attention and experts, A and B both non-zero), activation
 // recomputation against kept activations, and 50 AdamW steps giving the same loss curve.
 //
@@ -28,9 +28,10 @@
 #include <string.h>
 
 #include "tests/test_util.h"
-#include "trainer/gptoss_cpu.h"
-#include "trainer/gptoss_cuda.h"
-#include "trainer/optimizer.h"
+#include "trainer/graph/gptoss_cpu.h"
+#include "trainer/graph/gptoss_cuda.h"
+#include "trainer/train/optimizer.h"
+#include "trainer/train/step_cuda.h"
 
 #define TOL_TOKEN_MEDIAN 3e-2   // median over tokens of ‖logits_gpu − logits_cpu‖ / ‖logits_cpu‖
 #define TOL_TOKEN_BAD 1e-1      // a token above this counts as "far" (a routing flip upstream) ...
@@ -141,6 +142,7 @@ static void compare_loss_curves(const ot_model *m, ot_lora *lo, const ot_lora_sp
     ot_optimizer opt_cpu, opt_gpu;
     ot_optimizer_init(&opt_cpu, lo->n_params, &oc);
     ot_optimizer_init(&opt_gpu, lo->n_params, &oc);
+    ot_cuda_optimizer *adamw = ot_cuda_optimizer_new(lo->n_params, NULL, 0, ot_cuda_ctx_stream(ctx));
     double worst = 0, first = 0, last = 0;
     for (int s = 0; s < steps; s++) {
         const ot_batch *bb = batches[s % 2];
@@ -148,7 +150,8 @@ static void compare_loss_curves(const ot_model *m, ot_lora *lo, const ot_lora_sp
         double lc = ot_cpu_forward_backward(m, lo, bb, 1.0f / (float)bb->n_targets, 1, ws) / bb->n_targets;
         double nc = ot_optimizer_step(&opt_cpu, lo->params, lo->grads, NULL);
         double lgpu = gpu_loss_grads(ctx, bb, NULL, 0);
-        double ng = ot_cuda_optimizer_step(ctx, &opt_gpu, NULL);
+        double ng = ot_cuda_optimizer_step(adamw, &opt_gpu, ot_cuda_lora_params_device(ctx),
+                                           ot_cuda_lora_grads_device(ctx), NULL);
         double e = fabs(lgpu - lc) / lc;
         if (!(e <= worst)) worst = e;
         if (s < 2) first += lc / 2;
@@ -167,6 +170,7 @@ static void compare_loss_curves(const ot_model *m, ot_lora *lo, const ot_lora_sp
            ot_rel_err_f32(lo_gpu.params, lo->params, lo->n_params));
     ot_optimizer_free(&opt_cpu);
     ot_optimizer_free(&opt_gpu);
+    ot_cuda_optimizer_free(adamw);
     ot_lora_free(&lo_gpu);
     ot_batch_free(&b2);
 }
@@ -219,7 +223,7 @@ int main(int argc, char **argv) {
     printf("info batch: %d tokens in 3 sequences, %d loss positions\n", b.T, b.n_targets);
 
     ot_cpu_workspace *ws = ot_cpu_workspace_new();
-    ot_cuda_run_options keep = {0, 0}, recompute = {1, 0};
+    ot_cuda_run_options keep = {.recompute = 0}, recompute = {.recompute = 1};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(&cm, &lo, &keep, b.T, b.n_targets);
     ot_cuda_ctx *ctx_rc = ot_cuda_ctx_new(&cm, &lo, &recompute, b.T, b.n_targets);
 

@@ -1,38 +1,38 @@
 #!/usr/bin/env bash
-# launch/osstune-mpirun.sh turns stop requests into a clean stop, although mpirun itself kills its ranks on SIGTERM
-# and SIGINT: 2 ranks on the CPU backend, stopped after their first checkpoint by
-#   term      SIGTERM to the script (what `kill PID`, systemd or a scheduler sends),
-#   ctrl-c    SIGINT to the script's process group (what a terminal's Ctrl-C does),
-#   ctrl-c-2  two SIGINTs (abort now: the ranks are killed, the last complete checkpoint stays good);
-# then the same command again must finish with the adapter of an uninterrupted run, byte for byte.
-# usage: run_mpirun_signal_test.sh BIN_DIR WORK_DIR [case ...]   (default: term ctrl-c ctrl-c-2)
+# launch/osstune-mpirun.sh turns stop requests into a clean stop and exit status 75, although mpirun itself kills
+# its ranks on SIGTERM and SIGINT and then exits 1: 2 ranks on the CPU backend, stopped after their first checkpoint
+# by
+#   term         SIGTERM to the script (what `kill PID` sends),
+#   usr1         SIGUSR1 to the script,
+#   ctrl-c       SIGINT to the script's process group (what a terminal's Ctrl-C does),
+#   mpirun-term  SIGTERM to the script's mpirun only (a user who found mpirun in `ps`),
+#   ranks-term   SIGTERM to the osstune-train ranks only (`pkill -TERM -x osstune-train`),
+#   all-term     SIGTERM to the script, mpirun and every rank at once (what systemd's stop or a batch scheduler's
+#                cancel sends to every process of the job),
+#   ctrl-c-2     two SIGINTs (abort now: the ranks are killed, the last complete checkpoint stays good);
+# each but ctrl-c-2 must end with status 75 after the ranks checkpointed; then the same command again must finish
+# with the adapter of an uninterrupted run, byte for byte.
+# usage: run_mpirun_signal_test.sh BIN_DIR WORK_DIR [case ...]
+#        (default: term usr1 ctrl-c mpirun-term ranks-term all-term ctrl-c-2)
 set -uo pipefail
 set -m # every background job gets its own process group, as a terminal's foreground job has
 BIN=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2" && WORK=$(cd "$2" && pwd) || exit 2
 shift 2
-CASES=${*:-term ctrl-c ctrl-c-2}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OSSTUNE_COMM_TIMEOUT=60 OSSTUNE_TRAIN=$BIN/osstune-train
-fails=0
-passes=0
-ok() { echo "ok   $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-
-if [ ! -f "$WORK/model/config.json" ]; then
-  "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null || exit 1
-fi
-if [ ! -f "$WORK/pairs.h5" ]; then
-  head -n 41 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" \
-    >/dev/null || exit 1
-fi
+CASES=${*:-term usr1 ctrl-c mpirun-term ranks-term all-term ctrl-c-2}
+. "$(dirname "$0")/../train_test_lib.sh"
+export OSSTUNE_TRAIN=$BIN/osstune-train
+tiny_model "$WORK/model" || exit 1
+prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 41 || exit 1
 STEPS=10
 LAUNCH=("$ROOT/launch/osstune-mpirun.sh" -np 2 -- --model "$WORK/model" --data "$WORK/pairs.h5" --steps "$STEPS"
         --seq-len 160 --rows-per-step 4 --lora-r 4 --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11
         --log-every 100 --save-every 2)
 adapter() { echo "$1/ckpt/step-$(printf %06d $STEPS)/adapter_model.safetensors"; }
+descendants() { # every process below PID
+  local c
+  for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done
+}
 
 rm -rf "$WORK/ref"
 if ! "${LAUNCH[@]}" --run-dir "$WORK/ref" >"$WORK/ref.log" 2>&1; then
@@ -49,6 +49,14 @@ for c in $CASES; do
   for _ in $(seq 600); do [ -f "$d/ckpt/latest" ] && break; sleep 0.1; done
   case $c in
     term) kill -TERM "$pid" ;;
+    usr1) kill -USR1 "$pid" ;;
+    mpirun-term) kill -TERM "$(pgrep -P "$pid" -x mpirun)" ;;
+    ranks-term)
+      # shellcheck disable=SC2046
+      kill -TERM $(pgrep -P "$(pgrep -P "$pid" -x mpirun)" -x osstune-train) ;;
+    all-term)
+      # shellcheck disable=SC2046
+      kill -TERM "$pid" $(descendants "$pid") ;;
     ctrl-c) kill -INT -- "-$pid" ;;
     ctrl-c-2) kill -INT -- "-$pid"; sleep 0.2; kill -INT -- "-$pid" ;;
     *) echo "unknown case $c"; exit 2 ;;

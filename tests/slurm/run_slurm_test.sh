@@ -6,26 +6,28 @@
 #   signal   SIGUSR1 to the batch script (what --signal=B:USR1@N does before the time limit): the script forwards
 #            it, the ranks checkpoint and exit 75, the script requeues the job, it resumes and finishes (srun);
 #   mpirun   the same with OSSTUNE_LAUNCHER=mpirun inside the allocation;
+#   mpirun-requeue  `scontrol requeue` with OSSTUNE_LAUNCHER=mpirun: Slurm's SIGTERM reaches mpirun too, which the
+#            script starts with SIGTERM blocked, so the ranks still checkpoint and exit 75 (an unshielded mpirun
+#            kills them a second later and exits 1);
 #   preempt  a job of a higher partition preempts it (PreemptMode=REQUEUE, GraceTime=30): the ranks get SIGTERM,
 #            checkpoint, and the job resumes once the preemptor is done (srun);
 #   scancel  `scancel`: the ranks checkpoint, the job ends CANCELLED (the script must not requeue it), and the
 #            same sbatch line submitted again resumes and finishes (srun).
 # Not run by default:
-#   mpirun-requeue  `scontrol requeue` with OSSTUNE_LAUNCHER=mpirun: mpirun kills its ranks a second after Slurm's
-#            SIGTERM, so they may not checkpoint, but the job must still end identical;
 #   timelimit  a real --time=1 --signal=B:USR1@50 job (2 to 4 minutes).
-# usage: run_slurm_test.sh BIN_DIR WORK_DIR [case ...]   (default: requeue signal mpirun preempt scancel)
+# usage: run_slurm_test.sh BIN_DIR WORK_DIR [case ...]
+#        (default: requeue signal mpirun mpirun-requeue preempt scancel)
 # Needs root (the daemons run as root). Installs Debian's slurmd, slurmctld, slurm-client and munge with apt-get if
 # they are missing. Exit status: 0 all passed, 1 something failed, 77 Slurm cannot run here (the reason is printed).
 set -uo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,20p' "$0"
+  sed -n '2,21p' "$0"
   exit 2
 fi
 BIN=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2" && WORK=$(cd "$2" && pwd) || exit 2
 shift 2
-CASES=${*:-requeue signal mpirun preempt scancel}
+CASES=${*:-requeue signal mpirun mpirun-requeue preempt scancel}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SCRIPT=$ROOT/launch/osstune.slurm
 skip() { echo "run_slurm_test: SKIP: $*"; exit 77; }
@@ -35,23 +37,13 @@ done
 [ "$(id -u)" = 0 ] || skip "needs root: slurmd must run as root to start jobs (and apt-get to install Slurm)"
 command -v mpirun >/dev/null || skip "mpirun (Open MPI) is not installed"
 
+. "$ROOT/tests/slurm/slurm_lib.sh"
 # ---- Slurm and munge, from Debian's packages if missing
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null ||
-   ! command -v munged >/dev/null; then
-  command -v apt-get >/dev/null || skip "Slurm is not installed and there is no apt-get to install it"
-  echo "run_slurm_test: installing slurmd slurmctld slurm-client munge with apt-get"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurmd slurmctld slurm-client munge \
-       >"$WORK/apt.log" 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get update >>"$WORK/apt.log" 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurmd slurmctld slurm-client munge \
-      >>"$WORK/apt.log" 2>&1 || skip "apt-get could not install Slurm: $(tail -3 "$WORK/apt.log" | tr '\n' ' ')"
-  fi
-fi
+slurm_install "$WORK/apt.log" || skip "$SLURM_ERROR"
 
-# ---- the cluster's private directory (short path: unix socket names are limited to 107 bytes)
-CL=$(mktemp -d "${TMPDIR:-/tmp}/osstune-slurm.XXXXXX") || exit 1
-chmod 755 "$CL" # munged wants every directory above its socket searchable by all
-mkdir -p "$CL/munge" "$CL/state" "$CL/spool" && chmod 755 "$CL/munge"
+# ---- the cluster's private directory
+slurm_cluster_dir osstune-slurm || exit 1
+CL=$SLURM_DIR
 export SLURM_CONF=$CL/slurm.conf
 PIDS=()     # daemons started here, stopped in this order's reverse
 JOBS=()     # jobs submitted here
@@ -91,14 +83,9 @@ sed -e "s|@HOST@|$HOST|g; s|@CTLD_PORT@|$PORT|g; s|@SLURMD_PORT@|$((PORT + 1))|g
     "$ROOT/tests/slurm/slurm.conf.in" >"$SLURM_CONF"
 
 # ---- start munged, slurmctld, slurmd; wait for an idle node
-head -c 1024 /dev/urandom >"$CL/munge/munge.key" && chmod 600 "$CL/munge/munge.key"
-munged -F --socket="$CL/munge/munge.socket" --key-file="$CL/munge/munge.key" --pid-file="$CL/munge/munged.pid" \
-  --log-file="$CL/munged.log" --seed-file="$CL/munge/munged.seed" >"$CL/munged.out" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do [ -S "$CL/munge/munge.socket" ] && break; sleep 0.1; done
-munge -S "$CL/munge/munge.socket" -n </dev/null | unmunge -S "$CL/munge/munge.socket" >/dev/null 2>&1 ||
-  skip "munged does not work here: $(grep -ih 'error' "$CL/munged.out" "$CL/munged.log" 2>/dev/null | tail -3 |
-        tr '\n' ' ')"
+munge_start
+PIDS+=("$MUNGE_PID")
+[ -z "$SLURM_ERROR" ] || skip "$SLURM_ERROR"
 slurmctld -D -f "$SLURM_CONF" >"$CL/slurmctld.out" 2>&1 &
 PIDS+=($!)
 slurmd -D -f "$SLURM_CONF" -N "$NODE" >"$CL/slurmd.out" 2>&1 &
@@ -125,20 +112,10 @@ if ! srun --mpi=list 2>&1 | grep -qw pmix; then
 fi
 
 # ---- a tiny model with every LoRA target, and its data
-fails=0
-passes=0
-ok() { echo "ok   $*"; passes=$((passes + 1)); }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OSSTUNE_COMM_TIMEOUT=60 OSSTUNE_TRAIN=$BIN/osstune-train
-if [ ! -f "$WORK/model/config.json" ]; then
-  "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null || exit 1
-fi
-if [ ! -f "$WORK/pairs.h5" ]; then
-  head -n 41 "$ROOT/data/sample/train.tsv" >"$WORK/pairs.tsv"
-  "$BIN/osstune-prep" --tokenizer "$ROOT/data/o200k_base.tiktoken" --in "$WORK/pairs.tsv" --out "$WORK/pairs.h5" \
-    >/dev/null || exit 1
-fi
+. "$ROOT/tests/train_test_lib.sh"
+export OSSTUNE_TRAIN=$BIN/osstune-train
+tiny_model "$WORK/model" || exit 1
+prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 41 || exit 1
 STEPS=16
 train_args() { # train_args STEPS RUN_DIR
   echo --model "$WORK/model" --data "$WORK/pairs.h5" --steps "$1" --seq-len 160 --rows-per-step 4 --lora-r 4 \
@@ -151,20 +128,7 @@ reference() { # reference STEPS: the uninterrupted run, 2 ranks under mpirun out
   # shellcheck disable=SC2046
   mpirun -np 2 "$BIN/osstune-train" $(train_args "$1" "$d") >"$d.log" 2>&1 || { tail -5 "$d.log"; return 1; }
 }
-job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-wait_for() { # wait_for SECONDS COMMAND...: true once COMMAND succeeds
-  local end=$((SECONDS + $1))
-  shift
-  while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.2; done
-  return 1
-}
-finished() { # a final state, or no such job
-  case $(job_field "$1" JobState) in
-    COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | "") return 0 ;;
-  esac
-  return 1
-}
-checkpointed_or_finished() { [ -f "$1/ckpt/latest" ] || finished "$2"; }
+checkpointed_or_finished() { [ -f "$1/ckpt/latest" ] || job_finished "$2"; }
 submit() { # submit NAME STEPS LAUNCHER [sbatch options]: prints the job id
   local name=$1 steps=$2 launcher=$3
   shift 3
@@ -176,7 +140,7 @@ submit() { # submit NAME STEPS LAUNCHER [sbatch options]: prints the job id
 # check_job NAME STEPS JOBID WHAT: the job finished after one restart or more with the reference's adapter
 check_job() {
   local name=$1 steps=$2 jid=$3 what=$4 st restarts
-  if ! wait_for 300 finished "$jid"; then bad "$what: job $jid did not finish in 5 minutes"; return; fi
+  if ! wait_for 300 job_finished "$jid"; then bad "$what: job $jid did not finish in 5 minutes"; return; fi
   st=$(job_field "$jid" JobState)
   restarts=$(job_field "$jid" Restarts)
   if [ "$st" = COMPLETED ] && [ "${restarts:-0}" -ge 1 ] && grep -q "restart 1 on" "$WORK/$name.out"; then
@@ -216,16 +180,16 @@ start_and_stop() {
 reference $STEPS || { echo "run_slurm_test: the reference run failed"; exit 1; }
 for c in $CASES; do
   case $c in
-  requeue)
-    start_and_stop requeue $STEPS $SRUN_LAUNCHER requeue || continue
-    check_job requeue $STEPS "$JID" "scontrol requeue ($SRUN_LAUNCHER)"
+  requeue | mpirun-requeue)
+    launcher=$SRUN_LAUNCHER
+    [ "$c" = mpirun-requeue ] && launcher=mpirun
+    start_and_stop "$c" $STEPS "$launcher" requeue || continue
+    check_job "$c" $STEPS "$JID" "scontrol requeue ($launcher)"
     # The point of KillWait: Slurm's SIGTERM reached the ranks and they checkpointed before the restart.
-    if [ "$SRUN_LAUNCHER" = srun ]; then
-      if grep -q "stopped by signal" "$WORK/requeue.out" && grep -q "exited with status 75" "$WORK/requeue.out"; then
-        ok "scontrol requeue: the ranks checkpointed and exited 75 on Slurm's SIGTERM"
-      else
-        bad "scontrol requeue: the ranks did not stop cleanly on Slurm's SIGTERM"
-      fi
+    if grep -q "stopped by signal" "$WORK/$c.out" && grep -q "exited with status 75" "$WORK/$c.out"; then
+      ok "scontrol requeue ($launcher): the ranks checkpointed and exited 75 on Slurm's SIGTERM"
+    else
+      bad "scontrol requeue ($launcher): the ranks did not stop cleanly on Slurm's SIGTERM"
     fi
     ;;
   preempt)
@@ -244,7 +208,7 @@ for c in $CASES; do
   scancel)
     start_and_stop scancel $STEPS $SRUN_LAUNCHER none || continue
     scancel "$JID"
-    wait_for 120 finished "$JID"
+    wait_for 120 job_finished "$JID"
     st=$(job_field "$JID" JobState)
     stopped=$(grep -c "stopped by signal" "$WORK/scancel.out")
     if [ "$st" = CANCELLED ] && [ "$stopped" -ge 1 ]; then
@@ -261,7 +225,7 @@ for c in $CASES; do
       continue
     fi
     JOBS+=("$JID")
-    wait_for 300 finished "$JID"
+    wait_for 300 job_finished "$JID"
     if [ "$(job_field "$JID" JobState)" = COMPLETED ] && grep -q "resuming from" "$WORK/scancel.out" &&
        cmp -s "$(adapter "$WORK/ref$STEPS" $STEPS)" "$(adapter "$WORK/scancel" $STEPS)"; then
       ok "scancel: submitted again, resumed and ended byte-identical to the uninterrupted run"
@@ -269,10 +233,6 @@ for c in $CASES; do
       tail -8 "$WORK/scancel.out"
       bad "scancel: the resubmitted job did not resume to the same adapter"
     fi
-    ;;
-  mpirun-requeue)
-    start_and_stop "$c" $STEPS mpirun requeue || continue
-    check_job "$c" $STEPS "$JID" "scontrol requeue (mpirun)"
     ;;
   signal | mpirun)
     launcher=$SRUN_LAUNCHER

@@ -1,5 +1,5 @@
 // Host emulation of the CUDA runtime calls, the cuBLAS product and every op of kernels/cuda/ops_cuda.h, for checking
-// the trainer's CUDA composition (trainer/gptoss_cuda.c, trainer/model_cuda.c) on a machine without a GPU.
+// the trainer's CUDA composition (trainer/graph/gptoss_cuda.c, trainer/model/model_cuda.c) on a machine without a GPU.
 // "Device" memory is host memory (filled with 0xFF, NaN, when allocated); every op is the CPU reference op of
 // kernels/ops.h on float copies of its bf16 inputs, its bf16 outputs rounded as the GPU stores them, and its
 // accumulate / overwrite behaviour as ops_cuda.h states it.
@@ -675,6 +675,18 @@ void ot_cuda_swiglu_bwd(cudaStream_t s, ot_bf16 *dgu, const ot_bf16 *dact, const
 }
 
 // ---- MoE ----------------------------------------------------------------------------------------------------
+// The memory-planning queries: what the emulated allocations take (the same arrays as the real ones).
+size_t ot_cuda_moe_plan_bytes(int T, int k, int E) {
+    size_t P = (size_t)T * k, tiles = (P + OT_CUDA_MOE_TILE_ROWS - 1) / OT_CUDA_MOE_TILE_ROWS + E;
+    return sizeof(int32_t) * ((size_t)E + (size_t)(E + 1) + 3 * P + 2 * tiles);
+}
+size_t ot_cuda_lmhead_xent_tmp_bytes(int n, int H, int V) {
+    return (size_t)n * ((size_t)H * 6 + 20 + (size_t)V * 6); // the emulation computes whole logit rows
+}
+size_t ot_cuda_attention_bwd_tmp_bytes(int T, int nh, int nkv, int D) {
+    return sizeof(float) * (size_t)T * ((size_t)nh + (size_t)D * (nh + 2 * (size_t)nkv));
+}
+
 void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
     memset(p, 0, sizeof *p);
     p->T = T;
@@ -1037,6 +1049,10 @@ void ot_cuda_adamw_step(cudaStream_t s, float *param, const float *grad, float *
 void ot_cuda_sum_squares(cudaStream_t s, double *out, const float *g, size_t n) {
     (void)s;
     *out += ot_sum_squares(g, n);
+}
+void ot_cuda_sum_slots_ordered(cudaStream_t s, float *out, const float *slots, int n_slots, size_t n) {
+    (void)s;
+    ot_sum_slots_ordered(out, slots, n_slots, n);
 }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
     (void)d;
