@@ -31,7 +31,8 @@ typedef struct {
     const char *data;      // real pairs file (NULL: synthetic)
     int pack_tokens;       // real: tokens per step
     char targets[64];      // LoRA targets (ot_lora_parse_targets syntax, '+' for ',')
-    int recompute;
+    int recompute;         // 0, 1, or -1: decided as osstune-train --recompute auto does (under the limit)
+    uint64_t mem_limit;    // --gpu-memory-limit for this case (0: the card's own)
 } bench_case;
 
 typedef struct {
@@ -58,7 +59,10 @@ static void usage(FILE *f) {
             "                         data=FILE.h5, tokens=N   real pairs packed in file order into N-token steps,\n"
             "                                                  loss on the answers only\n"
             "                         targets=attn|attn+experts|...  LoRA targets (default attn = q,k,v,o)\n"
-            "                         recompute=0|1            per-layer activation recomputation (default 0)\n"
+            "                         recompute=0|1|auto       per-layer activation recomputation (default 0; auto:\n"
+            "                                                  as osstune-train decides, under mem= when given)\n"
+            "                         mem=SIZE                 plan and allocate as on a card of SIZE (24GiB, 16G):\n"
+            "                                                  osstune-train --gpu-memory-limit\n"
             "  --lora-r N           LoRA rank (default 16)\n"
             "  --lora-alpha F       LoRA alpha (default 32)\n"
             "  --warmup N           untimed steps first (default 2)\n"
@@ -93,7 +97,13 @@ static int parse_case(bench_case *c, const char *spec) {
         else if (!strcmp(k, "seq")) c->seq = atoi(v);
         else if (!strcmp(k, "data")) c->data = strdup(v);
         else if (!strcmp(k, "tokens")) c->pack_tokens = atoi(v);
-        else if (!strcmp(k, "recompute")) c->recompute = atoi(v);
+        else if (!strcmp(k, "recompute")) c->recompute = !strcmp(v, "auto") ? -1 : atoi(v) != 0;
+        else if (!strcmp(k, "mem")) {
+            if (ot_parse_size(v, &c->mem_limit)) {
+                fprintf(stderr, "bench_train: --case '%s': mem=%s is not a size (24GiB, 16G, ...)\n", spec, v);
+                return -1;
+            }
+        }
         else if (!strcmp(k, "targets")) {
             snprintf(c->targets, sizeof c->targets, "%s", v);
             for (char *p = c->targets; *p; p++)
@@ -263,12 +273,6 @@ static int dump_batches(const char *dir, const char *name, ot_batch *batches, in
 // ---- memory -----------------------------------------------------------------------------------------------------
 static double gib(size_t b) { return (double)b / (double)(1u << 30); }
 
-static size_t device_used(void) {
-    size_t free_b = 0, total_b = 0;
-    OT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    return total_b - free_b;
-}
-
 static uint64_t pool_attr(cudaMemPool_t pool, enum cudaMemPoolAttr a) {
     uint64_t v = 0;
     OT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, a, &v));
@@ -317,8 +321,13 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     if (ot_lora_parse_targets(&spec, c->targets, err)) return -1;
     ot_lora lo;
     ot_lora_init(&lo, cfg, &spec, 7);
-    size_t used_before = device_used();
-    ot_cuda_run_options ro = {.recompute = c->recompute};
+    size_t used_before = ot_cuda_memory_in_use();
+    ot_cuda_set_memory_limit(c->mem_limit); // (0: none) what the trainer's --gpu-memory-limit sets
+    if (c->mem_limit && used_before >= c->mem_limit)
+        return ot_fail(err, "case %s: mem=%.2f GiB, but %.2f GiB are in use before the case starts", c->name,
+                       gib(c->mem_limit), gib(used_before));
+    ot_cuda_run_options ro = {.recompute = c->recompute >= 0 ? c->recompute
+                                                             : ot_cuda_need_recompute(cm, &lo, max_T, max_n)};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(cm, &lo, &ro, max_T, max_n);
     ot_optim_config oc;
     ot_optim_config_default(&oc);
@@ -356,7 +365,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
             targets_timed += b->n_targets;
         }
     }
-    size_t used_peak = device_used(); // the pool keeps what it took, so this is the peak of the run
+    size_t used_peak = ot_cuda_memory_in_use(); // the pool keeps what it took, so this is the peak of the run
     uint64_t pool_high = pool_attr(pool, cudaMemPoolAttrReservedMemHigh);
     if (o->profile_steps > 0) ot_cuda_prof_collect(ctx, ms);
     size_t ctx_bytes = ot_cuda_ctx_bytes(ctx);
@@ -370,12 +379,13 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     char line[8192];
     int n = snprintf(line, sizeof line,
                      "{\"bench\": \"osstune\", \"case\": \"%s\", \"lora_targets\": \"%s\", \"lora_r\": %d, "
-                     "\"lora_params\": %zu, \"recompute\": %s, \"data\": \"%s\", \"tokens_per_step\": %.1f, "
+                     "\"lora_params\": %zu, \"recompute\": %s, \"gpu_memory_limit_gib\": %.3f, \"data\": \"%s\", "
+                     "\"tokens_per_step\": %.1f, "
                      "\"targets_per_step\": %.1f, \"steps\": %d, \"step_ms_median\": %.2f, \"step_ms_mean\": %.2f, "
                      "\"tokens_per_s\": %.1f, \"mfu\": %.4f, \"peak_tflops\": %.0f, \"gflop_per_token\": %.2f, "
                      "\"peak_gpu_gib\": %.3f, \"model_gib\": %.3f, \"workspace_gib\": %.3f, \"pool_high_gib\": %.3f, "
                      "\"context_other_gib\": %.3f, \"loss_first\": %.4f, \"loss_last\": %.4f, \"breakdown_ms\": {",
-                     c->name, c->targets, o->lora_r, lo.n_params, c->recompute ? "true" : "false",
+                     c->name, c->targets, o->lora_r, lo.n_params, ro.recompute ? "true" : "false", gib(c->mem_limit),
                      c->data ? "pairs" : "synthetic", (double)tokens_timed / o->steps,
                      (double)targets_timed / o->steps, o->steps, median_ms, 1e3 * t_total / o->steps, tps, mfu,
                      o->peak_tflops, o->gflop_per_token, gib(used_peak), gib(cm->arena_bytes), gib(ctx_bytes),
@@ -390,9 +400,12 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
         fprintf(json, "%s\n", line);
         fflush(json);
     }
+    char limit[48] = "", size[32];
+    if (c->mem_limit) snprintf(limit, sizeof limit, ", mem=%s", ot_format_size(size, sizeof size, c->mem_limit));
     fprintf(stderr, "bench_train: %-14s %6.0f tokens/step  %8.1f ms/step  %8.0f tokens/s  MFU %5.1f%%  peak %6.2f GiB "
-            "(model %.2f, workspace %.2f, pool high %.2f)\n", c->name, (double)tokens_timed / o->steps, median_ms,
-            tps, 100 * mfu, gib(used_peak), gib(cm->arena_bytes), gib(ctx_bytes), gib(pool_high));
+            "(model %.2f, workspace %.2f, pool high %.2f; recompute %s%s)\n", c->name,
+            (double)tokens_timed / o->steps, median_ms, tps, 100 * mfu, gib(used_peak), gib(cm->arena_bytes),
+            gib(ctx_bytes), gib(pool_high), ro.recompute ? "on" : "off", limit);
     if (o->profile_steps > 0) {
         fprintf(stderr, "bench_train: %-14s per step:", c->name);
         for (int k = 0; k < OT_CUDA_PROF_N; k++)
@@ -410,6 +423,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     // the next case starts from the model alone: hand the pool's memory back and restart its high-water mark
     OT_CUDA_CHECK(cudaDeviceSynchronize());
     OT_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+    ot_cuda_set_memory_limit(0);
     uint64_t zero = 0;
     OT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
     OT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));

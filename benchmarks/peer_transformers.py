@@ -6,17 +6,25 @@ attention (gpt-oss's sinks need it), the fastest experts implementation transfor
 gradient checkpointing, LoRA on q/k/v/o (fp32 adapter weights, PEFT's default upcast), AdamW with gradient
 clipping at 1.0. One JSON line per case on stdout (and appended to --json FILE).
 
+With targets=all a case also trains LoRA on every layer's experts, as the OpenAI cookbook's gpt-oss recipe does:
+PEFT's target_parameters on mlp.experts.gate_up_proj and mlp.experts.down_proj (the 3-D expert tensors; PEFT adds
+a rank-r update per expert), beside q/k/v/o -- what osstune's --lora-targets all (bench_train targets=attn+experts)
+trains.
+
 Cases (--case, repeatable):
   NAME:rows=R:seq=S        R rows of S random tokens, loss at every position (labels = input ids)
   NAME:batches=FILE        the steps bench_train --dump-batches wrote (packed rows: input ids, positions that
                            restart at each sample, labels with -100 outside the answers; attention is masked per
                            sample); steps are taken in order, cycling if there are too few
+  ...:targets=attn|all     LoRA on q/k/v/o (default), or on q/k/v/o and the experts
 
 usage: peer_transformers.py --model DIR --case SPEC [--case SPEC ...] [--warmup 3] [--steps 5] [--json FILE]
-Exit status 3 (with the reason) when torch with CUDA, transformers or peft is missing.
+Exit status 3 (with the reason) when torch with CUDA, transformers or peft is missing; 4 when PEFT put no adapter
+on some layer's experts in a targets=all case.
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -35,7 +43,14 @@ def parse_case(spec):
         case[k] = v
     if "batches" not in case and not ("rows" in case and "seq" in case):
         raise SystemExit(f"peer_transformers: --case '{spec}': needs rows=R:seq=S or batches=FILE")
+    case.setdefault("targets", "attn")
+    if case["targets"] not in ("attn", "all"):
+        raise SystemExit(f"peer_transformers: --case '{spec}': targets must be attn or all")
     return case
+
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]  # every layer's (PEFT matches name suffixes)
 
 
 def read_batches(path, np):
@@ -117,10 +132,27 @@ def main():
     out_json = open(args.json, "a") if args.json else None
 
     for case in cases:
+        experts = case["targets"] == "all"
         lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, bias="none",
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+                          target_modules=ATTENTION, target_parameters=EXPERTS if experts else None,
+                          task_type="CAUSAL_LM")
         pm = get_peft_model(model, lcfg)
         pm.train()
+        if experts:
+            # PEFT matches target_parameters by name: check that every layer's experts got their adapters (A and B for
+            # gate_up_proj and down_proj), so a PEFT that matched nothing cannot pass for an "all" row.
+            per_layer = {}
+            for name, p in pm.named_parameters():
+                m = re.search(r"layers\.(\d+)\.mlp\.experts\..*lora_", name)
+                if p.requires_grad and m:
+                    per_layer[int(m.group(1))] = per_layer.get(int(m.group(1)), 0) + 1
+            n_layers = model.config.num_hidden_layers
+            if len(per_layer) != n_layers or min(per_layer.values()) < 4:
+                print(f"peer_transformers: {case['name']}: PEFT put expert adapters on {len(per_layer)} of {n_layers} "
+                      f"layers ({per_layer}); target_parameters did not take", file=sys.stderr)
+                return 4
+            print(f"peer_transformers: {case['name']}: LoRA on q,k,v,o and the experts of all {n_layers} layers "
+                  f"({sum(p.numel() for p in pm.parameters() if p.requires_grad)} trainable values)", file=sys.stderr)
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
         n_steps = args.warmup + args.steps
@@ -163,7 +195,8 @@ def main():
                 targets += int((b["labels"][:, 1:] != -100).sum())
         total = sum(times)
         tps = tokens / total
-        rec = {"bench": "peer", "case": case["name"], "lora_targets": "q,k,v,o", "lora_r": args.lora_r,
+        rec = {"bench": "peer", "case": case["name"], "lora_targets": "q,k,v,o+experts" if experts else "q,k,v,o",
+               "lora_r": args.lora_r,
                "data": "pairs" if "batches" in case else "synthetic", "tokens_per_step": tokens / args.steps,
                "targets_per_step": targets / args.steps, "steps": args.steps,
                "step_ms_median": 1e3 * statistics.median(times), "step_ms_mean": 1e3 * total / args.steps,

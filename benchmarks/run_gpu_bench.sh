@@ -4,8 +4,10 @@
 # taigi training pairs through osstune-prep → bench_train on
 #   (a) 4 × 512 tokens, (b) 1 × 2048 tokens, loss at every position;  (c) real pairs packed to 4096 tokens per step,
 #   loss on the answers only — each with LoRA r16/α32 on q,k,v,o ("attn") and on q,k,v,o + experts ("all"), and
-#   with / without per-layer activation recomputation ("-rc")
-# → the transformers + PEFT peer on (a), (b), (c) (the same packed steps for (c)) → a table with the verdicts.
+#   with / without per-layer activation recomputation ("-rc"), and a-all, b-attn, c-all planned for a 24 GiB and a
+#   16 GiB card (--gpu-memory-limit; "-24g", "-16g": recomputation as osstune-train's auto decides under the limit)
+# → the transformers + PEFT peer on (a), (b), (c) (the same packed steps for (c)), LoRA on q,k,v,o, and on (a), (c)
+#   with the experts too (PEFT target_parameters, "-all") → a table with the verdicts.
 #
 # usage: benchmarks/run_gpu_bench.sh                 run everything (on the GPU machine)
 #        benchmarks/run_gpu_bench.sh --bundle DIR    on a build machine: build, then copy the programs and the shared
@@ -125,7 +127,13 @@ ALL_CASES=(a-attn:rows=4:seq=512
            b-all-rc:rows=1:seq=2048:targets=attn+experts:recompute=1
            c-attn:data="$PAIRS":tokens=4096
            c-attn-rc:data="$PAIRS":tokens=4096:recompute=1
-           c-all:data="$PAIRS":tokens=4096:targets=attn+experts)
+           c-all:data="$PAIRS":tokens=4096:targets=attn+experts
+           a-all-24g:rows=4:seq=512:targets=attn+experts:recompute=auto:mem=24GiB
+           b-attn-24g:rows=1:seq=2048:recompute=auto:mem=24GiB
+           c-all-24g:data="$PAIRS":tokens=4096:targets=attn+experts:recompute=auto:mem=24GiB
+           a-all-16g:rows=4:seq=512:targets=attn+experts:recompute=auto:mem=16GiB
+           b-attn-16g:rows=1:seq=2048:recompute=auto:mem=16GiB
+           c-all-16g:data="$PAIRS":tokens=4096:targets=attn+experts:recompute=auto:mem=16GiB)
 CASE_ARGS=()
 for c in "${ALL_CASES[@]}"; do # CASES="a-attn c-attn ..." keeps only those (default: all)
   if [ -z "${CASES:-}" ] || [[ " $CASES " == *" ${c%%:*} "* ]]; then CASE_ARGS+=(--case "$c"); fi
@@ -148,6 +156,7 @@ if [ "${SKIP_PEER:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 python3 "$ROOT/benchmarks/peer_transformers.py" --model "$MODEL" --warmup "$PEER_WARMUP" \
     --steps "$PEER_STEPS" --peak-tflops "$PEAK_TFLOPS" --json "$RES/peer.jsonl" \
     --case a:rows=4:seq=512 --case b:rows=1:seq=2048 --case c:batches="$RES/batches/c-attn.batches" \
+    --case a-all:rows=4:seq=512:targets=all --case c-all:batches="$RES/batches/c-all.batches":targets=all \
     2>&1 | grep -v "Loading weights" | tee "$RES/peer.log"
   peer_rc=${PIPESTATUS[0]}
   set -e
@@ -161,11 +170,14 @@ import json, os, sys
 def load(p):
     return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
 ours, peer = load(sys.argv[1]), {r["case"]: r for r in load(sys.argv[2])}
+def peer_of(r):
+    """The peer row of the same shape and LoRA targets: a-attn*, a-attn-rc -> a; a-all* -> a-all."""
+    shape = r["case"].split("-")[0]
+    return peer.get(shape + "-all") if "experts" in r["lora_targets"] else peer.get(shape)
 print(f"{'case':<11} {'LoRA':<13} {'tok/step':>8} {'ms/step':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>8} "
       f"{'peer tok/s':>10} {'peer GiB':>8} {'speedup':>7}")
 for r in ours:
-    shape = r["case"].split("-")[0]
-    p = peer.get(shape)
+    p = peer_of(r)
     sp = r["tokens_per_s"] / p["tokens_per_s"] if p else None
     print(f"{r['case']:<11} {r['lora_targets']:<13} {r['tokens_per_step']:8.0f} {r['step_ms_median']:8.1f} "
           f"{r['tokens_per_s']:9.0f} {100 * r['mfu']:5.1f}% {r['peak_gpu_gib']:8.2f} "
@@ -175,32 +187,40 @@ print("\nper-op time per step (ms), from the breakdown steps:")
 for r in ours:
     b = r["breakdown_ms"]; tot = sum(b.values()) or 1
     print(f"  {r['case']:<11} " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in b.items() if v > 0))
-print("\nverdicts (issue: >= 3x the peer's tokens/s in (a), (b), (c), LoRA on q,k,v,o as the peer; (b) peak <= 20 GiB):")
+print("\nverdicts (>= 3x the peer with LoRA on q,k,v,o, >= 5x with the experts too; (b) peak <= 20 GiB; expert LoRA"
+      " nearly free: -all >= 0.85x -attn; under a memory limit the peak stays below it):")
+by_case = {r["case"]: r for r in ours}
 for r in ours:
-    if r["lora_targets"] != "attn":  # the peer trains q,k,v,o only
-        continue
-    p = peer.get(r["case"].split("-")[0])
-    if not p:
-        print(f"  {r['case']:<11} no peer figure")
-        continue
-    sp = r["tokens_per_s"] / p["tokens_per_s"]
-    mem = ""
-    if r["case"].startswith("b"):
-        mem = f"; peak {r['peak_gpu_gib']:.2f} GiB: {'MET' if r['peak_gpu_gib'] <= 20 else 'NOT MET'}"
-    print(f"  {r['case']:<11} {sp:5.2f}x the peer ({r['tokens_per_s']:.0f} vs {p['tokens_per_s']:.0f} tokens/s): "
-          f"{'MET' if sp >= 3 else 'NOT MET'}{mem}")
+    p, want = peer_of(r), 5 if "experts" in r["lora_targets"] else 3
+    limit = r.get("gpu_memory_limit_gib", 0)
+    notes = []
+    if p and not limit:
+        sp = r["tokens_per_s"] / p["tokens_per_s"]
+        notes.append(f"{sp:5.2f}x the peer ({r['tokens_per_s']:.0f} vs {p['tokens_per_s']:.0f} tokens/s): "
+                     f"{'MET' if sp >= want else 'NOT MET'} (>= {want}x)")
+    if r["case"] in ("b-attn", "b-attn-rc"):
+        notes.append(f"peak {r['peak_gpu_gib']:.2f} GiB: {'MET' if r['peak_gpu_gib'] <= 20 else 'NOT MET'} (<= 20)")
+    attn = by_case.get(r["case"].replace("-all", "-attn", 1))
+    if "experts" in r["lora_targets"] and attn is not r and attn:
+        f = r["tokens_per_s"] / attn["tokens_per_s"]
+        notes.append(f"{f:.2f}x {attn['case']}: {'MET' if f >= 0.85 else 'NOT MET'} (>= 0.85)")
+    if limit:
+        notes.append(f"under {limit:.0f} GiB (recompute {'on' if r['recompute'] else 'off'}): peak "
+                     f"{r['peak_gpu_gib']:.2f} GiB: {'MET' if r['peak_gpu_gib'] <= limit else 'NOT MET'}")
+    print(f"  {r['case']:<11} " + ("; ".join(notes) if notes else "no peer figure"))
 print("  (peak GiB = device memory in use at the end of the case, CUDA context included, as nvidia-smi counts it;"
       " the recomputing rows (-rc) are the like-for-like match of the peer's gradient checkpointing)")
 card, date = os.environ.get("CARD", "?"), os.environ.get("DATE", "?")
 print("\nrows for benchmarks/RESULTS.md:")
 print("| date | machine | command | figures |\n|---|---|---|---|")
 for r in ours:
-    p = peer.get(r["case"].split("-")[0])
+    p = peer_of(r)
     peer_txt = (f"; peer (transformers {p['transformers']} + peft {p['peft']}, {p['experts_implementation']}, "
-                f"gradient checkpointing, LoRA q,k,v,o): {p['tokens_per_s']:.0f} tokens/s, "
+                f"gradient checkpointing, LoRA {p['lora_targets']}): {p['tokens_per_s']:.0f} tokens/s, "
                 f"{p.get('peak_gpu_gib', float('nan')):.1f} GiB") if p else ""
     print(f"| {date} | {card} | `benchmarks/run_gpu_bench.sh` (bench_train case {r['case']}: {r['tokens_per_step']:.0f} "
-          f"tokens/step, LoRA r{r['lora_r']} {r['lora_targets']}{', recompute' if r['recompute'] else ''}) | "
+          f"tokens/step, LoRA r{r['lora_r']} {r['lora_targets']}{', recompute' if r['recompute'] else ''}"
+          f"{(', --gpu-memory-limit %.0f GiB' % r['gpu_memory_limit_gib']) if r.get('gpu_memory_limit_gib') else ''}) | "
           f"**{r['tokens_per_s']:.0f} tokens/s**, {r['step_ms_median']:.1f} ms/step, peak {r['peak_gpu_gib']:.2f} GiB, "
           f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s{peer_txt} |")
 EOF

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 void ot_die_at(const char *file, int line, const char *fmt, ...) {
@@ -134,4 +135,36 @@ double ot_now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int ot_parse_size(const char *s, uint64_t *bytes) {
+    static const struct {
+        const char *unit;
+        double factor;
+    } units[] = {{"", 1},       {"B", 1},      {"K", 0x1p10},   {"KiB", 0x1p10}, {"KB", 1e3},
+                 {"M", 0x1p20}, {"MiB", 0x1p20}, {"MB", 1e6},   {"G", 0x1p30},   {"GiB", 0x1p30},
+                 {"GB", 1e9},   {"T", 0x1p40}, {"TiB", 0x1p40}, {"TB", 1e12}};
+    // A digit or a point first: no sign, no space, no "inf" or "nan" (strtod would take them)
+    if (!s || !((*s >= '0' && *s <= '9') || *s == '.')) return -1;
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !isfinite(v)) return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (!strcmp(end, units[i].unit)) {
+            double b = v * units[i].factor;
+            if (!(b >= 1) || b > 0x1p62) return -1;
+            *bytes = (uint64_t)b;
+            return 0;
+        }
+    return -1;
+}
+
+const char *ot_format_size(char *buf, size_t n, uint64_t bytes) {
+    const double b = (double)bytes;
+    if (b >= 0x1p40) snprintf(buf, n, "%.2f TiB", b / 0x1p40);
+    else if (b >= 0x1p30) snprintf(buf, n, "%.2f GiB", b / 0x1p30);
+    else if (b >= 0x1p20) snprintf(buf, n, "%.1f MiB", b / 0x1p20);
+    else if (b >= 0x1p10) snprintf(buf, n, "%.1f KiB", b / 0x1p10);
+    else snprintf(buf, n, "%llu B", (unsigned long long)bytes);
+    return buf;
 }

@@ -95,6 +95,16 @@ static inline void *ot_carve_take(ot_carve *c, size_t bytes) {
 // ---- time -----------------------------------------------------------------------------------------------------
 double ot_now_seconds(void); // monotonic
 
+// ---- sizes ----------------------------------------------------------------------------------------------------
+// A memory size as users write it: a number (decimals allowed) and a unit, K, M, G or T with or without "iB"
+// (powers of 1024, as nvidia-smi and Slurm count), KB, MB, GB or TB (powers of 1000), or B / none (bytes).
+// "24GiB", "24G", "1.5GiB", "8000MiB". 0 on success; -1 for anything else: no number, an unknown unit, a value
+// that is negative, not finite, below one byte or above 2^62 bytes.
+int ot_parse_size(const char *s, uint64_t *bytes);
+// bytes for a message, in the largest binary unit that keeps the number at 1 or more: "24.00 GiB", "512.0 MiB",
+// "300 B". Returns buf.
+const char *ot_format_size(char *buf, size_t n, uint64_t bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 #include "trainer/graph/gptoss_cuda.h"
 
 #include <cublas_v2.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,13 +37,9 @@ size_t ot_cuda_decoder_cache_bytes(const ot_model_config *c, int n_slots, int ma
 
 // cudaMalloc that reports a shortage as a message instead of exiting.
 static int dev_alloc(void **p, size_t bytes, const char *what, ot_err *err) {
-    if (cudaMalloc(p, bytes) == cudaSuccess) return 0;
-    (void)cudaGetLastError();
-    size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
-    *p = NULL;
-    return ot_fail(err, "the GPU decoder's %s needs %.2f GiB of GPU memory, %.2f GiB are free (lower --batch-size or "
-                   "--max-new-tokens)", what, (double)bytes / (1u << 30), (double)free_b / (1u << 30));
+    char label[96];
+    snprintf(label, sizeof label, "the GPU decoder's %s", what);
+    return ot_cuda_alloc(p, bytes, label, "lower --batch-size or --max-new-tokens", err);
 }
 
 ot_cuda_decoder *ot_cuda_decoder_new(const ot_cuda_model *m, const ot_lora *lo, int n_slots, int max_len,

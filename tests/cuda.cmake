@@ -23,12 +23,12 @@ endforeach()
 # The CUDA training path without a GPU (tests/gpu/train_emu/run.sh): the trainer's CUDA sources built against an
 # emulation of the CUDA ops by the CPU reference ops (built once), then each part as a test: the layer graph against
 # the CPU (graph), osstune-train / osstune-logits --backend cuda against --backend cpu (e2e), --full (full), sharded
-# base weights (shard), the GPU decoder and osstune-translate (decode).
+# base weights (shard), the GPU decoder and osstune-translate (decode), --gpu-memory-limit (memlimit).
 add_test(NAME test_train_emulated_build
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gpu/train_emu/run.sh --build-only ${CMAKE_BINARY_DIR}/train_emu
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_train_emulated_build PROPERTIES TIMEOUT 900 FIXTURES_SETUP train_emu)
-foreach(part graph e2e full shard decode)
+foreach(part graph e2e full shard decode memlimit)
   add_test(NAME test_train_emulated_${part}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gpu/train_emu/run.sh --part ${part} ${CMAKE_BINARY_DIR}/train_emu
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})

@@ -667,8 +667,31 @@ static void test_sum_slots_ordered(void) {
     CHECK(zero[0] == 0.0f && zero[1] == 0.0f, "sum_slots_ordered: no slot must give zeros");
 }
 
+// ot_parse_size (common/): the --gpu-memory-limit values users write, and what must be refused.
+static void test_parse_size(void) {
+    static const struct {
+        const char *s;
+        uint64_t want;
+    } good[] = {{"24GiB", 24ull << 30}, {"24G", 24ull << 30}, {"24GB", 24000000000ull}, {"1.5GiB", 3ull << 29},
+                {"8000MiB", 8000ull << 20}, {"512", 512}, {"512B", 512}, {"2T", 2ull << 40}, {"64K", 65536},
+                {".5M", 1ull << 19}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        uint64_t b = 0;
+        int rc = ot_parse_size(good[i].s, &b);
+        CHECK(rc == 0 && b == good[i].want, "ot_parse_size('%s'): rc %d, %llu bytes; want %llu", good[i].s, rc,
+              (unsigned long long)b, (unsigned long long)good[i].want);
+    }
+    static const char *const bad[] = {"", "GiB", "-1GiB", "+1GiB", " 1GiB", "1 GiB", "1gib", "1XB", "1GiBs", "inf",
+                                      "nan", "0", "0.1", "1e300", "9999999TiB", "1e3e3"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t b = 12345;
+        CHECK(ot_parse_size(bad[i], &b) == -1 && b == 12345, "ot_parse_size('%s') must be refused", bad[i]);
+    }
+}
+
 int main(void) {
     ot_rng_seed(&rng, 77);
+    test_parse_size();
     test_mxfp4();
     test_rope_inv_freq();
     test_attention_semantics();

@@ -132,10 +132,11 @@ __device__ __forceinline__ float block_max(float v, float *scratch) {
     return warp_max(s);
 }
 
-// Temporaries from the stream-ordered pool (ot_cuda_init keeps freed blocks cached, so this is cheap).
+// Temporaries from the stream-ordered pool (ot_cuda_init keeps freed blocks cached, so this is cheap), within the
+// memory limit.
 template <typename T> static inline T *ot_cuda_tmp(size_t n, cudaStream_t stream) {
     void *p = NULL;
-    OT_CUDA_CHECK(cudaMallocAsync(&p, (n ? n : 1) * sizeof(T), stream));
+    OT_CUDA_CHECK(ot_cuda_malloc_async(&p, (n ? n : 1) * sizeof(T), stream));
     return static_cast<T *>(p);
 }
 static inline void ot_cuda_tmp_free(void *p, cudaStream_t stream) { OT_CUDA_CHECK(cudaFreeAsync(p, stream)); }

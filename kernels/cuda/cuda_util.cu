@@ -1,4 +1,4 @@
-// Set-up and plumbing for the CUDA backend: error reporting, the bad-input flag, the memory pool, the cuBLAS
+// Set-up and plumbing for the CUDA backend: cuBLAS error reports (the runtime's are in cuda_host.c), the bad-input flag, the memory pool, the cuBLAS
 // handles, and small element-wise helpers (conversions, add, scale).
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -6,12 +6,6 @@
 #include "kernels/cuda/cuda_common.cuh"
 
 // ---- errors ---------------------------------------------------------------------------------------------------
-void ot_cuda_check_at(int err, const char *expr, const char *file, int line) {
-    if (err == (int)cudaSuccess) return;
-    cudaError_t e = (cudaError_t)err;
-    ot_die_at(file, line, "CUDA error %s (%s) from %s", cudaGetErrorName(e), cudaGetErrorString(e), expr);
-}
-
 void ot_cublas_check_at(int status, const char *expr, const char *file, int line) {
     if (status == (int)CUBLAS_STATUS_SUCCESS) return;
     ot_die_at(file, line, "cuBLAS error %s (%d) from %s", cublasGetStatusString((cublasStatus_t)status), status, expr);
@@ -31,7 +25,7 @@ static unsigned *g_input_flags = NULL;
 
 unsigned *ot_cuda_input_flags(void) {
     if (!g_input_flags) {
-        OT_CUDA_CHECK(cudaMalloc(&g_input_flags, sizeof(unsigned)));
+        OT_CUDA_CHECK(ot_cuda_malloc((void **)&g_input_flags, sizeof(unsigned)));
         OT_CUDA_CHECK(cudaMemset(g_input_flags, 0, sizeof(unsigned)));
         OT_CUDA_CHECK(cudaDeviceSynchronize());
     }
@@ -75,7 +69,7 @@ void ot_cuda_blas_init(ot_cuda_blas *b) {
     b->lt = lt;
     b->blas = blas;
     b->workspace_size = (size_t)32 << 20; // what NVIDIA recommends for cuBLASLt on Hopper
-    OT_CUDA_CHECK(cudaMalloc(&b->workspace, b->workspace_size));
+    OT_CUDA_CHECK(ot_cuda_malloc(&b->workspace, b->workspace_size));
 }
 
 void ot_cuda_blas_free(ot_cuda_blas *b) {

@@ -99,13 +99,13 @@ void ot_cuda_moe_plan_alloc(ot_cuda_moe_plan *p, int T, int k, int E) {
     p->n_pairs = T * k;
     p->n_tiles = (int)ot_cdiv(p->n_pairs, OT_CUDA_MOE_TILE_ROWS) + E;
     OT_REQUIRE(p->n_tiles <= 65535, "ot_cuda_moe_plan_alloc: %d row tiles exceed one grid dimension", p->n_tiles);
-    OT_CUDA_CHECK(cudaMalloc(&p->counts, (size_t)E * sizeof(int32_t)));
-    OT_CUDA_CHECK(cudaMalloc(&p->offsets, (size_t)(E + 1) * sizeof(int32_t)));
-    OT_CUDA_CHECK(cudaMalloc(&p->perm, (size_t)p->n_pairs * sizeof(int32_t)));
-    OT_CUDA_CHECK(cudaMalloc(&p->inv, (size_t)p->n_pairs * sizeof(int32_t)));
-    OT_CUDA_CHECK(cudaMalloc(&p->row_token, (size_t)p->n_pairs * sizeof(int32_t)));
-    OT_CUDA_CHECK(cudaMalloc(&p->tile_expert, (size_t)p->n_tiles * sizeof(int32_t)));
-    OT_CUDA_CHECK(cudaMalloc(&p->tile_row0, (size_t)p->n_tiles * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->counts, (size_t)E * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->offsets, (size_t)(E + 1) * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->perm, (size_t)p->n_pairs * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->inv, (size_t)p->n_pairs * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->row_token, (size_t)p->n_pairs * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->tile_expert, (size_t)p->n_tiles * sizeof(int32_t)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p->tile_row0, (size_t)p->n_tiles * sizeof(int32_t)));
     OT_CUDA_CHECK(cudaMallocHost((void **)&p->host_offsets, (size_t)(E + 1) * sizeof(int32_t)));
     OT_CUDA_CHECK(cudaEventCreateWithFlags(&p->host_ready, cudaEventDisableTiming));
 }

@@ -34,7 +34,8 @@ extern "C" {
 typedef uint16_t ot_bf16;
 
 // ---- errors ---------------------------------------------------------------------------------------------------
-// Exit with "osstune: file:line: CUDA error ..." when a runtime / cuBLAS call fails.
+// Exit with "osstune: file:line: CUDA error ..." when a runtime / cuBLAS call fails (an allocation refused under
+// the memory limit below says so, and what to do).
 void ot_cuda_check_at(int err, const char *expr, const char *file, int line);
 void ot_cublas_check_at(int status, const char *expr, const char *file, int line);
 #define OT_CUDA_CHECK(call) ot_cuda_check_at((int)(call), #call, __FILE__, __LINE__)
@@ -67,6 +68,22 @@ typedef struct {
 } ot_cuda_blas;
 void ot_cuda_blas_init(ot_cuda_blas *b);
 void ot_cuda_blas_free(ot_cuda_blas *b);
+
+// ---- device memory under a limit (kernels/cuda/cuda_host.c) -----------------------------------------------
+// A run told it has `bytes` of GPU memory (0: the card's own) plans and allocates as on a card of that size. The
+// limit bounds the device's memory in use, total minus free, the figure nvidia-smi shows: the CUDA context, the
+// libraries' workspaces, the stream-ordered pool and every allocation count, as they would on the smaller card.
+void ot_cuda_set_memory_limit(size_t bytes);
+size_t ot_cuda_memory_limit(void);
+size_t ot_cuda_memory_in_use(void); // the current device's memory in use (total - free), bytes
+size_t ot_cuda_free_bytes(void);    // its free memory, lowered to what the limit leaves
+// cudaMalloc / cudaMallocAsync within the limit: cudaErrorMemoryAllocation, nothing allocated, past it (for the
+// pool, only its growth counts: memory it holds unused serves first).
+cudaError_t ot_cuda_malloc(void **p, size_t bytes);
+cudaError_t ot_cuda_malloc_async(void **p, size_t bytes, cudaStream_t stream);
+// ot_cuda_malloc that reports a shortage in err instead: "WHAT needs X GiB of GPU memory, Y GiB are free (under
+// the limit of Z GiB)[; HINT]", -1. hint may be NULL.
+int ot_cuda_alloc(void **p, size_t bytes, const char *what, const char *hint, ot_err *err);
 
 // ---- small element-wise helpers -------------------------------------------------------------------------------
 void ot_cuda_f32_to_bf16(cudaStream_t stream, ot_bf16 *dst, const float *src, size_t n);

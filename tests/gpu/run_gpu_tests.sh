@@ -80,6 +80,10 @@ echo "== osstune-train / osstune-logits: --backend cuda against --backend cpu"
 bash "$root/tests/gpu/train_cuda_e2e.sh" "$build/bin" "$train_work/e2e" ||
     { echo "run_gpu_tests: train_cuda_e2e FAILED" >&2; failed=1; }
 
+echo "== osstune-train --gpu-memory-limit: the plan under a limit, the refusals past it"
+bash "$root/tests/gpu/train_cuda_memlimit.sh" "$build/bin" "$train_work/memlimit" ||
+    { echo "run_gpu_tests: train_cuda_memlimit FAILED" >&2; failed=1; }
+
 echo "== osstune-train --full: --backend cuda against --backend cpu (30 steps)"
 bash "$root/tests/gpu/full_cuda_e2e.sh" "$build/bin" "$train_work/full_e2e" ||
     { echo "run_gpu_tests: full_cuda_e2e FAILED" >&2; failed=1; }

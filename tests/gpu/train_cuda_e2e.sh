@@ -11,20 +11,12 @@
 # make); on this 4-layer hidden-64 random model the largest gap seen with bf16 storage emulated on the CPU was
 # 2.9e-3 (logits 1.6e-2), so the bounds leave room for the GPU's own roundings while a wrong composition is far off.
 set -uo pipefail
-[ $# -eq 2 ] || { echo "usage: $0 BIN_DIR WORK_DIR" >&2; exit 2; }
-bin=$(cd "$1" && pwd)
-work=$2
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/e2e_lib.sh" "$@"
 model="$work/model_real_vocab"
 fail() { echo "train_cuda_e2e: $*" >&2; exit 1; }
 
-[ -f "$model/config.json" ] || "$bin/osstune-init-model" --preset tiny --seed 1 --set head_dim=64 --out "$model" \
-    > /dev/null || fail "osstune-init-model failed"
-"$bin/osstune-prep" --tokenizer "$root/data/o200k_base.tiktoken" --in "$root/data/sample/train.tsv" \
-    --out "$work/pairs.h5" --quiet || fail "osstune-prep failed"
+e2e_real_vocab_model "$model" || fail "osstune-init-model failed"
+e2e_sample_pairs "$work/pairs.h5" || fail "osstune-prep failed"
 
 for b in cpu cuda; do
     rm -rf "$work/run_$b"

@@ -837,7 +837,12 @@ for label, args, says in (
         ("expert_layers_past_max", ["--lora-expert-layers", "300"], "--lora-expert-layers: '300'"),
         ("full_with_lora_r", ["--full", "--lora-r", "8"], "--full trains every weight of the model: --lora-r does not apply"),
         ("full_with_lora_targets", ["--lora-targets", "all", "--full"], "--lora-targets does not apply"),
-        ("full_with_rslora", ["--full", "--lora-rslora"], "--lora-rslora does not apply")):
+        ("full_with_rslora", ["--full", "--lora-rslora"], "--lora-rslora does not apply"),
+        ("gpu_memory_limit_text", ["--gpu-memory-limit", "lots"], "--gpu-memory-limit: 'lots' is not a size"),
+        ("gpu_memory_limit_unit", ["--gpu-memory-limit", "24gb"], "--gpu-memory-limit: '24gb' is not a size"),
+        ("gpu_memory_limit_negative", ["--gpu-memory-limit", "-8GiB"], "--gpu-memory-limit: '-8GiB'"),
+        ("gpu_memory_limit_zero", ["--gpu-memory-limit", "0"], "--gpu-memory-limit: '0'"),
+        ("gpu_memory_limit_inf", ["--gpu-memory-limit", "infGiB"], "--gpu-memory-limit: 'infGiB'")):
     flags("osstune-train", label, TRAIN_REQUIRED + args, (says,))
 
 

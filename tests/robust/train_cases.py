@@ -123,6 +123,9 @@ add("train", "lora_expert_layer_outside_model", train(extra=("--lora-targets", "
     pairs(), says=("--lora-expert-layers: layer 7 is not a layer of this model", "0..2"))
 add("train", "lora_targets_select_nothing", train(extra=("--lora-targets", "all", "--lora-expert-layers", "1,3")),
     pairs(), says=("--lora-expert-layers: layer 3",))
+# A memory limit for a GPU the run does not use would be ignored in silence: refused, and nothing is written.
+add("train", "gpu_memory_limit_on_cpu", train(extra=("--gpu-memory-limit", "24GiB")), pairs(),
+    says=("--gpu-memory-limit is for the cuda backend",))
 
 
 # ==== ckpt: the run directory -- modes, damage, pruning, state.pb, the lock ==========================================

@@ -270,15 +270,12 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
     c->xin = ot_calloc((size_t)L + 1, sizeof(ot_bf16 *));
     ot_carve measure = {NULL, 0, WS_ALIGN};
     c->ws_bytes = ws_layout(&measure, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, NULL, NULL);
-    cudaError_t e = cudaMalloc(&c->ws, c->ws_bytes);
-    if (e != cudaSuccess) {
-        size_t free_b = 0, total_b = 0;
-        (void)cudaGetLastError();
-        cudaMemGetInfo(&free_b, &total_b);
-        ot_die("the activation workspace for %d tokens needs %.2f GiB of GPU memory, %.2f GiB are free%s", T,
-               (double)c->ws_bytes / (1u << 30), (double)free_b / (1u << 30),
-               c->opt.recompute ? "" : " (activation recomputation would need far less)");
-    }
+    char what[96];
+    ot_err e;
+    snprintf(what, sizeof what, "the activation workspace for %d tokens", T);
+    if (ot_cuda_alloc(&c->ws, c->ws_bytes, what, c->opt.recompute ? NULL : "activation recomputation needs far less",
+                      &e))
+        ot_die("%s", e.msg);
     ot_carve place = {c->ws, 0, WS_ALIGN};
     ws_layout(&place, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, c->xin, c);
     for (int s = 0; s < c->n_acts; s++)
@@ -302,7 +299,7 @@ static ot_cuda_moe_plan plan_view(const ot_cuda_moe_plan *cap, int T) {
 // ---- context --------------------------------------------------------------------------------------------------
 static float *dev_alloc_f32(size_t n) {
     float *p = NULL;
-    OT_CUDA_CHECK(cudaMalloc((void **)&p, (n ? n : 1) * sizeof(float)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p, (n ? n : 1) * sizeof(float)));
     return p;
 }
 
@@ -340,9 +337,9 @@ static void setup_attention_lora(ot_cuda_ctx *c) {
             off += n;
         }
     if (c->n_compact_seg) {
-        OT_CUDA_CHECK(cudaMalloc((void **)&c->params_hl, sizeof(ot_bf16) * 2 * c->n_lo));
+        OT_CUDA_CHECK(ot_cuda_malloc((void **)&c->params_hl, sizeof(ot_bf16) * 2 * c->n_lo));
         c->params_c = dev_alloc_f32(c->n_lo);
-        OT_CUDA_CHECK(cudaMalloc((void **)&c->compact_seg, sizeof(size_t) * 3 * (size_t)c->n_compact_seg));
+        OT_CUDA_CHECK(ot_cuda_malloc((void **)&c->compact_seg, sizeof(size_t) * 3 * (size_t)c->n_compact_seg));
         OT_CUDA_CHECK(cudaMemcpy(c->compact_seg, seg, sizeof(size_t) * 3 * (size_t)c->n_compact_seg,
                                  cudaMemcpyHostToDevice));
     }
@@ -361,7 +358,7 @@ ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot
     OT_CUDA_CHECK(cudaEventCreateWithFlags(&c->upload_done, cudaEventDisableTiming));
     OT_CUDA_CHECK(cudaMallocHost((void **)&c->host_pair, 2 * sizeof(double)));
     // The loss and norm accumulators live outside the workspace, so growing it never loses a pending loss.
-    OT_CUDA_CHECK(cudaMalloc((void **)&c->loss_dev, 2 * sizeof(double)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&c->loss_dev, 2 * sizeof(double)));
     OT_CUDA_CHECK(cudaMemsetAsync(c->loss_dev, 0, 2 * sizeof(double), c->stream));
     c->norm_dev = c->loss_dev + 1;
     c->n_layers = m->cfg.num_hidden_layers;
@@ -416,10 +413,8 @@ int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_to
     if (lo) // compact copies: gradient products (2 × fp32), split parameters (2 × bf16), fp32 parameters
         need += attention_lora_size(lo->slots, lo->n_layers, lo->r) * 4 * sizeof(float);
     need += (size_t)1 << 30; // margin: cuBLAS workspaces, the pool's fragmentation, the CUDA context's growth
-    size_t free_b = 0, total_b = 0;
     OT_CUDA_CHECK(cudaSetDevice(m->device));
-    OT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    return need > free_b;
+    return need > ot_cuda_free_bytes(); // (under --gpu-memory-limit: as on a card of that size)
 }
 
 size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c) {
@@ -846,7 +841,7 @@ int ot_cuda_logits(ot_cuda_ctx *c, const ot_batch *b, float *logits, ot_err *err
     if (rows < 1) rows = 1;
     if (rows > b->T) rows = b->T;
     float *buf = NULL;
-    OT_CUDA_CHECK(cudaMallocAsync((void **)&buf, (size_t)rows * V * sizeof(float), c->stream));
+    OT_CUDA_CHECK(ot_cuda_malloc_async((void **)&buf, (size_t)rows * V * sizeof(float), c->stream));
     cublasHandle_t hb = (cublasHandle_t)c->blas.blas;
     OT_CUBLAS_CHECK(cublasSetStream(hb, c->stream));
     const float one = 1.0f, zero = 0.0f;

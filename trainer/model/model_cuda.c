@@ -15,14 +15,9 @@
 const ot_shard_fields ot_cuda_layer_fields = OT_SHARD_FIELDS(ot_cuda_layer_weights, gate_up.bias, down.bias);
 
 int ot_cuda_arena_alloc(void **arena, size_t bytes, const char *dir, const char *what, ot_err *err) {
-    cudaError_t e = cudaMalloc(arena, bytes);
-    if (e == cudaSuccess) return 0;
-    size_t free_b = 0, total_b = 0;
-    (void)cudaGetLastError();
-    cudaMemGetInfo(&free_b, &total_b);
-    *arena = NULL;
-    return ot_fail(err, "%s: %s needs %.2f GiB of GPU memory, %.2f GiB are free (%s)", dir, what,
-                   (double)bytes / (1u << 30), (double)free_b / (1u << 30), cudaGetErrorString(e));
+    char label[OT_ERR_LEN / 2];
+    snprintf(label, sizeof label, "%s: %s", dir, what);
+    return ot_cuda_alloc(arena, bytes, label, NULL, err);
 }
 
 int ot_cuda_device_count(void) {

@@ -134,7 +134,18 @@ int ot_run_step_done(ot_run_log *r, ot_train_state *st, const ot_batch *batch, c
     double done_steps = (double)(st->step - r->steps_at_start), el = st->elapsed_seconds - r->elapsed_at_start;
     double tps = el > 0 ? (double)(st->tokens_seen - r->tokens_at_start) / el : 0;
     double eta = done_steps > 0 ? el / done_steps * (double)(o->steps - st->step) : -1;
-    char base[256] = "", mode[32] = "";
+    char base[256] = "", mode[32] = "", gpu_json[96] = "", gpu_line[96] = "";
+    if (r->gpu_in_use > r->gpu_peak) r->gpu_peak = r->gpu_in_use;
+    if (r->gpu_in_use) {
+        const double mib = 1u << 20, limit = (double)o->gpu_memory_limit;
+        snprintf(gpu_json, sizeof gpu_json, ", \"gpu_mib\": %.0f, \"gpu_peak_mib\": %.0f", r->gpu_in_use / mib,
+                 r->gpu_peak / mib);
+        if (limit > 0)
+            snprintf(gpu_line, sizeof gpu_line, " | gpu %.0f MiB (peak %.0f of the %.0f MiB limit)",
+                     r->gpu_in_use / mib, r->gpu_peak / mib, limit / mib);
+        else
+            snprintf(gpu_line, sizeof gpu_line, " | gpu %.0f MiB (peak %.0f)", r->gpu_in_use / mib, r->gpu_peak / mib);
+    }
     if (r->base_bytes)
         snprintf(base, sizeof base, ", \"base_weight_bytes\": %zu, \"base_weight_bytes_one_rank\": %zu, "
                  "\"base_layer_buffer_bytes\": %zu", r->base_bytes, r->base_bytes_one_rank, r->base_layer_buffer_bytes);
@@ -142,17 +153,17 @@ int ot_run_step_done(ot_run_log *r, ot_train_state *st, const ot_batch *batch, c
     if (ot_metrics_line(r->metrics, err,
                         "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples\": %lld, "
                         "\"tokens\": %lld, \"targets\": %lld, \"step_tokens\": %lld, \"step_targets\": %lld, "
-                        "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d%s%s}",
+                        "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d%s%s%s}",
                         (long long)st->step, loss, lr, grad_norm, (long long)st->samples_seen,
                         (long long)st->tokens_seen, (long long)st->targets_seen, (long long)step_tokens,
                         (long long)batch->global_targets, tps, st->elapsed_seconds, ot_rss_mib(), r->comm->size, base,
-                        mode))
+                        gpu_json, mode))
         return -1;
     if (st->step % o->log_every == 0 || st->step == o->steps || *stopping) {
         char eta_s[32];
         format_duration(eta_s, sizeof eta_s, eta);
-        fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s | mem %.0f MiB\n",
-                (long long)st->step, o->steps, loss, lr, grad_norm, tps, eta_s, ot_rss_mib());
+        fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s | mem %.0f MiB%s\n",
+                (long long)st->step, o->steps, loss, lr, grad_norm, tps, eta_s, ot_rss_mib(), gpu_line);
     }
     return 0;
 }

@@ -48,6 +48,9 @@ int ot_step_open(ot_step_engine **out, const ot_train_options *o, ot_comm *comm,
     ot_backend backend;
     if (ot_backend_resolve(o->backend, &backend, err)) return -1;
     if (o->full && check_full_options(o, err)) return -1;
+    if (o->gpu_memory_limit && backend == OT_BACKEND_CPU)
+        return ot_fail(err, "--gpu-memory-limit is for the cuda backend; this run uses the cpu backend (leave the limit "
+                       "out, or use --backend cuda on a machine with a GPU)");
     ot_step_engine *e = ot_calloc(1, sizeof *e);
     e->o = o;
     e->comm = comm;

@@ -47,6 +47,9 @@ typedef struct {
     void (*to_host)(ot_step_engine *e);
     // Base-weight bytes on this rank (and on one rank unsharded, and the gather buffers), for the metrics.
     size_t (*base_bytes)(const ot_step_engine *e, size_t *one_rank, size_t *layer_buffer);
+    // Device memory in use on this rank's GPU now (bytes, as nvidia-smi counts), for the progress lines; NULL on
+    // the CPU.
+    size_t (*device_in_use)(const ot_step_engine *e);
     // Closing lines on rank 0 (gather statistics); may be NULL.
     void (*finish)(ot_step_engine *e);
     // Frees what the engine holds (ot_step_free then frees e->impl itself).

@@ -4,12 +4,16 @@
 #include "trainer/train/step_cuda.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
 #include "trainer/graph/gptoss_cuda.h"
+#include "trainer/model/model_cuda.h"
+#include "trainer/model/model_cuda_shard.h"
+#include "trainer/train/step.h"
 
 struct ot_cuda_optimizer {
     cudaStream_t stream;
@@ -23,7 +27,7 @@ struct ot_cuda_optimizer {
 
 static float *dev_zeros(size_t n, cudaStream_t s) {
     float *p = NULL;
-    OT_CUDA_CHECK(cudaMalloc((void **)&p, (n ? n : 1) * sizeof(float)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&p, (n ? n : 1) * sizeof(float)));
     OT_CUDA_CHECK(cudaMemsetAsync(p, 0, (n ? n : 1) * sizeof(float), s));
     return p;
 }
@@ -34,7 +38,7 @@ ot_cuda_optimizer *ot_cuda_optimizer_new(size_t n, const ot_param_span *spans, i
     a->n = n;
     a->m = dev_zeros(n, stream);
     a->v = dev_zeros(n, stream);
-    OT_CUDA_CHECK(cudaMalloc((void **)&a->norm_dev, sizeof(double)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&a->norm_dev, sizeof(double)));
     OT_CUDA_CHECK(cudaMallocHost((void **)&a->norm_host, sizeof(double)));
     a->n_spans = spans ? n_spans : 1;
     a->spans = ot_malloc(sizeof *a->spans * (size_t)a->n_spans);
@@ -110,7 +114,7 @@ static int ordered_on_device(ot_comm *nccl, cudaStream_t s, float *grads, size_t
     if (chunk > n) chunk = n;
     if (chunk == 0) chunk = 1;
     float *gathered = NULL;
-    OT_CUDA_CHECK(cudaMalloc((void **)&gathered, chunk * (size_t)W * sizeof(float)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&gathered, chunk * (size_t)W * sizeof(float)));
     int rc = 0;
     for (size_t off = 0; off < n && !rc; off += chunk) {
         size_t c = n - off < chunk ? n - off : chunk;
@@ -148,6 +152,51 @@ int ot_cuda_sum_ranks(ot_comm *host, ot_comm *nccl, int ordered, cudaStream_t st
     // the sum has landed), then every rank holds the same sum.
     OT_CUDA_CHECK(cudaStreamSynchronize(stream));
     return ot_comm_all_reduce(nccl, grads, grads, n, OT_COMM_F32, OT_COMM_SUM, err);
+}
+
+// ---- the device of a rank --------------------------------------------------------------------------------------
+int ot_step_cuda_device(ot_step_engine *e, int *device, ot_comm **nccl, ot_err *err) {
+    const int n_dev = ot_cuda_device_count();
+    if (n_dev < 1) return ot_fail(err, "--backend cuda: no CUDA device is visible to this process");
+    const int dev = e->comm->local_rank % n_dev;
+    *device = dev;
+    const size_t limit = (size_t)e->o->gpu_memory_limit;
+    if (limit) {
+        // The context exists from here on: what it (and anything else on this GPU) uses counts against the limit.
+        OT_CUDA_CHECK(cudaSetDevice(dev));
+        size_t free_b = 0, total_b = 0;
+        OT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        char lim[32], used[32], total[32];
+        ot_format_size(lim, sizeof lim, limit);
+        if (total_b - free_b >= limit)
+            return ot_fail(err, "--gpu-memory-limit %s: GPU %d already uses %s (the CUDA context and other "
+                           "processes): nothing would be left for the run; raise the limit", lim, dev,
+                           ot_format_size(used, sizeof used, total_b - free_b));
+        if (limit >= total_b && e->comm->rank == 0)
+            ot_warn("--gpu-memory-limit %s is not below GPU %d's own %s: it changes nothing", lim, dev,
+                    ot_format_size(total, sizeof total, total_b));
+        ot_cuda_set_memory_limit(limit);
+    }
+    // NCCL for every multi-GPU run: gradient sums and the gathers of sharded base weights. Only where device memory
+    // is host-visible (the emulated CUDA runtime of tests/gpu/train_emu) does the MPI communicator do both.
+    *nccl = NULL;
+    if (e->comm->size > 1 && !ot_cuda_memory_host_visible(dev) && ot_comm_nccl_init(nccl, e->comm, err)) return -1;
+    return 0;
+}
+
+const char *ot_step_cuda_recompute_words(const ot_step_engine *e, int on, char *buf, size_t n) {
+    char limit[64] = "", size[32];
+    if (e->o->gpu_memory_limit)
+        snprintf(limit, sizeof limit, ", for --gpu-memory-limit %s",
+                 ot_format_size(size, sizeof size, e->o->gpu_memory_limit));
+    snprintf(buf, n, "%s%s%s%s", on ? "on" : "off", e->o->recompute < 0 ? " (auto" : "",
+             e->o->recompute < 0 ? limit : "", e->o->recompute < 0 ? ")" : "");
+    return buf;
+}
+
+size_t ot_step_cuda_device_in_use(const ot_step_engine *e) {
+    (void)e;
+    return ot_cuda_memory_in_use();
 }
 
 int ot_cuda_eval_forward(void *ctx, const ot_batch *b, double *loss_sum, ot_err *err) {

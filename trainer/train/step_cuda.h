@@ -33,6 +33,18 @@ void ot_cuda_optimizer_set(ot_cuda_optimizer *a, const ot_optimizer *o); // o->m
 int ot_cuda_sum_ranks(ot_comm *host, ot_comm *nccl, int ordered, cudaStream_t stream, float *grads, size_t n,
                       ot_err *err);
 
+// This rank's GPU for a step engine (the node-local rank modulo the visible devices) into *device, with the run's
+// --gpu-memory-limit applied (refused when the GPU already uses that much); NCCL over the ranks' GPUs into *nccl
+// for a multi-rank run, except where device memory is host-visible (the emulated runtime: the MPI communicator
+// then serves, *nccl stays NULL).
+struct ot_step_engine;
+int ot_step_cuda_device(struct ot_step_engine *e, int *device, ot_comm **nccl, ot_err *err);
+// "on" / "off", and how it was chosen when --recompute auto chose it: "on (auto, for --gpu-memory-limit 8.00 GiB)"
+// (into buf, returned), for the engines' start lines.
+const char *ot_step_cuda_recompute_words(const struct ot_step_engine *e, int on, char *buf, size_t n);
+// The step engines' device_in_use (step.h).
+size_t ot_step_cuda_device_in_use(const struct ot_step_engine *e);
+
 // ot_eval_forward_fn for a context (ctx: an ot_cuda_ctx): the loss of b, no backward; an empty batch is a pass
 // without tokens (the gathers of sharded base weights are collective).
 int ot_cuda_eval_forward(void *ctx, const ot_batch *b, double *loss_sum, ot_err *err);

@@ -82,16 +82,9 @@ static void grad_views(cuda_full *f, const ot_model *m) {
 
 static float *dev_f32(size_t n, const char *what, ot_err *err) {
     float *p = NULL;
-    cudaError_t e = cudaMalloc((void **)&p, (n ? n : 1) * sizeof(float));
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        size_t free_b = 0, total_b = 0;
-        cudaMemGetInfo(&free_b, &total_b);
-        ot_fail(err, "--full on the GPU: the %s need %.2f GiB of GPU memory, %.2f GiB are free", what,
-                (double)n * 4 / (1u << 30), (double)free_b / (1u << 30));
-        return NULL;
-    }
-    return p;
+    char label[96];
+    snprintf(label, sizeof label, "--full on the GPU (%s)", what);
+    return ot_cuda_alloc((void **)&p, (n ? n : 1) * sizeof(float), label, NULL, err) ? NULL : p;
 }
 
 // Writes the bf16 (and sinks' fp32) working copies from the masters.
@@ -111,7 +104,7 @@ static int build_refresh_table(cuda_full *f, const ot_full_params *fp, ot_err *e
         if (fp->p[i].n > f->max_seg) f->max_seg = fp->p[i].n;
     }
     f->n_segs = fp->n;
-    OT_CUDA_CHECK(cudaMalloc((void **)&f->segs, sizeof *segs * (size_t)fp->n));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&f->segs, sizeof *segs * (size_t)fp->n));
     OT_CUDA_CHECK(cudaMemcpy(f->segs, segs, sizeof *segs * (size_t)fp->n, cudaMemcpyHostToDevice));
     free(segs);
     return 0;
@@ -136,9 +129,7 @@ static int cuda_full_start(ot_step_engine *e, int max_tokens, ot_err *err) {
     int recompute = e->o->recompute;
     if (recompute < 0) {
         size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_tokens, 0, 0) + ((size_t)1 << 30);
-        size_t free_b = 0, total_b = 0;
-        OT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-        recompute = need > free_b;
+        recompute = need > ot_cuda_free_bytes();
     }
     f->recompute = recompute;
     ot_cuda_run_options ro = {.recompute = recompute};
@@ -154,11 +145,12 @@ static int cuda_full_start(ot_step_engine *e, int max_tokens, ot_err *err) {
     ot_cuda_optimizer_set(f->adamw, &e->opt);
     refresh(f); // the working copies are the masters rounded, whatever the model directory held
     OT_CUDA_CHECK(cudaStreamSynchronize(f->stream));
+    char rc_words[96];
     if (e->comm->rank == 0)
         fprintf(stderr, "osstune-train --full: backend cuda: one GPU per rank (rank 0: GPU %d, %.2f GiB of bf16 "
                 "working weights, %.2f GiB of fp32 masters + gradients + AdamW moments, activation recomputation "
                 "%s)\n", f->cm.device, (double)f->cm.arena_bytes / (1u << 30), (double)f->n * 16 / (1u << 30),
-                f->recompute ? "on" : "off");
+                ot_step_cuda_recompute_words(e, f->recompute, rc_words, sizeof rc_words));
     return 0;
 }
 
@@ -168,7 +160,7 @@ static void reserve_sort(cuda_full *f, int T) {
     if (f->sort_dev) OT_CUDA_CHECK(cudaFree(f->sort_dev));
     if (f->sort_host) OT_CUDA_CHECK(cudaFreeHost(f->sort_host));
     // ids | order | seg on the device, order | seg on the host
-    OT_CUDA_CHECK(cudaMalloc((void **)&f->sort_dev, sizeof(int32_t) * (3 * (size_t)T + 1)));
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&f->sort_dev, sizeof(int32_t) * (3 * (size_t)T + 1)));
     OT_CUDA_CHECK(cudaMallocHost((void **)&f->sort_host, sizeof(int32_t) * (2 * (size_t)T + 1)));
     f->T_cap = T;
 }
@@ -250,15 +242,12 @@ static const ot_step_ops cuda_full_ops = {.start = cuda_full_start, .grads = cud
                                           .sum_ranks = cuda_full_sum_ranks,
                                           .optimizer_step = cuda_full_optimizer_step,
                                           .eval_loss = cuda_full_eval_loss, .to_host = cuda_full_to_host,
-                                          .base_bytes = cuda_full_base_bytes, .destroy = cuda_full_destroy};
+                                          .base_bytes = cuda_full_base_bytes,
+                                          .device_in_use = ot_step_cuda_device_in_use, .destroy = cuda_full_destroy};
 
 int ot_step_open_cuda_full(ot_step_engine *e, ot_err *err) {
     cuda_full *f = ot_step_attach(e, "cuda-full", &cuda_full_ops, sizeof *f);
-    const int n_dev = ot_cuda_device_count();
-    if (n_dev < 1) return ot_fail(err, "--backend cuda: no CUDA device is visible to this process");
-    f->device = e->comm->local_rank % n_dev;
-    if (e->comm->size > 1 && !ot_cuda_memory_host_visible(f->device) && ot_comm_nccl_init(&f->nccl, e->comm, err))
-        return -1;
+    if (ot_step_cuda_device(e, &f->device, &f->nccl, err)) return -1;
     // The host model holds the master weights' layout and, for checkpoints, their values; the GPU copy is made
     // at the start, once a resume has filled the masters.
     return ot_step_load_cpu_model(e, err);

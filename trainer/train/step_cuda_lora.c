@@ -43,7 +43,7 @@ static int cuda_lora_start(ot_step_engine *e, int max_tokens, ot_err *err) {
     if (e->comm->rank == 0) {
         const int world = e->comm->size;
         size_t one = 0, gather_buf = 0, mine = ot_cuda_model_base_bytes(&g->cm, &one, &gather_buf);
-        char how[160];
+        char how[160], rc_words[96];
         if (e->sharded)
             snprintf(how, sizeof how, "sharded over %d; %.2f GiB on one rank; gather buffers %.1f MiB", world,
                      (double)one / (1u << 30), (double)gather_buf / (1u << 20));
@@ -51,7 +51,7 @@ static int cuda_lora_start(ot_step_engine *e, int max_tokens, ot_err *err) {
             snprintf(how, sizeof how, "not sharded");
         fprintf(stderr, "osstune-train: backend cuda: one GPU per rank (rank 0 on GPU %d), base weights %.2f GiB "
                 "on this rank (%s), activation recomputation %s, gradients summed %s\n", g->cm.device,
-                (double)mine / (1u << 30), how, ro.recompute ? "on" : "off",
+                (double)mine / (1u << 30), how, ot_step_cuda_recompute_words(e, ro.recompute, rc_words, sizeof rc_words),
                 world == 1       ? "(one rank)"
                 : !ordered_sum(e) ? "by NCCL on the device"
                 : g->nccl         ? "in rank order on the device"
@@ -126,18 +126,14 @@ static const ot_step_ops cuda_lora_ops = {.start = cuda_lora_start, .grads = cud
                                           .sum_ranks = cuda_lora_sum_ranks,
                                           .optimizer_step = cuda_lora_optimizer_step,
                                           .eval_loss = cuda_lora_eval_loss, .to_host = cuda_lora_to_host,
-                                          .base_bytes = cuda_lora_base_bytes, .finish = cuda_lora_finish,
+                                          .base_bytes = cuda_lora_base_bytes,
+                                          .device_in_use = ot_step_cuda_device_in_use, .finish = cuda_lora_finish,
                                           .destroy = cuda_lora_destroy};
 
 int ot_step_open_cuda_lora(ot_step_engine *e, ot_err *err) {
     cuda_lora *g = ot_step_attach(e, "cuda-lora", &cuda_lora_ops, sizeof *g);
-    // One GPU per rank: the node-local rank picks it.
-    const int n_dev = ot_cuda_device_count();
-    if (n_dev < 1) return ot_fail(err, "--backend cuda: no CUDA device is visible to this process");
-    const int dev = e->comm->local_rank % n_dev;
-    // NCCL for every multi-GPU run: the gradient sums and the gathers of sharded base weights. Only where device
-    // memory is host-visible (the emulated CUDA runtime of tests/gpu/train_emu) does the MPI communicator do both.
-    if (e->comm->size > 1 && !ot_cuda_memory_host_visible(dev) && ot_comm_nccl_init(&g->nccl, e->comm, err)) return -1;
+    int dev;
+    if (ot_step_cuda_device(e, &dev, &g->nccl, err)) return -1;
     if (e->comm->size > 1 && !ordered_sum(e) && !g->nccl)
         return ot_fail(err, "--grad-reduce nccl: NCCL cannot run on this device (its memory is host-visible); use "
                        "--grad-reduce ordered");

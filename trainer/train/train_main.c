@@ -197,6 +197,7 @@ int main(int argc, char **argv) {
         double gnorm = e->ops->optimizer_step(e, &lr);
         // The step is complete once its loss is finite; what may still fail (agreeing, metrics) does not undo it.
         sound_step = isfinite(loss) ? st.step + 1 : -1;
+        if (e->ops->device_in_use) log.gpu_in_use = e->ops->device_in_use(e);
         if (ot_run_step_done(&log, &st, &batch, &after, loss, gnorm, lr, g_stop_signal, &stopping, &err))
             FAIL("%s", err.msg);
         if (eval_open && ot_run_eval_due(&log, &st, stopping)) {

@@ -28,6 +28,9 @@ static void usage(FILE *f) {
         "  --recompute auto|on|off  GPU: keep only each layer's input and recompute the layer in backward\n"
         "                         (default auto: only when keeping every activation would not fit; with --full\n"
         "                         the fp32 masters, gradients and AdamW moments count against the memory too)\n"
+        "  --gpu-memory-limit SIZE  GPU: run as on a card with SIZE of memory (e.g. 24GiB, 16G, 8000MiB): --recompute\n"
+        "                         auto decides from it and an allocation past it fails with a message; counted as\n"
+        "                         nvidia-smi counts (CUDA context and libraries included). Default: the card's own\n"
         "  --shard-base auto|on|off  shard the base weights over the ranks (FSDP-style: each rank reads and keeps\n"
         "                         1/N of every layer and gathers a layer before it runs; default auto: on with\n"
         "                         more than one rank). Same results as off, bit for bit on the CPU backend\n"
@@ -143,7 +146,7 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
     ot_optim_config_default(&o->optim);
     enum { O_MODEL = 256, O_DATA, O_RUN, O_STEPS, O_BACKEND, O_SEED, O_SEQ, O_ROWS, O_LOSSALL, O_R, O_ALPHA, O_RSLORA,
            O_TARGETS, O_ELAYERS, O_INIT, O_LR, O_MINLR, O_WARMUP, O_WD, O_B1, O_B2, O_EPS, O_CLIP, O_SAVE, O_KEEP,
-           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE, O_FULL, O_SHARD, O_GRAD_REDUCE };
+           O_RESUME, O_FORCE, O_LOG, O_EVAL, O_EVAL_EVERY, O_EVAL_SAMPLES, O_RECOMPUTE, O_FULL, O_SHARD, O_GRAD_REDUCE, O_GPU_MEM };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"run-dir", 1, 0, O_RUN}, {"steps", 1, 0, O_STEPS},
         {"backend", 1, 0, O_BACKEND}, {"seed", 1, 0, O_SEED}, {"seq-len", 1, 0, O_SEQ},
@@ -155,7 +158,8 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         {"keep-last", 1, 0, O_KEEP}, {"resume", 1, 0, O_RESUME}, {"force-resume", 0, 0, O_FORCE},
         {"log-every", 1, 0, O_LOG}, {"eval-data", 1, 0, O_EVAL}, {"eval-every", 1, 0, O_EVAL_EVERY},
         {"eval-samples", 1, 0, O_EVAL_SAMPLES}, {"recompute", 1, 0, O_RECOMPUTE}, {"full", 0, 0, O_FULL},
-        {"shard-base", 1, 0, O_SHARD}, {"grad-reduce", 1, 0, O_GRAD_REDUCE}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"shard-base", 1, 0, O_SHARD}, {"grad-reduce", 1, 0, O_GRAD_REDUCE}, {"gpu-memory-limit", 1, 0, O_GPU_MEM},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     static const char *const auto_on_off[3] = {"auto", "on", "off"};
     static const int auto_on_off_values[3] = {-1, 1, 0};
     int c;
@@ -234,6 +238,13 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
             if (parse_choice("--grad-reduce", optarg, (const char *const[3]){"auto", "nccl", "ordered"},
                              (const int[3]){0, 1, 2}, &o->grad_reduce))
                 return 2;
+            break;
+        case O_GPU_MEM:
+            if (ot_parse_size(optarg, &o->gpu_memory_limit)) {
+                fprintf(stderr, "osstune-train: --gpu-memory-limit: '%s' is not a size (e.g. 24GiB, 16G, 8000MiB)\n",
+                        optarg);
+                return 2;
+            }
             break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
@@ -319,6 +330,9 @@ static json_t *options_json(const ot_train_options *o, int with_paths) {
         json_object_set_new(j, "shard_base", json_string(o->shard_base < 0 ? "auto" : o->shard_base ? "on" : "off"));
         // how GPU ranks sum gradients (the last bits on GPU; nothing on the CPU backend): recorded, not fingerprinted
         json_object_set_new(j, "grad_reduce", json_string(o->grad_reduce == 2 ? "ordered" : o->grad_reduce == 1 ? "nccl" : "auto"));
+        // the card a run plans for: the same numbers on any card (a run may resume on another), so not fingerprinted
+        json_object_set_new(j, "gpu_memory_limit",
+                            o->gpu_memory_limit ? json_integer((json_int_t)o->gpu_memory_limit) : json_null());
     }
     json_object_set_new(j, "backend", json_string(o->backend));
     json_object_set_new(j, "steps", json_integer(o->steps));

@@ -33,7 +33,7 @@ done
 g++ -std=c++17 -O1 -g $san -Wall -I"$emu/include" -c "$emu/emu.cpp" -o "$out/obj/emu.o" &
 pids+=($!)
 objs+=("$out/obj/emu.o")
-for f in "$root"/kernels/cpu/*.c "$root"/common/*.c "$root/tests/test_util.c" \
+for f in "$root"/kernels/cpu/*.c "$root"/kernels/cuda/*.c "$root"/common/*.c "$root/tests/test_util.c" \
          "$root/tests/gpu/test_ops_cuda.c"; do
     o="$out/obj/c_$(basename "$f" .c).o"
     objs+=("$o")

@@ -266,6 +266,13 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *p, int d) {
     *p = (cudaMemPool_t)&g_pool_dummy;
     return cudaSuccess;
 }
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t *p, int d) {
+    return cudaDeviceGetDefaultMemPool(p, d);
+}
+cudaError_t cudaGetDevice(int *d) {
+    *d = 0;
+    return cudaSuccess;
+}
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t p, enum cudaMemPoolAttr a, void *v) {
     (void)p;
     (void)a;
@@ -347,9 +354,6 @@ static void need(int c, const char *what) {
 }
 
 // ---- ops ----------------------------------------------------------------------------------------------------
-void ot_cuda_check_at(int err, const char *expr, const char *file, int line) {
-    if (err) ot_die_at(file, line, "emulated CUDA error %d from %s", err, expr);
-}
 void ot_cublas_check_at(int status, const char *expr, const char *file, int line) {
     if (status) ot_die_at(file, line, "emulated cuBLAS error %d from %s", status, expr);
 }

@@ -13,19 +13,20 @@
 #      communicator: it may, because the emulated device memory is host memory (ot_cuda_memory_host_visible), and the
 #      gradients are summed with --grad-reduce ordered;
 #   6. the GPU decoder (infer/decode_cuda.c): tests/gpu/test_decode_cuda.c against the CPU decoder in exact and
-#      bf16 mode, and tests/gpu/decode_e2e.sh (osstune-translate --backend cuda against --backend cpu).
+#      bf16 mode, and tests/gpu/decode_e2e.sh (osstune-translate --backend cuda against --backend cpu);
+#   7. tests/gpu/train_cuda_memlimit.sh: --gpu-memory-limit (the plan it makes, the refusals past it).
 # What it cannot show: the kernels themselves (tests/gpu/run_emulated_tests.sh and the GPU run check those).
 #
 # usage: tests/gpu/train_emu/run.sh [--build-only | --part P[,P...]] [BUILD_DIR]   (default: build-train-emu)
 #   --build-only    build the emulated programs and stop
 #   --part LIST     only these steps, with the programs already built: graph (1, 2), e2e (3), full (4), shard (5),
-#                   decode (6); ctest runs the build once and each part as a test of its own
+#                   decode (6), memlimit (7); ctest runs the build once and each part as a test of its own
 # Needs the CUDA toolkit's headers (for the runtime's types; nothing of CUDA runs), MPI's mpicc and the build
 # dependencies of osstune. A few minutes on two cores, most of them building the CPU libraries.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 do_build=1
-parts="graph e2e full shard decode"
+parts="graph e2e full shard decode memlimit"
 case "${1:-}" in
     --build-only) parts=""; shift ;;
     --part) do_build=0; parts=${2//,/ }; shift 2 ;;
@@ -57,7 +58,7 @@ objs=()
 # were built without CUDA (so they say "no CUDA backend")
 for f in "$root/trainer/graph/gptoss_cuda.c" "$root/trainer/model/model_cuda.c" "$root/trainer/model/model_cuda_shard.c" \
          "$root/trainer/model/backend.c" "$root/infer/decode_cuda.c" "$root/trainer/train/step_cuda_lora.c" \
-         "$root/trainer/train/step_cuda_full.c" "$root/trainer/train/step_cuda.c" \
+         "$root/trainer/train/step_cuda_full.c" "$root/trainer/train/step_cuda.c" "$root/kernels/cuda/cuda_host.c" \
          "$root/tests/gpu/train_emu/emu_ops.c" \
          "$root/tests/test_util.c"; do
     o="$emu/$(basename "$f" .c).o"
@@ -123,6 +124,10 @@ if want decode; then
 echo "== the GPU decoder: exact (fp32 activations), then bf16 storage against the GPU bounds"
 EMU_EXACT=1 bash "$root/tests/gpu/decode_e2e.sh" "$emu/bin" "$emu/decode_exact" exact || failed=1
 bash "$root/tests/gpu/decode_e2e.sh" "$emu/bin" "$emu/decode_bf16" || failed=1
+fi
+if want memlimit; then
+echo "== osstune-train --gpu-memory-limit (emulated device memory, counted per allocation)"
+bash "$root/tests/gpu/train_cuda_memlimit.sh" "$emu/bin" "$emu/memlimit" || failed=1
 fi
 [ "$failed" = 0 ] && echo "train_emu: all passed ($parts)"
 exit "$failed"
