@@ -119,9 +119,12 @@ int ot_run_step_done(ot_run_log *r, ot_train_state *st, const ot_batch *batch, c
     if (!isfinite(loss))
         return ot_fail(err, "the loss became %f at step %lld: stopping (lower --lr?)", loss, (long long)st->step);
 
-    // Every rank agrees on stopping (the largest signal number any rank saw), and on the step's token count.
-    int64_t tokens = batch->T, step_tokens = 0;
-    if (ot_comm_all_reduce(r->comm, &stop_signal, &r->stop_signal, 1, OT_COMM_I64, OT_COMM_MAX, err)) return -1;
+    // Every rank agrees on stopping (the largest signal number any rank saw), and on the step's token count; the
+    // GPU memory reported is the most any rank's GPU has in use (one reduction for both maxima).
+    int64_t tokens = batch->T, step_tokens = 0, mine[2] = {stop_signal, (int64_t)r->gpu_in_use}, most[2];
+    if (ot_comm_all_reduce(r->comm, mine, most, 2, OT_COMM_I64, OT_COMM_MAX, err)) return -1;
+    r->stop_signal = most[0];
+    r->gpu_in_use = (size_t)most[1];
     if (ot_comm_all_reduce(r->comm, &tokens, &step_tokens, 1, OT_COMM_I64, OT_COMM_SUM, err)) return -1;
     st->tokens_seen += step_tokens;
     *stopping = r->stop_signal != 0;

@@ -24,7 +24,8 @@ typedef struct {
     ot_metrics_file *metrics; // rank 0: <run_dir>/metrics.jsonl, appended
     // base-weight memory of this rank, for the step lines (all 0: not written)
     size_t base_bytes, base_bytes_one_rank, base_layer_buffer_bytes;
-    // rank 0's GPU memory in use, set before each step record (0: a CPU run), and its largest value so far
+    // this rank's GPU memory in use, set before each step record (0: a CPU run); after the record, the most any
+    // rank's GPU has in use, and on rank 0 the largest such value so far
     size_t gpu_in_use, gpu_peak;
     // training-time clock: validation and checkpoint writes do not count (ot_run_restart_clock after them)
     double t_last, elapsed_at_start;
