@@ -68,6 +68,8 @@ static void usage(FILE *f) {
             "                       GPU is visible, else cpu)\n"
             "  --batch-size N       cuda: sentences decoded together (default 32); a finished sentence's place is\n"
             "                       taken by the next input at once. The cpu backend decodes one at a time.\n"
+            "  --gpu-memory-limit SIZE  cuda: allocate as on a card with SIZE of memory (e.g. 24GiB, 16G); what would\n"
+            "                       pass it is refused with a message (lower --batch-size or --max-new-tokens)\n"
             "  --max-new-tokens N   generated tokens per sentence at most (default 512)\n"
             "  --temperature T      0 = greedy (default); > 0 samples from softmax(logits / T)\n"
             "  --top-p P            with --temperature: sample from the smallest set of tokens whose probability\n"
@@ -322,7 +324,7 @@ typedef struct {
     const char *model, *adapter, *tokenizer, *in, *ref, *hyp, *backend;
     int direction, batch_size;
     long limit;
-    uint64_t seed;
+    uint64_t seed, gpu_memory_limit;
     ot_gen_options gen;
 } options;
 
@@ -345,7 +347,7 @@ static double parse_double(const char *opt, const char *s) {
 static options parse_args(int argc, char **argv) {
     options o = {.backend = "cpu", .direction = -1, .limit = -1, .batch_size = 32};
     ot_gen_options_default(&o.gen);
-    enum { O_TOK = 256, O_MAXNEW, O_TEMP, O_TOPP, O_SEED, O_LIMIT, O_HYP, O_BATCH };
+    enum { O_TOK = 256, O_MAXNEW, O_TEMP, O_TOPP, O_SEED, O_LIMIT, O_HYP, O_BATCH, O_GPU_MEM };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"adapter", required_argument, 0, 'a'},
         {"tokenizer", required_argument, 0, O_TOK},  {"direction", required_argument, 0, 'd'},
@@ -354,7 +356,7 @@ static options parse_args(int argc, char **argv) {
         {"max-new-tokens", required_argument, 0, O_MAXNEW}, {"temperature", required_argument, 0, O_TEMP},
         {"top-p", required_argument, 0, O_TOPP},     {"seed", required_argument, 0, O_SEED},
         {"limit", required_argument, 0, O_LIMIT},    {"help", no_argument, 0, 'h'},
-        {"batch-size", required_argument, 0, O_BATCH},
+        {"batch-size", required_argument, 0, O_BATCH}, {"gpu-memory-limit", required_argument, 0, O_GPU_MEM},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -390,6 +392,10 @@ static options parse_args(int argc, char **argv) {
         }
         case O_LIMIT: o.limit = parse_long("--limit", optarg, 0, 0x7fffffffL); break;
         case O_BATCH: o.batch_size = (int)parse_long("--batch-size", optarg, 1, 4096); break;
+        case O_GPU_MEM:
+            if (ot_parse_size(optarg, &o.gpu_memory_limit))
+                usage_error("--gpu-memory-limit: '%s' is not a size (e.g. 24GiB, 16G, 8000MiB)", optarg);
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -408,6 +414,8 @@ static options parse_args(int argc, char **argv) {
     ot_err err;
     if (ot_backend_resolve(o.backend, &which, &err)) die("%s", err.msg);
     o.backend = ot_backend_name(which);
+    if (o.gpu_memory_limit && which != OT_BACKEND_CUDA)
+        usage_error("--gpu-memory-limit is for the cuda backend; this run uses the %s backend", o.backend);
     // A checkpoint of a run is used only as it was written (its COMPLETE marker's sizes and hashes).
     if (ot_run_ckpt_verify_files(o.model, "--model", &err) ||
         (o.adapter && ot_run_ckpt_verify_files(o.adapter, "--adapter", &err)))
@@ -547,6 +555,7 @@ static text_list translate_cuda(const options *o, const text_list *src, const ch
         if (ot_harmony_render_prompt(h, (ot_direction)o->direction, src->v[i], strlen(src->v[i]), &prompts[i], &err))
             die("%s:%ld: %s", in_name, src->line[i], err.msg);
     ot_cuda_model cm;
+    ot_cuda_set_memory_limit(o->gpu_memory_limit); // (0: the card's own)
     if (ot_cuda_model_load(&cm, o->model, 0, &err)) die("%s", err.msg);
     check_vocab(o, &cm.cfg, h->tok);
     ot_lora lo, *lop = NULL;

@@ -8,7 +8,9 @@
 #   3. a limit of P + 8 GiB: auto keeps the activations again, and the adapter equals run 1's byte for byte;
 #   4. a limit below the model's own size: exit 1 naming the flag and the sizes, no checkpoint, no crash;
 #   5. --recompute off with a limit below what run 1 needed: exit 1 naming the flag, no crash;
-#   6. the limit with --backend cpu: refused before anything is loaded.
+#   6. the limit with --backend cpu: refused before anything is loaded;
+#   7. osstune-translate --backend cuda under a roomy limit writes what it writes without one; under a limit below
+#      the model it is refused naming the flag; with --backend cpu the flag is a usage error.
 #
 # usage: tests/gpu/train_cuda_memlimit.sh BIN_DIR WORK_DIR     (a GPU, or the emulated runtime of tests/gpu/train_emu,
 #                                                              whose device memory is counted per allocation)
@@ -94,6 +96,30 @@ else fail "--recompute off under ${below} MiB: exit $rc (want 1 naming --gpu-mem
 train cpu --backend cpu --gpu-memory-limit 8GiB
 [ "$rc" != 0 ] && ! crashed cpu && said cpu "gpu-memory-limit is for the cuda backend" && ! [ -e "$work/run_cpu/config.json" ] &&
     ok "--backend cpu: the limit is refused before the run starts" || fail "--backend cpu with a limit: exit $rc"
+
+# 7. osstune-translate --backend cuda with run 1's adapter: a roomy limit writes what no limit writes; a limit below
+#    the model is refused naming the flag; the cpu backend refuses the flag as a usage error
+head -n 4 "$root/data/sample/dev.tsv" > "$work/dev3.tsv"
+translate() { # translate NAME ARGS...
+    local name=$1
+    shift
+    "$bin/osstune-translate" --model "$model" --adapter "$work/run_free/ckpt/step-000003" --direction zh2nan \
+        --tokenizer "$root/data/o200k_base.tiktoken" --in "$work/dev3.tsv" --max-new-tokens 8 "$@" \
+        > "$work/$name.out" 2> "$work/$name.log"
+    rc=$?
+}
+translate tr-free --backend cuda
+translate tr-roomy --backend cuda --gpu-memory-limit "${roomy}MiB"
+[ "$rc" = 0 ] && [ -s "$work/tr-free.out" ] && cmp -s "$work/tr-free.out" "$work/tr-roomy.out" &&
+    ok "osstune-translate under ${roomy} MiB: the same lines as without a limit" ||
+    fail "osstune-translate under ${roomy} MiB: exit $rc or other lines"
+translate tr-small --backend cuda --gpu-memory-limit 4MiB
+[ "$rc" = 1 ] && said tr-small "gpu-memory-limit 4.0 MiB" && ! crashed tr-small &&
+    ok "osstune-translate under 4 MiB: refused ($(grep -m1 -o 'needs [^;]*' "$work/tr-small.log" | cut -c1-100))" ||
+    fail "osstune-translate under 4 MiB: exit $rc (want 1 naming --gpu-memory-limit)"
+translate tr-cpu --backend cpu --gpu-memory-limit 8GiB
+[ "$rc" = 2 ] && said tr-cpu "gpu-memory-limit is for the cuda backend" &&
+    ok "osstune-translate --backend cpu: the limit is a usage error" || fail "osstune-translate --backend cpu with a limit: exit $rc"
 
 [ "$failed" = 0 ] && echo "train_cuda_memlimit: all passed" || echo "train_cuda_memlimit: FAILED"
 exit "$failed"

@@ -787,6 +787,8 @@ for label, name in (("semicolon", "x;touch pwned"), ("dollar", "$(id)"), ("backt
                     ("non_ascii", "台語")):
     flags("osstune-export", "name_" + label, EXPORT_BASE + ["--name", name], ("--name", "not a safe model name"))
 flags("osstune-translate", "no_direction", ["--model", "m"], ("--direction is required",))
+flags("osstune-translate", "gpu_memory_limit_text", ["--direction", "zh2nan", "--model", "m", "--gpu-memory-limit",
+                                                     "8 GiB"], ("--gpu-memory-limit: '8 GiB' is not a size",))
 flags("osstune-translate", "direction", ["--direction", "zh2en", "--model", "m"], ("--direction: 'zh2en'",))
 flags("osstune-translate", "max_new_zero", ["--direction", "zh2nan", "--model", "m", "--max-new-tokens", "0"],
       ("--max-new-tokens",))
