@@ -322,12 +322,9 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     ot_lora lo;
     ot_lora_init(&lo, cfg, &spec, 7);
     size_t used_before = ot_cuda_memory_in_use();
-    ot_cuda_set_memory_limit(c->mem_limit); // (0: none) what the trainer's --gpu-memory-limit sets
-    if (c->mem_limit && used_before >= c->mem_limit)
-        return ot_fail(err, "case %s: mem=%.2f GiB, but %.2f GiB are in use before the case starts", c->name,
-                       gib(c->mem_limit), gib(used_before));
+    if (ot_cuda_set_memory_limit(c->mem_limit, err)) return -1; // (0: none) as osstune-train --gpu-memory-limit
     ot_cuda_run_options ro = {.recompute = c->recompute >= 0 ? c->recompute
-                                                             : ot_cuda_need_recompute(cm, &lo, max_T, max_n)};
+                                                             : ot_cuda_need_recompute(cm, &lo, 0, max_T, max_n)};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(cm, &lo, &ro, max_T, max_n);
     ot_optim_config oc;
     ot_optim_config_default(&oc);
@@ -423,7 +420,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     // the next case starts from the model alone: hand the pool's memory back and restart its high-water mark
     OT_CUDA_CHECK(cudaDeviceSynchronize());
     OT_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
-    ot_cuda_set_memory_limit(0);
+    ot_cuda_set_memory_limit(0, err);
     uint64_t zero = 0;
     OT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
     OT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));

@@ -32,21 +32,27 @@ static char *split_dir(const char *path, const char **base) {
     return dir;
 }
 
-char *ot_read_file(const char *path, size_t *len_out, ot_err *err) {
+int ot_open_regular(const char *path, struct stat *st, const char *expected, ot_err *err) {
     // O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever; regular files ignore the flag.
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        ot_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    const int no_stat = fstat(fd, &st) != 0;
-    if (no_stat || !S_ISREG(st.st_mode)) {
-        if (no_stat) ot_fail(err, "%s: cannot stat: %s", path, strerror(errno));
-        else ot_fail(err, "%s is %s, not a file that can be read", path, ot_file_kind(st.st_mode));
+    if (fd < 0) return ot_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    if (fstat(fd, st) != 0) {
+        ot_fail(err, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
-        return NULL;
+        return -1;
     }
+    if (!S_ISREG(st->st_mode)) {
+        ot_fail(err, "%s is %s, not a regular file%s", path, ot_file_kind(st->st_mode), expected ? expected : "");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+char *ot_read_file(const char *path, size_t *len_out, ot_err *err) {
+    struct stat st;
+    int fd = ot_open_regular(path, &st, NULL, err);
+    if (fd < 0) return NULL;
     FILE *f = fdopen(fd, "rb");
     if (!f) {
         ot_fail(err, "%s: cannot open: %s", path, strerror(errno));

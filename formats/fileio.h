@@ -4,6 +4,7 @@
 #define OT_FORMATS_FILEIO_H
 
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "common/ot_common.h"
@@ -43,6 +44,10 @@ char *ot_temp_path_pid(const char *path);
 int ot_remove_stale_temps(const char *path);
 // What a file that is not a regular one is, for messages: "a directory", "a FIFO", "a character device", ...
 const char *ot_file_kind(mode_t mode);
+// Opens a regular file for reading without ever blocking on a FIFO (O_NONBLOCK, then fstat): the descriptor, *st
+// filled; -1 with "PATH: cannot open: ..." or "PATH is a FIFO, not a regular file[EXPECTED]" in err (expected: NULL,
+// or e.g. "; a safetensors file is expected here").
+int ot_open_regular(const char *path, struct stat *st, const char *expected, ot_err *err);
 // fsync the directory that holds `path` (so a rename in it is durable).
 int ot_fsync_parent_dir(const char *path, ot_err *err);
 // fsync a directory itself.

@@ -115,13 +115,17 @@ static int plan_float(job_list *jl, const export_ctx *x, const char *gguf_name, 
     return 0;
 }
 
+// llama.cpp's names: the attention projections q, k, v, o, and the expert parts (gate, up, down), for the model
+// and its adapter alike.
+static const char *const attn_gguf[4] = {"attn_q", "attn_k", "attn_v", "attn_output"};
+static const char *const part_name[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+
 // The merged (or base) model in llama.cpp's gpt-oss layout (spec §5.3).
 static int plan_model(job_list *jl, const export_ctx *x, ot_err *err) {
     const ot_model_config *c = x->c;
     const int64_t H = c->hidden_size, I = c->intermediate_size, E = c->num_local_experts;
     char name[96];
     if (plan_float(jl, x, "token_embd.weight", "model.embed_tokens.weight", 0, 0, NULL, err)) return -1;
-    static const char *attn_gguf[4] = {"attn_q", "attn_k", "attn_v", "attn_output"};
     static const char *attn_hf[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
     for (int l = 0; l < c->num_hidden_layers; l++) {
         char src[160];
@@ -153,7 +157,6 @@ static int plan_model(job_list *jl, const export_ctx *x, ot_err *err) {
         if (plan_float(jl, x, name, "model.layers.%d.mlp.router.bias", l, 1, NULL, err)) return -1;
 
         // Experts: gate = even rows of gate_up, up = odd rows, down as it is; ne = [in, out, E].
-        static const char *part_name[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
         for (int part = PART_GATE; part <= PART_DOWN; part++) {
             const int gu = part != PART_DOWN;
             const ot_lora_slot *s = slot_of(x, l, gu ? OT_LORA_GATE_UP : OT_LORA_DOWN);
@@ -208,8 +211,6 @@ static void push_lora_pair(job_list *jl, int l, const char *tensor, int n_dims, 
 
 // The adapter (spec §6.2, §6.4): A ne [in, r(, E)], B ne [r, out(, E)], F32 so the values are the trained ones.
 static void plan_adapter(job_list *jl, const export_ctx *x) {
-    static const char *attn_gguf[4] = {"attn_q", "attn_k", "attn_v", "attn_output"};
-    static const char *part_name[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
     const ot_lora *lo = x->lo;
     const int64_t r = lo->r;
     for (int l = 0; l < lo->n_layers; l++) {
@@ -240,7 +241,6 @@ typedef struct {
     uint64_t done, total;
     float *row, *delta;   // scratch: one source row, one LoRA delta row
     uint8_t *enc;         // scratch: one encoded row
-    size_t row_cap;
 } sink;
 
 static int emit(sink *k, const void *data, size_t n, ot_err *err) {

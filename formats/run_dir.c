@@ -411,11 +411,22 @@ static int safe_name(const char *name) {
     return name[strlen(name) - 1] != '/';
 }
 
+// Whether a listed file is one of `names` (NULL: every file): a name, or a folder prefix ending in '/'.
+static int listed_in(const char *name, const char *const *names) {
+    if (!names) return 1;
+    for (int i = 0; names[i]; i++) {
+        size_t n = strlen(names[i]);
+        if (names[i][n - 1] == '/' ? !strncmp(name, names[i], n) : !strcmp(name, names[i])) return 1;
+    }
+    return 0;
+}
+
 // Check a checkpoint directory's integrity against its COMPLETE marker: every listed file present with the
-// recorded size and SHA-256, every required file listed (required NULL: no list, not even the state), the step
-// the directory's name says (dir_step < 0: any). Any failure is damage, described in err. *legacy: the marker is
-// an old --full checkpoint's (its state is state.json).
-static int verify_complete(const char *dir, int64_t dir_step, const char *const *required, int *legacy, ot_err *err) {
+// recorded size and, when it is one of `hashed` (NULL: all), SHA-256; every required file listed (required NULL:
+// no list, not even the state); the step the directory's name says (dir_step < 0: any). Any failure is damage,
+// described in err. *legacy: the marker is an old --full checkpoint's (its state is state.json).
+static int verify_complete(const char *dir, int64_t dir_step, const char *const *required, const char *const *hashed,
+                           int *legacy, ot_err *err) {
     char path[OT_PATH_MAX];
     if (path_fmt(path, sizeof path, err, "%s/COMPLETE", dir)) return -1;
     if (access(path, F_OK) != 0) return ot_fail(err, "no COMPLETE marker (the write did not finish)");
@@ -451,6 +462,7 @@ static int verify_complete(const char *dir, int64_t dir_step, const char *const 
         else if (size != size_ll)
             rc = ot_fail(err, "%s has %lld bytes, COMPLETE records %lld (%s)", name, (long long)size, size_ll,
                          size < size_ll ? "truncated" : "grown");
+        else if (!listed_in(name, hashed)) continue;
         else if (ot_sha256_file(path, got_hex, err)) rc = -1;
         else if (strcmp(got_hex, want_hex))
             rc = ot_fail(err, "%s has changed since it was written (SHA-256 %.12s..., COMPLETE records %.12s...)", name,
@@ -618,7 +630,7 @@ static int install_dir(const char *tmp, const char *final, const char *ckpt_dir,
     ot_err why;
     int legacy;
     static const char *const none[] = {NULL};
-    if (access(final, F_OK) == 0 && verify_complete(final, step, none, &legacy, &why) == 0) {
+    if (access(final, F_OK) == 0 && verify_complete(final, step, none, NULL, &legacy, &why) == 0) {
         ot_warn("%s already exists and is complete; kept it (this file system cannot replace a directory "
                 "atomically), the new copy is discarded", final);
         return ot_remove_tree(tmp, err);
@@ -741,7 +753,7 @@ static int load_one(const char *dir, int64_t dir_step, const ot_run_ckpt_reader 
         if (m != r->mode) return other_mode(m, r->mode, err);
     }
     int legacy;
-    if (verify_complete(dir, dir_step, r->required, &legacy, err)) return OT_RUN_CKPT_DAMAGED;
+    if (verify_complete(dir, dir_step, r->required, NULL, &legacy, err)) return OT_RUN_CKPT_DAMAGED;
     char path[OT_PATH_MAX];
     ot_train_state got;
     if (path_fmt(path, sizeof path, err, "%s/%s", dir, legacy ? "state.json" : "state.pb") ||
@@ -932,9 +944,14 @@ int ot_run_ckpt_verify_files(const char *dir, const char *role, ot_err *err) {
         if (path_fmt(path, sizeof path, err, "%s/COMPLETE", marked)) return -1;
         if (access(path, F_OK) != 0) return 0;
     }
+    // Only what the tools read is hashed (a --full step's fp32 masters and AdamW moments are several times the
+    // model): the model/ folder, or the adapter's two files; the other files' sizes are still checked.
+    static const char *const model_files[] = {"model/", NULL};
+    static const char *const adapter_files[] = {"adapter_config.json", "adapter_model.safetensors", NULL};
+    const int is_model = strcmp(marked, dir) != 0; // climbed up from model/
     int legacy;
     ot_err why;
-    if (verify_complete(marked, -1, NULL, &legacy, &why) == 0) return 0;
+    if (verify_complete(marked, -1, NULL, is_model ? model_files : adapter_files, &legacy, &why) == 0) return 0;
     return ot_fail(err, "%s %s is a checkpoint that was damaged after it was written: %s (use another checkpoint, e.g. "
                    "the one before it in the same ckpt/ directory)", role, dir, why.msg);
 }

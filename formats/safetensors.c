@@ -121,23 +121,10 @@ int ot_safetensors_open(ot_safetensors *st, const char *path, ot_err *err) {
     memset(st, 0, sizeof *st);
     st->path = ot_strdup(path);
     json_t *root = NULL;
-    // O_NONBLOCK: a FIFO in a shard's place must be refused below, not waited on; regular files ignore the flag.
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        ot_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        goto fail;
-    }
+    // Only a regular file can be mapped and trusted to stay its size (and a FIFO must not be waited on).
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        ot_fail(err, "%s: cannot stat: %s", path, strerror(errno));
-        close(fd);
-        goto fail;
-    }
-    if (!S_ISREG(sb.st_mode)) { // only a regular file can be mapped and trusted to stay its size
-        ot_fail(err, "%s is %s, not a regular file; a safetensors file is expected here", path, ot_file_kind(sb.st_mode));
-        close(fd);
-        goto fail;
-    }
+    int fd = ot_open_regular(path, &sb, "; a safetensors file is expected here", err);
+    if (fd < 0) goto fail;
     size_t size = (size_t)sb.st_size;
     if (size < 8) {
         ot_fail(err, "%s: file is %zu bytes, shorter than the 8-byte header length field", path, size);

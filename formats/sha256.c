@@ -109,14 +109,9 @@ void ot_sha256_hex(const uint8_t digest[32], char hex[65]) {
 }
 
 int ot_sha256_file(const char *path, char hex[65], ot_err *err) {
-    // O_NONBLOCK: a FIFO is refused below instead of waited on (a regular file ignores the flag).
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return ot_fail(err, "cannot open '%s' to hash it: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ot_fail(err, "cannot hash '%s': it is %s, not a regular file", path, ot_file_kind(st.st_mode));
-    }
+    int fd = ot_open_regular(path, &st, NULL, err);
+    if (fd < 0) return -1;
     FILE *f = fdopen(fd, "rb");
     if (!f) {
         close(fd);

@@ -25,11 +25,8 @@ h() { # h LABEL FILE...: "sha256  LABEL/relative-name" per file
   done
 }
 
-[ -f "$WORK/model/config.json" ] ||
-  "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null
-[ -f "$WORK/model-full/config.json" ] ||
-  "$BIN/osstune-init-model" --preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 \
-    --set intermediate_size=32 --dense-experts --out "$WORK/model-full" >/dev/null
+tiny_model "$WORK/model"
+tiny_full_model "$WORK/model-full"
 prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 41
 prep_pairs "$WORK/eval.h5" "$ROOT/data/sample/dev.tsv" 9
 STEPS=6

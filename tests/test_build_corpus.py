@@ -225,21 +225,21 @@ def test_errors(work):
     shutil.copytree(moe, bad_moe)
     with open(os.path.join(bad_moe, bc.MOE_FILE), "ab") as f:
         f.write(b"99,9,9,1,\xff\xfe,x,y\n")
+    csv_path = os.path.join(bad_moe, bc.MOE_FILE)
+    before = open(csv_path, "rb").read()
     r = build(out, {"--moedict": bad_moe})
     check(r.returncode == 1 and "例句.csv:18: not valid UTF-8" in r.stderr and not os.path.exists(out),
           "invalid UTF-8: %s" % r.stderr.strip())
+    check(open(csv_path, "rb").read() == before, "a refused input is left as it was")
     # An output name that is the input itself (a link to it) is refused, and the input is left as it was.
     linked = os.path.join(work, "linked-out")
     os.makedirs(linked, exist_ok=True)
-    csv_path = os.path.join(bad_moe, bc.MOE_FILE)
-    before = open(csv_path, "rb").read()
     shutil.copytree(moe, bad_moe + "2")
     os.link(os.path.join(bad_moe + "2", bc.MOE_FILE), os.path.join(linked, "dev.tsv"))
     r = build(linked, {"--moedict": bad_moe + "2"})
     check(r.returncode == 1 and "is one of the inputs" in r.stderr and
           open(os.path.join(bad_moe + "2", bc.MOE_FILE), "rb").read() == open(os.path.join(moe, bc.MOE_FILE), "rb").read()
           and sorted(os.listdir(linked)) == ["dev.tsv"], "an output that is an input: %s" % r.stderr.strip())
-    check(open(csv_path, "rb").read() == before, "inputs untouched")
     r = subprocess.run([sys.executable, BUILDER, "--help"], capture_output=True, text=True)
     check(r.returncode == 0 and "taigi-split-v1" in r.stdout and "--moedict DIR" in r.stdout, "--help gives the rules")
 

@@ -14,7 +14,7 @@ CASES=${*:-grad learn lora}
 . "$(dirname "$0")/train_test_lib.sh"
 
 SMALL=(--preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 --set intermediate_size=32)
-[ -f "$WORK/model/config.json" ] || "$BIN/osstune-init-model" "${SMALL[@]}" --dense-experts --out "$WORK/model" >/dev/null
+tiny_full_model "$WORK/model"
 prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 21
 STEPS=8
 ARGS=(--backend cpu --full --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 128
@@ -25,11 +25,6 @@ train() { # train NP RUN_DIR [extra args]
   mpirun -np "$np" "$BIN/osstune-train" "${ARGS[@]}" --run-dir "$dir" "$@"
 }
 final() { echo "$1/ckpt/step-$(printf %06d $STEPS)"; }
-same_state() { # master weights, optimizer state and the bf16 model byte-identical
-  cmp -s "$(final "$1")/master.safetensors" "$(final "$2")/master.safetensors" &&
-    cmp -s "$(final "$1")/optimizer.safetensors" "$(final "$2")/optimizer.safetensors" &&
-    cmp -s "$(final "$1")/model/model.safetensors" "$(final "$2")/model/model.safetensors"
-}
 reference() {
   [ -f "$(final "$WORK/ref1")/COMPLETE" ] && return 0
   rm -rf "$WORK/ref1"

@@ -23,8 +23,7 @@ prep_pairs "$WORK/pairs.h5" "$ROOT/data/sample/train.tsv" 41
 prep_pairs "$WORK/eval.h5" "$ROOT/data/sample/dev.tsv" 9
 if [ $MODE = lora ]; then
   # A small model with the real vocabulary (the data is real o200k tokens) and every LoRA target.
-  [ -f "$WORK/model/config.json" ] ||
-    "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$WORK/model" --set num_hidden_layers=2 >/dev/null
+  tiny_model "$WORK/model"
   ARGS=(--backend cpu --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 160 --rows-per-step 6
         --lora-r 4 --lora-alpha 8 --lora-targets all --lr 5e-3 --warmup 2 --seed 11 --log-every 100
         --eval-data "$WORK/eval.h5" --eval-every 3)
@@ -33,9 +32,7 @@ if [ $MODE = lora ]; then
   RANKS="2 3 4"
 else
   # A bf16 model with dense experts (MXFP4 experts are not trainable), small enough to train every weight.
-  [ -f "$WORK/model/config.json" ] ||
-    "$BIN/osstune-init-model" --preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 \
-      --set intermediate_size=32 --dense-experts --out "$WORK/model" >/dev/null
+  tiny_full_model "$WORK/model"
   ARGS=(--backend cpu --full --model "$WORK/model" --data "$WORK/pairs.h5" --steps $STEPS --seq-len 128
         --rows-per-step 6 --lr 3e-3 --warmup 1 --seed 3 --log-every 100 --eval-data "$WORK/eval.h5" --eval-every 3)
   STATE_FILES=(master.safetensors optimizer.safetensors model/model.safetensors)

@@ -3,6 +3,8 @@
 #   ok / bad MESSAGE          count a check (passes, fails) and print it
 #   prep_pairs OUT.h5 TSV N   the first N lines of TSV (header included) tokenized into OUT.h5, once
 #   tiny_model DIR            the tiny test model with 2 layers, the real vocabulary and seed 7 in DIR, once
+#   tiny_full_model DIR       the same, narrower (hidden and expert width 32) with bf16 dense experts: every weight
+#                             trainable (--full), once
 #   stop_after_step DIR N PID wait until DIR/metrics.jsonl has N lines (or a minute), SIGTERM every osstune-train
 #                             rank of --run-dir DIR, and return the exit status of PID (the backgrounded run)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -24,6 +26,12 @@ prep_pairs() {
 tiny_model() {
   [ -f "$1/config.json" ] && return 0
   "$BIN/osstune-init-model" --preset tiny --seed 7 --out "$1" --set num_hidden_layers=2 >/dev/null
+}
+
+tiny_full_model() {
+  [ -f "$1/config.json" ] && return 0
+  "$BIN/osstune-init-model" --preset tiny --seed 7 --set num_hidden_layers=2 --set hidden_size=32 \
+    --set intermediate_size=32 --dense-experts --out "$1" >/dev/null
 }
 
 stop_after_step() {

@@ -555,7 +555,7 @@ static text_list translate_cuda(const options *o, const text_list *src, const ch
         if (ot_harmony_render_prompt(h, (ot_direction)o->direction, src->v[i], strlen(src->v[i]), &prompts[i], &err))
             die("%s:%ld: %s", in_name, src->line[i], err.msg);
     ot_cuda_model cm;
-    ot_cuda_set_memory_limit(o->gpu_memory_limit); // (0: the card's own)
+    if (ot_cuda_set_memory_limit(o->gpu_memory_limit, &err)) die("%s", err.msg); // (0: the card's own)
     if (ot_cuda_model_load(&cm, o->model, 0, &err)) die("%s", err.msg);
     check_vocab(o, &cm.cfg, h->tok);
     ot_lora lo, *lop = NULL;

@@ -26,7 +26,19 @@ void ot_cuda_check_at(int err, const char *expr, const char *file, int line) {
 }
 
 // ---- device memory under a limit ------------------------------------------------------------------------------
-void ot_cuda_set_memory_limit(size_t bytes) { g_limit = bytes; }
+int ot_cuda_set_memory_limit(size_t bytes, ot_err *err) {
+    g_limit = 0;
+    if (!bytes) return 0;
+    const size_t used = ot_cuda_memory_in_use(); // (creates the context first, so it counts)
+    if (used >= bytes) {
+        char lim[32], use[32];
+        return ot_fail(err, "--gpu-memory-limit %s: this GPU already uses %s (the CUDA context and other processes): "
+                       "nothing would be left; raise the limit", ot_format_size(lim, sizeof lim, bytes),
+                       ot_format_size(use, sizeof use, used));
+    }
+    g_limit = bytes;
+    return 0;
+}
 size_t ot_cuda_memory_limit(void) { return g_limit; }
 
 size_t ot_cuda_memory_in_use(void) {

@@ -73,7 +73,9 @@ void ot_cuda_blas_free(ot_cuda_blas *b);
 // A run told it has `bytes` of GPU memory (0: the card's own) plans and allocates as on a card of that size. The
 // limit bounds the device's memory in use, total minus free, the figure nvidia-smi shows: the CUDA context, the
 // libraries' workspaces, the stream-ordered pool and every allocation count, as they would on the smaller card.
-void ot_cuda_set_memory_limit(size_t bytes);
+// Refused (-1, err naming the sizes) when the current device already uses `bytes` (the CUDA context, other
+// processes): nothing would be left. bytes 0 lifts the limit.
+int ot_cuda_set_memory_limit(size_t bytes, ot_err *err);
 size_t ot_cuda_memory_limit(void);
 size_t ot_cuda_memory_in_use(void); // the current device's memory in use (total - free), bytes
 size_t ot_cuda_free_bytes(void);    // its free memory, lowered to what the limit leaves

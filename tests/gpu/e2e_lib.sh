@@ -1,8 +1,10 @@
 # What the end-to-end scripts of tests/gpu share, sourced with the script's arguments:
 #   . "$(dirname "${BASH_SOURCE[0]}")/e2e_lib.sh" "$@"
-# checks the usage (BIN_DIR WORK_DIR), sets bin, work (made, absolute) and root (the repository), lets Open MPI
-# run as root, and gives the tiny model with the real vocabulary and the bundled sample pairs they train on.
-[ $# -eq 2 ] || { echo "usage: $0 BIN_DIR WORK_DIR" >&2; exit 2; }
+# checks the usage (BIN_DIR WORK_DIR, and at most E2E_MORE_ARGS more: "[REDUCE]"), sets bin, work (made, absolute)
+# and root (the repository), lets Open MPI run as root, and gives the tiny model with the real vocabulary and the
+# bundled sample pairs they train on.
+[ $# -ge 2 ] && { [ $# -eq 2 ] || [ -n "${E2E_MORE_ARGS:-}" ]; } ||
+    { echo "usage: $0 BIN_DIR WORK_DIR ${E2E_MORE_ARGS:-}" >&2; exit 2; }
 bin=$(cd "$1" && pwd)
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -15,6 +17,6 @@ e2e_real_vocab_model() {
 }
 # e2e_sample_pairs OUT.h5: data/sample/train.tsv tokenized, both directions
 e2e_sample_pairs() {
-    "$bin/osstune-prep" --tokenizer "$root/data/o200k_base.tiktoken" --in "$root/data/sample/train.tsv" --out "$1" \
+    [ -f "$1" ] || "$bin/osstune-prep" --tokenizer "$root/data/o200k_base.tiktoken" --in "$root/data/sample/train.tsv" --out "$1" \
         --quiet
 }

@@ -25,24 +25,17 @@
 # the masters' change 1e-4 (measured 1.3e-6; AdamW divides by sqrt(v), so near-zero gradients turn rounding noise
 # into full-size steps for a few weights).
 set -uo pipefail
-[ $# -eq 2 ] || { echo "usage: $0 BIN_DIR WORK_DIR" >&2; exit 2; }
-bin=$(cd "$1" && pwd)
-work=$2
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/e2e_lib.sh" "$@"
 steps=${STEPS:-30}
 half=$((steps / 2))
 exact=${FULL_E2E_EXACT:-0}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
 model="$work/model_dense"
 fail() { echo "full_cuda_e2e: $*" >&2; exit 1; }
 [ "$half" -ge 1 ] || fail "STEPS must be at least 2"
 
 [ -f "$model/config.json" ] || "$bin/osstune-init-model" --preset tiny --seed 5 --dense-experts --set head_dim=64 \
     --out "$model" > /dev/null || fail "osstune-init-model failed"
-"$bin/osstune-prep" --tokenizer "$root/data/o200k_base.tiktoken" --in "$root/data/sample/train.tsv" \
-    --out "$work/pairs.h5" --quiet || fail "osstune-prep failed"
+e2e_sample_pairs "$work/pairs.h5" || fail "osstune-prep failed"
 
 train() { # name, backend, extra args...
     local name=$1 b=$2

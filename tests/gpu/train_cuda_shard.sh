@@ -14,23 +14,16 @@
 # usage: tests/gpu/train_cuda_shard.sh BIN_DIR WORK_DIR [GRAD_REDUCE]     (GRAD_REDUCE: ordered (default) or nccl)
 # Needs Open MPI's mpirun, python3. On real GPUs: one GPU per rank (2 GPUs).
 set -uo pipefail
-[ $# -ge 2 ] || { echo "usage: $0 BIN_DIR WORK_DIR [GRAD_REDUCE]" >&2; exit 2; }
-bin=$(cd "$1" && pwd)
-work=$2
+E2E_MORE_ARGS="[GRAD_REDUCE]" . "$(dirname "${BASH_SOURCE[0]}")/e2e_lib.sh" "$@"
 reduce=${3:-ordered}
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OSSTUNE_COMM_TIMEOUT=${OSSTUNE_COMM_TIMEOUT:-120}
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
+export OSSTUNE_COMM_TIMEOUT=${OSSTUNE_COMM_TIMEOUT:-120}
 fail() { echo "train_cuda_shard: $*" >&2; exit 1; }
 
 # the tiny preset with the real vocabulary (201,088 rows of 64): the tables are far larger than a layer, so they are
 # gathered in many chunks, the last one partly padding.
 model="$work/model"
-[ -f "$model/config.json" ] || "$bin/osstune-init-model" --preset tiny --seed 1 --set head_dim=64 --out "$model" \
-    > /dev/null || fail "osstune-init-model failed"
-[ -f "$work/pairs.h5" ] || "$bin/osstune-prep" --tokenizer "$root/data/o200k_base.tiktoken" \
-    --in "$root/data/sample/train.tsv" --out "$work/pairs.h5" --quiet || fail "osstune-prep failed"
+e2e_real_vocab_model "$model" || fail "osstune-init-model failed"
+e2e_sample_pairs "$work/pairs.h5" || fail "osstune-prep failed"
 ckpt() { echo "$1/ckpt/$(cat "$1/ckpt/latest" 2>/dev/null)"; }
 run() { # run NP SHARD DIR [extra args]
     local np=$1 mode=$2 dir=$3

@@ -87,8 +87,8 @@ struct ot_cuda_ctx {
     int32_t *batch_dev; // ids | pos | seg_start | tgt_pos | tgt_label for the current batch
     int32_t *batch_host; // pinned staging of the same
     cudaEvent_t upload_done;
-    double *loss_dev, *norm_dev; // device accumulators
-    double *host_pair;           // pinned [2]: loss and squared norm read back
+    double *loss_dev;  // device accumulator of the loss
+    double *loss_host; // pinned: the loss read back
     prof_state prof;
     const ot_cuda_model_grads *mg; // full training: base-weight gradients (NULL: the base is frozen)
 };
@@ -356,11 +356,10 @@ ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot
     OT_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     ot_cuda_blas_init(&c->blas);
     OT_CUDA_CHECK(cudaEventCreateWithFlags(&c->upload_done, cudaEventDisableTiming));
-    OT_CUDA_CHECK(cudaMallocHost((void **)&c->host_pair, 2 * sizeof(double)));
-    // The loss and norm accumulators live outside the workspace, so growing it never loses a pending loss.
-    OT_CUDA_CHECK(ot_cuda_malloc((void **)&c->loss_dev, 2 * sizeof(double)));
-    OT_CUDA_CHECK(cudaMemsetAsync(c->loss_dev, 0, 2 * sizeof(double), c->stream));
-    c->norm_dev = c->loss_dev + 1;
+    OT_CUDA_CHECK(cudaMallocHost((void **)&c->loss_host, sizeof(double)));
+    // The loss accumulator lives outside the workspace, so growing it never loses a pending loss.
+    OT_CUDA_CHECK(ot_cuda_malloc((void **)&c->loss_dev, sizeof(double)));
+    OT_CUDA_CHECK(cudaMemsetAsync(c->loss_dev, 0, sizeof(double), c->stream));
     c->n_layers = m->cfg.num_hidden_layers;
     if (lo && lo->n_params > 0) {
         if (lo->n_layers != c->n_layers)
@@ -399,7 +398,7 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c) {
     free(c->prof.ev);
     free(c->prof.cls);
     free(c->slots);
-    OT_CUDA_CHECK(cudaFreeHost(c->host_pair));
+    OT_CUDA_CHECK(cudaFreeHost(c->loss_host));
     OT_CUDA_CHECK(cudaFree(c->loss_dev));
     OT_CUDA_CHECK(cudaEventDestroy(c->upload_done));
     ot_cuda_blas_free(&c->blas);
@@ -407,8 +406,8 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c) {
     free(c);
 }
 
-int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_tokens, int max_targets) {
-    size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, lo ? lo->r : 0, 0);
+int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, size_t more, int max_tokens, int max_targets) {
+    size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, lo ? lo->r : 0, 0) + more;
     need += (lo ? lo->n_params : 0) * 4 * sizeof(float); // parameters, gradients, two AdamW moments
     if (lo) // compact copies: gradient products (2 × fp32), split parameters (2 × bf16), fp32 parameters
         need += attention_lora_size(lo->slots, lo->n_layers, lo->r) * 4 * sizeof(float);
@@ -437,7 +436,6 @@ void ot_cuda_lora_set_params(ot_cuda_ctx *c, const float *host) {
     c->split_ready = 0;
 }
 void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->params, 0); }
-void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host) { lora_copy(c, c->grads, host, 1); }
 void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host) { lora_copy(c, host, c->grads, 0); }
 float *ot_cuda_lora_grads_device(ot_cuda_ctx *c) { return c->grads; }
 float *ot_cuda_lora_params_device(ot_cuda_ctx *c) { return c->params; }
@@ -818,10 +816,10 @@ const ot_bf16 *ot_cuda_input_grad(const ot_cuda_ctx *c) { return c->dx; }
 cudaStream_t ot_cuda_ctx_stream(const ot_cuda_ctx *c) { return c->stream; }
 
 int ot_cuda_take_loss(ot_cuda_ctx *c, double *loss_sum, ot_err *err) {
-    OT_CUDA_CHECK(cudaMemcpyAsync(c->host_pair, c->loss_dev, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+    OT_CUDA_CHECK(cudaMemcpyAsync(c->loss_host, c->loss_dev, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
     OT_CUDA_CHECK(cudaMemsetAsync(c->loss_dev, 0, sizeof(double), c->stream));
     if (ot_cuda_check_inputs(c->stream, err)) return -1; // waits for the stream
-    *loss_sum = c->host_pair[0];
+    *loss_sum = c->loss_host[0];
     return 0;
 }
 

@@ -54,13 +54,13 @@ size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets,
 // Device bytes of the context's own allocations now (workspace + LoRA state), for memory reports.
 size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c);
 // 1 when keeping every layer's activations for batches of max_tokens would not fit in the device memory free now
-// (with the LoRA state and a safety margin), so recomputation is needed; 0 when it fits.
-int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, int max_tokens, int max_targets);
+// (with the LoRA state, `more` bytes the caller is still to allocate, and a safety margin), so recomputation is
+// needed; 0 when it fits.
+int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, size_t more, int max_tokens, int max_targets);
 
 // ---- LoRA state transfers (synchronous) ------------------------------------------------------------------------
 void ot_cuda_lora_set_params(ot_cuda_ctx *c, const float *host);
 void ot_cuda_lora_get_params(ot_cuda_ctx *c, float *host);
-void ot_cuda_lora_set_grads(ot_cuda_ctx *c, const float *host);
 void ot_cuda_lora_get_grads(ot_cuda_ctx *c, float *host);
 void ot_cuda_lora_zero_grads(ot_cuda_ctx *c); // queued
 // The device gradient buffer (n_params floats), for summing the gradients across GPUs in place with NCCL:

@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include "trainer/train/run_log.h"
+
 // Passes rank samples [begin, end) need, packed as ot_eval_loss packs them.
 static int64_t count_passes(ot_pairs_h5 *pairs, int64_t begin, int64_t end, int pack_tokens) {
     int64_t passes = 0;
@@ -62,8 +64,7 @@ int ot_eval_loss(const ot_evaluator *e, ot_pairs_h5 *pairs, ot_comm *comm, int64
             break;
         }
         float *s = slots + 3 * n_slots++;
-        s[0] = (float)loss;
-        s[1] = (float)(loss - (double)s[0]);
+        ot_loss_pair(s, loss); // s[0], s[1]
         s[2] = (float)b.n_targets; // exact: a pass has far fewer than 2^24 targets
     }
     // After the last pass, or a local failure: the passes the other ranks still make, without tokens.

@@ -137,6 +137,7 @@ int ot_run_step_done(ot_run_log *r, ot_train_state *st, const ot_batch *batch, c
     double done_steps = (double)(st->step - r->steps_at_start), el = st->elapsed_seconds - r->elapsed_at_start;
     double tps = el > 0 ? (double)(st->tokens_seen - r->tokens_at_start) / el : 0;
     double eta = done_steps > 0 ? el / done_steps * (double)(o->steps - st->step) : -1;
+    const double rss = ot_rss_mib();
     char base[256] = "", mode[32] = "", gpu_json[96] = "", gpu_line[96] = "";
     if (r->gpu_in_use > r->gpu_peak) r->gpu_peak = r->gpu_in_use;
     if (r->gpu_in_use) {
@@ -159,14 +160,14 @@ int ot_run_step_done(ot_run_log *r, ot_train_state *st, const ot_batch *batch, c
                         "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"rss_mib\": %.0f, \"world_size\": %d%s%s%s}",
                         (long long)st->step, loss, lr, grad_norm, (long long)st->samples_seen,
                         (long long)st->tokens_seen, (long long)st->targets_seen, (long long)step_tokens,
-                        (long long)batch->global_targets, tps, st->elapsed_seconds, ot_rss_mib(), r->comm->size, base,
+                        (long long)batch->global_targets, tps, st->elapsed_seconds, rss, r->comm->size, base,
                         gpu_json, mode))
         return -1;
     if (st->step % o->log_every == 0 || st->step == o->steps || *stopping) {
         char eta_s[32];
         format_duration(eta_s, sizeof eta_s, eta);
         fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s | mem %.0f MiB%s\n",
-                (long long)st->step, o->steps, loss, lr, grad_norm, tps, eta_s, ot_rss_mib(), gpu_line);
+                (long long)st->step, o->steps, loss, lr, grad_norm, tps, eta_s, rss, gpu_line);
     }
     return 0;
 }

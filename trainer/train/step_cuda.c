@@ -113,8 +113,10 @@ static int ordered_on_device(ot_comm *nccl, cudaStream_t s, float *grads, size_t
     size_t chunk = GATHER_BYTES / sizeof(float) / (size_t)W;
     if (chunk > n) chunk = n;
     if (chunk == 0) chunk = 1;
+    // From the stream-ordered pool: after the first step it is there already (no cudaMalloc / cudaFree per step,
+    // which would wait for the device), and it is counted under --gpu-memory-limit like any temporary.
     float *gathered = NULL;
-    OT_CUDA_CHECK(ot_cuda_malloc((void **)&gathered, chunk * (size_t)W * sizeof(float)));
+    OT_CUDA_CHECK(ot_cuda_malloc_async((void **)&gathered, chunk * (size_t)W * sizeof(float), s));
     int rc = 0;
     for (size_t off = 0; off < n && !rc; off += chunk) {
         size_t c = n - off < chunk ? n - off : chunk;
@@ -123,8 +125,8 @@ static int ordered_on_device(ot_comm *nccl, cudaStream_t s, float *grads, size_t
         rc = ot_comm_all_gather(nccl, grads + off, gathered, c, OT_COMM_F32, err);
         if (!rc) ot_cuda_sum_slots_ordered(s, grads + off, gathered, W, c);
     }
+    OT_CUDA_CHECK(cudaFreeAsync(gathered, s));
     OT_CUDA_CHECK(cudaStreamSynchronize(s));
-    OT_CUDA_CHECK(cudaFree(gathered));
     return rc;
 }
 
@@ -160,23 +162,9 @@ int ot_step_cuda_device(ot_step_engine *e, int *device, ot_comm **nccl, ot_err *
     if (n_dev < 1) return ot_fail(err, "--backend cuda: no CUDA device is visible to this process");
     const int dev = e->comm->local_rank % n_dev;
     *device = dev;
-    const size_t limit = (size_t)e->o->gpu_memory_limit;
-    if (limit) {
-        // The context exists from here on: what it (and anything else on this GPU) uses counts against the limit.
-        OT_CUDA_CHECK(cudaSetDevice(dev));
-        size_t free_b = 0, total_b = 0;
-        OT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-        char lim[32], used[32], total[32];
-        ot_format_size(lim, sizeof lim, limit);
-        if (total_b - free_b >= limit)
-            return ot_fail(err, "--gpu-memory-limit %s: GPU %d already uses %s (the CUDA context and other "
-                           "processes): nothing would be left for the run; raise the limit", lim, dev,
-                           ot_format_size(used, sizeof used, total_b - free_b));
-        if (limit >= total_b && e->comm->rank == 0)
-            ot_warn("--gpu-memory-limit %s is not below GPU %d's own %s: it changes nothing", lim, dev,
-                    ot_format_size(total, sizeof total, total_b));
-        ot_cuda_set_memory_limit(limit);
-    }
+    // What the context (and anything else on this GPU) uses counts against the limit.
+    OT_CUDA_CHECK(cudaSetDevice(dev));
+    if (ot_cuda_set_memory_limit((size_t)e->o->gpu_memory_limit, err)) return -1;
     // NCCL for every multi-GPU run: gradient sums and the gathers of sharded base weights. Only where device memory
     // is host-visible (the emulated CUDA runtime of tests/gpu/train_emu) does the MPI communicator do both.
     *nccl = NULL;

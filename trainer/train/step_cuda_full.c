@@ -39,7 +39,7 @@ typedef struct {
     ot_cuda_refresh_seg *segs;  // device table: master -> working copy, one entry per tensor
     int n_segs;
     size_t max_seg;
-    int recompute, max_tokens;
+    int max_tokens;
     // deterministic embedding backward: positions sorted by id on the host, uploaded per batch
     int T_cap;
     int32_t *sort_host;         // pinned: order [T_cap] | seg [T_cap + 1]
@@ -125,13 +125,11 @@ static int cuda_full_start(ot_step_engine *e, int max_tokens, ot_err *err) {
     if (!(f->master = dev_f32(f->n, "master weights", err)) || !(f->grad = dev_f32(f->n, "gradients", err)))
         return -1;
     grad_views(f, m);
-    // Activations: kept for every layer when they fit next to the state, else recomputed per layer in backward.
-    int recompute = e->o->recompute;
-    if (recompute < 0) {
-        size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_tokens, 0, 0) + ((size_t)1 << 30);
-        recompute = need > ot_cuda_free_bytes();
-    }
-    f->recompute = recompute;
+    // Activations: kept for every layer when they fit next to the state (the AdamW moments, 8 bytes per weight,
+    // are allocated with the optimizer below), else recomputed per layer in backward.
+    int recompute = e->o->recompute >= 0 ? e->o->recompute
+                                          : ot_cuda_need_recompute(&f->cm, NULL, f->n * 2 * sizeof(float), max_tokens,
+                                                                   max_tokens);
     ot_cuda_run_options ro = {.recompute = recompute};
     f->ctx = ot_cuda_ctx_new(&f->cm, NULL, &ro, max_tokens, max_tokens);
     f->stream = ot_cuda_ctx_stream(f->ctx);
@@ -150,7 +148,7 @@ static int cuda_full_start(ot_step_engine *e, int max_tokens, ot_err *err) {
         fprintf(stderr, "osstune-train --full: backend cuda: one GPU per rank (rank 0: GPU %d, %.2f GiB of bf16 "
                 "working weights, %.2f GiB of fp32 masters + gradients + AdamW moments, activation recomputation "
                 "%s)\n", f->cm.device, (double)f->cm.arena_bytes / (1u << 30), (double)f->n * 16 / (1u << 30),
-                ot_step_cuda_recompute_words(e, f->recompute, rc_words, sizeof rc_words));
+                ot_step_cuda_recompute_words(e, recompute, rc_words, sizeof rc_words));
     return 0;
 }
 

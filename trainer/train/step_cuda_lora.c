@@ -20,17 +20,16 @@ typedef struct {
     ot_cuda_ctx *ctx;
     ot_cuda_optimizer *adamw;
     int max_tokens;
+    int ordered;            // --grad-reduce resolved: the rank-order sum (ot_cuda_sum_ranks), else NCCL's all-reduce
 } cuda_lora;
 
-// --grad-reduce ordered (2): the rank-order sum whose bits do not depend on the world size; else NCCL's all-reduce.
-static int ordered_sum(const ot_step_engine *e) { return e->o->grad_reduce == 2; }
 
 static int cuda_lora_start(ot_step_engine *e, int max_tokens, ot_err *err) {
     cuda_lora *g = e->impl;
     const ot_train_options *o = e->o;
     // Keep every layer's activations when they fit; otherwise recompute each layer in backward.
     ot_cuda_run_options ro = {0};
-    ro.recompute = o->recompute >= 0 ? o->recompute : ot_cuda_need_recompute(&g->cm, &e->lo, max_tokens, max_tokens);
+    ro.recompute = o->recompute >= 0 ? o->recompute : ot_cuda_need_recompute(&g->cm, &e->lo, 0, max_tokens, max_tokens);
     if (e->sharded) { // recomputation changes the order of the gathers, which must be the same on every rank
         int64_t r = ro.recompute, any = 0;
         if (ot_comm_all_reduce(e->comm, &r, &any, 1, OT_COMM_I64, OT_COMM_MAX, err)) return -1;
@@ -53,7 +52,7 @@ static int cuda_lora_start(ot_step_engine *e, int max_tokens, ot_err *err) {
                 "on this rank (%s), activation recomputation %s, gradients summed %s\n", g->cm.device,
                 (double)mine / (1u << 30), how, ot_step_cuda_recompute_words(e, ro.recompute, rc_words, sizeof rc_words),
                 world == 1       ? "(one rank)"
-                : !ordered_sum(e) ? "by NCCL on the device"
+                : !g->ordered      ? "by NCCL on the device"
                 : g->nccl         ? "in rank order on the device"
                                   : "in rank order on the host");
     }
@@ -74,7 +73,7 @@ static int cuda_lora_grads(ot_step_engine *e, const ot_batch *b, float grad_scal
 static int cuda_lora_sum_ranks(ot_step_engine *e, const ot_batch *b, ot_err *err) {
     (void)b;
     cuda_lora *g = e->impl;
-    return ot_cuda_sum_ranks(e->comm, g->nccl, ordered_sum(e), ot_cuda_ctx_stream(g->ctx),
+    return ot_cuda_sum_ranks(e->comm, g->nccl, g->ordered, ot_cuda_ctx_stream(g->ctx),
                              ot_cuda_lora_grads_device(g->ctx), e->lo.n_params, err);
 }
 
@@ -134,9 +133,12 @@ int ot_step_open_cuda_lora(ot_step_engine *e, ot_err *err) {
     cuda_lora *g = ot_step_attach(e, "cuda-lora", &cuda_lora_ops, sizeof *g);
     int dev;
     if (ot_step_cuda_device(e, &dev, &g->nccl, err)) return -1;
-    if (e->comm->size > 1 && !ordered_sum(e) && !g->nccl)
+    // --grad-reduce ordered (2): the rank-order sum whose bits do not depend on the world size; nccl (1): NCCL's
+    // all-reduce; auto (0): NCCL's where it runs, else (host-visible device memory) the ordered sum.
+    if (e->comm->size > 1 && e->o->grad_reduce == 1 && !g->nccl)
         return ot_fail(err, "--grad-reduce nccl: NCCL cannot run on this device (its memory is host-visible); use "
                        "--grad-reduce ordered");
+    g->ordered = e->o->grad_reduce == 2 || !g->nccl;
     if (e->sharded ? ot_cuda_model_load_sharded(&g->cm, e->o->model_dir, dev, g->nccl ? g->nccl : e->comm, err)
                    : ot_cuda_model_load(&g->cm, e->o->model_dir, dev, err))
         return -1;
