@@ -13,8 +13,11 @@
 //   rounds    dequantize a slice of rows (forward) / columns (backward) of every expert into a scratch small
 //             enough for the L2 cache, then one grouped call over the slices, slice after slice, so that the bf16
 //             weights need never reach DRAM
+// Then the expert LoRA of both projections at rank R (ot_cuda_moe_lora_fwd / _bwd, moe_lora.cu): ms per call and
+// the rate at which it moves the bytes it cannot avoid (the activations it reads and the ones it rewrites), to
+// compare with the card's memory bandwidth.
 //
-// usage: bench_moe_gemm [--tokens T] [--reps N] [--slice S]
+// usage: bench_moe_gemm [--tokens T] [--reps N] [--slice S] [--lora-r R]
 //        OT_MOE_PATH=library|fused|auto picks the path of the "op" column (auto by default)
 #include <cublas_v2.h>
 #include <math.h>
@@ -228,14 +231,72 @@ static void run_rounds(void *p, cudaStream_t s) {
     }
 }
 
+// The expert LoRA of one projection (in → out) on the plan, forward then backward, as the trainer calls them.
+typedef struct {
+    const ot_cuda_moe_plan *plan;
+    int in, out, r, gather;
+    bf16 *x, *y, *dy, *dx;
+    float *A, *B, *dA, *dB, *xa;
+} LoraBench;
+
+static void run_lora_fwd(void *ctx, cudaStream_t s) {
+    LoraBench *b = (LoraBench *)ctx;
+    ot_cuda_moe_lora_fwd(s, (ot_bf16 *)b->y, b->xa, (const ot_bf16 *)b->x, b->gather, b->A, b->B, b->plan, b->in,
+                         b->r, b->out, 2.0f);
+}
+static void run_lora_bwd(void *ctx, cudaStream_t s) {
+    LoraBench *b = (LoraBench *)ctx;
+    ot_cuda_moe_lora_bwd(s, (ot_bf16 *)b->dx, b->dA, b->dB, (const ot_bf16 *)b->dy, (const ot_bf16 *)b->x, b->gather,
+                         b->xa, b->A, b->B, b->plan, b->in, b->r, b->out, 2.0f);
+}
+
+static void bench_lora(const ot_cuda_moe_plan *plan, int in, int out, int r, int gather, int T, int reps,
+                       const char *name, cudaStream_t s) {
+    const int n = plan->n_pairs, E = plan->E, xrows = gather ? T : n;
+    LoraBench b = {plan, in, out, r, gather, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    OT_CUDA_CHECK(cudaMalloc(&b.x, sizeof(bf16) * xrows * in));
+    OT_CUDA_CHECK(cudaMalloc(&b.y, sizeof(bf16) * n * out));
+    OT_CUDA_CHECK(cudaMalloc(&b.dy, sizeof(bf16) * n * out));
+    OT_CUDA_CHECK(cudaMalloc(&b.dx, sizeof(bf16) * n * in));
+    OT_CUDA_CHECK(cudaMalloc(&b.A, sizeof(float) * E * r * in));
+    OT_CUDA_CHECK(cudaMalloc(&b.B, sizeof(float) * E * out * r));
+    OT_CUDA_CHECK(cudaMalloc(&b.dA, sizeof(float) * E * r * in));
+    OT_CUDA_CHECK(cudaMalloc(&b.dB, sizeof(float) * E * out * r));
+    OT_CUDA_CHECK(cudaMalloc(&b.xa, sizeof(float) * n * r));
+    { // small finite values everywhere (the timing does not depend on them; NaNs would only obscure a failure)
+        std::vector<uint16_t> h((size_t)n * (in > out ? in : out));
+        for (auto &v : h) v = ot_f32_to_bf16((float)rand() / RAND_MAX - 0.5f);
+        OT_CUDA_CHECK(cudaMemcpy(b.x, h.data(), sizeof(bf16) * xrows * in, cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMemcpy(b.y, h.data(), sizeof(bf16) * n * out, cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMemcpy(b.dy, h.data(), sizeof(bf16) * n * out, cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMemcpy(b.dx, h.data(), sizeof(bf16) * n * in, cudaMemcpyHostToDevice));
+        std::vector<float> w((size_t)E * r * (in > out ? in : out));
+        for (auto &v : w) v = ((float)rand() / RAND_MAX - 0.5f) * 0.01f;
+        OT_CUDA_CHECK(cudaMemcpy(b.A, w.data(), sizeof(float) * E * r * in, cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMemcpy(b.B, w.data(), sizeof(float) * E * out * r, cudaMemcpyHostToDevice));
+        OT_CUDA_CHECK(cudaMemset(b.dA, 0, sizeof(float) * E * r * in));
+        OT_CUDA_CHECK(cudaMemset(b.dB, 0, sizeof(float) * E * out * r));
+    }
+    const double t_fwd = time_variant(run_lora_fwd, &b, s, reps), t_bwd = time_variant(run_lora_bwd, &b, s, reps);
+    // unavoidable traffic: forward reads x and reads + writes y; backward reads dy (dB, dxa), x (dA) and reads +
+    // writes dx
+    const double fwd_bytes = 2.0 * n * (in + 2.0 * out), bwd_bytes = 2.0 * n * (out + 3.0 * in);
+    printf("expert LoRA r%-3d %-8s forward %7.3f ms (%5.2f TB/s) | backward %7.3f ms (%5.2f TB/s)\n", r, name, t_fwd,
+           fwd_bytes / t_fwd / 1e9, t_bwd, bwd_bytes / t_bwd / 1e9);
+    fflush(stdout);
+    cudaFree(b.x), cudaFree(b.y), cudaFree(b.dy), cudaFree(b.dx), cudaFree(b.A), cudaFree(b.B), cudaFree(b.dA);
+    cudaFree(b.dB), cudaFree(b.xa);
+}
+
 int main(int argc, char **argv) {
-    int T = 2048, reps = 7, slice = 128;
+    int T = 2048, reps = 7, slice = 128, lora_r = 16;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokens") && i + 1 < argc) T = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--slice") && i + 1 < argc) slice = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--lora-r") && i + 1 < argc) lora_r = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_moe_gemm [--tokens T] [--reps N] [--slice S]\n");
+            fprintf(stderr, "usage: bench_moe_gemm [--tokens T] [--reps N] [--slice S] [--lora-r R]\n");
             return 2;
         }
     }
@@ -329,6 +390,14 @@ int main(int argc, char **argv) {
         ot_cuda_moe_plan_free(&b.plan);
         cudaFree(blocks), cudaFree(scales), cudaFree(b.x), cudaFree(b.y), cudaFree(b.wfull);
         cudaFree(b.slice_buf[0]), cudaFree(b.slice_buf[1]), cudaFree(b.dA), cudaFree(b.dB), cudaFree(b.dC);
+    }
+    if (lora_r > 0) {
+        ot_cuda_moe_plan plan;
+        ot_cuda_moe_plan_alloc(&plan, T, k, E);
+        ot_cuda_moe_plan_build(s, &plan, idx_d);
+        bench_lora(&plan, H, 2 * I, lora_r, 1, T, reps, "gate_up", s);
+        bench_lora(&plan, I, H, lora_r, 0, T, reps, "down", s);
+        ot_cuda_moe_plan_free(&plan);
     }
     return 0;
 }

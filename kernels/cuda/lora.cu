@@ -18,31 +18,23 @@
 // History (benchmarks/RESULTS.md): fp32 SIMT tiles 37.2 ms per 20b step for q/k/v/o on an H100; hand-written
 // thin reduction kernels 53.3 ms; cuBLAS SGEMM on activations widened to fp32 23.5 ms (22.7 on an H200).
 #include "kernels/cuda/lanes.cuh"
+#include "kernels/cuda/lora.cuh"
 
-// ---- fp32 → bf16 hi + lo ----------------------------------------------------------------------------------------
-// v = hi + lo: hi = bf16(v), lo = bf16(v − hi) (the difference is exact: v and hi share the exponent range).
-__device__ __forceinline__ void store_hi_lo(bf16 *hi, bf16 *lo, float v) {
-    const bf16 h = f2bf(v);
-    *hi = h;
-    *lo = f2bf(v - bf2f(h));
-}
-
+// ---- fp32 → bf16 hi + lo (store_hi_lo: lora.cuh) -------------------------------------------------------------
 // src (plus src2 where given: the two partial sums a pair of products leaves) split into hi and lo.
 __global__ void split_bf16_kernel(bf16 *hi, bf16 *lo, const float *src, const float *src2, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         store_hi_lo(hi + i, lo + i, src2 ? src[i] + src2[i] : src[i]);
 }
 
-// hl[0 .. n) = hi, hl[n .. 2n) = lo of src[n] (+ src2[n]).
-static void split_bf16_to(cudaStream_t stream, bf16 *hl, const float *src, const float *src2, size_t n) {
+void lora_split_bf16_to(cudaStream_t stream, bf16 *hl, const float *src, const float *src2, size_t n) {
     split_bf16_kernel<<<ot_grid_for(n, 256), 256, 0, stream>>>(hl, hl + n, src, src2, n);
     OT_LAUNCH_CHECK();
 }
 
-// The same into a temporary.
-static bf16 *split_bf16(cudaStream_t stream, const float *src, const float *src2, size_t n) {
+bf16 *lora_split_bf16(cudaStream_t stream, const float *src, const float *src2, size_t n) {
     bf16 *hl = ot_cuda_tmp<bf16>(2 * n, stream);
-    split_bf16_to(stream, hl, src, src2, n);
+    lora_split_bf16_to(stream, hl, src, src2, n);
     return hl;
 }
 
@@ -142,13 +134,12 @@ static void weight_grad_pair(cublasHandle_t h, int ta, int tb, int M, int N, int
 }
 
 // ---- expansions from rank r ---------------------------------------------------------------------------------------
-// y[t, o] = bf16(y[t, o] + scale · Σ_j u[t, j] · W(o, j)), j < r, u = u0 + u1 [T, r] fp32 with rows u_ld apart (the
-// two partial sums of a product pair; u1 may be NULL), W(o, j) = W[o·w_so + j·w_sj] fp32 (so B [out, r] and A
-// [r, in] both serve without a transpose). The blocks of the first column tile also store u itself in u_out and
-// its bf16 hi / lo parts in u_hl / u_hl + T·u_ld (rows u_ld apart; each when given: what the weight gradients'
-// products take). Memory bound (the activation is read and written once; r is small), so a block takes 32 rows ×
-// 256 columns, each thread 8 adjacent columns (one 16-byte load and store of bf16 where the row allows) of 4 rows;
-// r goes through shared memory 16 at a time, and each weight tile serves 32 rows.
+// y[t, o] = bf16(y[t, o] + scale · Σ_j u[t, j] · W(o, j)) (lora.cuh). The blocks of the first column tile also
+// store u itself in u_out and its bf16 hi / lo parts in u_hl / u_hl + T·u_ld (rows u_ld apart; what the weight
+// gradients' products take). Memory bound (the activation is read and written once; r is small), so a block takes
+// 32 rows × 256 columns, each thread 8 adjacent columns (one 16-byte load and store of bf16 where the row allows)
+// of 4 rows; r goes through shared memory 16 at a time, and each weight tile serves 32 rows. With row groups (the
+// expert LoRA) each plan tile of 64 rows is two blocks' rows, and the block's expert picks W.
 #define EXP_ROWS 32
 #define EXP_COLS 256
 #define EXP_RC 16
@@ -156,12 +147,24 @@ static void weight_grad_pair(cublasHandle_t h, int ta, int tb, int M, int N, int
 #define EXP_TX (EXP_COLS / 8)           // 32 threads across the columns
 #define EXP_TY (EXP_THREADS / EXP_TX)   // 8 across the rows
 #define EXP_RPT (EXP_ROWS / EXP_TY)     // rows per thread: 4
+#define EXP_PER_TILE (OT_CUDA_MOE_TILE_ROWS / EXP_ROWS) // blocks per plan tile (row groups)
 __global__ void __launch_bounds__(EXP_THREADS)
     lora_expand_kernel(bf16 *y, const float *u0, const float *u1, int u_ld, float *u_out, bf16 *u_hl,
-                       const float *W, size_t w_so, size_t w_sj, int T, int n, int r, float scale) {
+                       const float *W, size_t w_so, size_t w_sj, int T, int n, int r, float scale,
+                       lora_row_groups groups) {
     __shared__ float Us[EXP_ROWS][EXP_RC + 1];
     __shared__ __align__(16) float Ws[EXP_RC][EXP_COLS];
-    const int t0 = blockIdx.y * EXP_ROWS, o0 = blockIdx.x * EXP_COLS;
+    const int o0 = blockIdx.x * EXP_COLS;
+    int t0 = blockIdx.y * EXP_ROWS, t_end = T; // this block's rows: t0 .. t_end-1 (at most EXP_ROWS)
+    if (groups.tile_expert) {
+        const int tile = blockIdx.y / EXP_PER_TILE, e = groups.tile_expert[tile];
+        if (e < 0) return; // a spare tile: the whole block leaves before any barrier
+        t0 = groups.tile_row0[tile] + (blockIdx.y % EXP_PER_TILE) * EXP_ROWS;
+        t_end = min(groups.tile_row0[tile] + OT_CUDA_MOE_TILE_ROWS, groups.offsets[e + 1]);
+        if (t0 >= t_end) return;
+        W += (size_t)e * groups.w_batch;
+    }
+    t_end = min(t_end, t0 + EXP_ROWS);
     const int tid = threadIdx.x, tx = tid % EXP_TX, ty = tid / EXP_TX;
     float acc[EXP_RPT][8];
 #pragma unroll
@@ -173,7 +176,7 @@ __global__ void __launch_bounds__(EXP_THREADS)
         for (int i = tid; i < EXP_ROWS * EXP_RC; i += EXP_THREADS) {
             int tr = i / EXP_RC, jj = i % EXP_RC, t = t0 + tr, j = j0 + jj;
             float v = 0.0f;
-            if (t < T && j < r) {
+            if (t < t_end && j < r) {
                 size_t k = (size_t)t * u_ld + j;
                 v = u1 ? u0[k] + u1[k] : u0[k];
                 if (blockIdx.x == 0) {
@@ -212,7 +215,7 @@ __global__ void __launch_bounds__(EXP_THREADS)
 #pragma unroll
     for (int i = 0; i < EXP_RPT; i++) {
         int t = t0 + ty + EXP_TY * i;
-        if (t >= T) break;
+        if (t >= t_end) break;
         bf16 *d = y + (size_t)t * n + o;
         if (vec) {
             uint4 old = *reinterpret_cast<const uint4 *>(d);
@@ -231,12 +234,17 @@ __global__ void __launch_bounds__(EXP_THREADS)
     }
 }
 
-static void lora_expand(cudaStream_t stream, bf16 *y, const float *u0, const float *u1, int u_ld, float *u_out,
-                        bf16 *u_hl, const float *W, size_t w_so, size_t w_sj, int T, int n, int r, float scale) {
-    OT_REQUIRE(ot_cdiv(T, EXP_ROWS) <= 65535, "lora_expand: T %d too large", T);
-    dim3 grid(ot_cdiv(n, EXP_COLS), ot_cdiv(T, EXP_ROWS));
+void lora_expand(cudaStream_t stream, bf16 *y, const float *u0, const float *u1, int u_ld, float *u_out, bf16 *u_hl,
+                 const float *W, size_t w_so, size_t w_sj, int T, int n, int r, float scale,
+                 const lora_row_groups *groups) {
+    lora_row_groups g = {NULL, NULL, NULL, 0, 0};
+    if (groups) g = *groups;
+    const size_t blocks_y = groups ? (size_t)g.n_tiles * EXP_PER_TILE : ot_cdiv(T, EXP_ROWS);
+    OT_REQUIRE(blocks_y <= 65535, "lora_expand: %zu row blocks (T %d) is too many", blocks_y, T);
+    if (!blocks_y || !n) return;
+    dim3 grid(ot_cdiv(n, EXP_COLS), (unsigned)blocks_y);
     lora_expand_kernel<<<grid, EXP_THREADS, 0, stream>>>(y, u0, u1, u_ld, u_out, u_hl, W, w_so, w_sj, T, n, r,
-                                                         scale);
+                                                         scale, g);
     OT_LAUNCH_CHECK();
 }
 
@@ -251,7 +259,7 @@ typedef struct {
 static split_operand operand_split(cudaStream_t stream, const ot_bf16 *given, size_t given_stride, const float *src,
                                    size_t n) {
     split_operand o = {as_bf16(given), (long long)given_stride, NULL};
-    if (!given) o.hl = o.tmp = split_bf16(stream, src, NULL, n), o.stride = (long long)n;
+    if (!given) o.hl = o.tmp = lora_split_bf16(stream, src, NULL, n), o.stride = (long long)n;
     return o;
 }
 
@@ -276,7 +284,7 @@ void ot_cuda_lora_fwd(cudaStream_t stream, ot_bf16 *const *y, float *xa, ot_bf16
     if (A2.tmp) ot_cuda_tmp_free(A2.tmp, stream);
     for (int i = 0; i < w->n; i++) // y_i += scale · xa_i · B_iᵀ   (B_i [out_i, r]); xa and its split kept
         lora_expand(stream, as_bf16(y[i]), xa2 + i * r, xa2 + nT + i * r, nr, xa ? xa + i * r : NULL,
-                    xa_hl ? as_bf16(xa_hl) + i * r : NULL, w->B[i], r, 1, T, w->out[i], r, scale);
+                    xa_hl ? as_bf16(xa_hl) + i * r : NULL, w->B[i], r, 1, T, w->out[i], r, scale, NULL);
     ot_cuda_tmp_free(xa2, stream);
 }
 
@@ -309,9 +317,9 @@ void ot_cuda_lora_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *const *dy
     }
     bf16 *dxa_hl = w->dA ? ot_cuda_tmp<bf16>(2 * nT, stream) : NULL;
     if (dx) // dx += Σ_i dxa_i · A_i = dxa · A (A stacked [n·r, in]): one expansion; dxa's split made on the way
-        lora_expand(stream, as_bf16(dx), dxa2, dxa2 + nT, nr, NULL, dxa_hl, w->A, 1, in, T, in, nr, 1.0f);
+        lora_expand(stream, as_bf16(dx), dxa2, dxa2 + nT, nr, NULL, dxa_hl, w->A, 1, in, T, in, nr, 1.0f, NULL);
     else
-        split_bf16_to(stream, dxa_hl, dxa2, dxa2 + nT, nT);
+        lora_split_bf16_to(stream, dxa_hl, dxa2, dxa2 + nT, nT);
     if (w->dA) { // dA[n·r, in] += dxaᵀ · x: one product for the whole group
         weight_grad_pair(h, 1, 0, nr, in, T, 1.0f, dxa_hl, nr, as_bf16(x), in, 1, nT, w->dA, w->dA_lo);
         ot_cuda_tmp_free(dxa_hl, stream);

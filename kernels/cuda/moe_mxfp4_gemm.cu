@@ -86,44 +86,8 @@ template <int BK> struct MxCfg {
 };
 
 
-// ---- PTX wrappers (the emulator, tests/gpu/emu/transform.py, rewrites each asm by its opcode and relies on
-// these parameter names) -----------------------------------------------------------------------------------------
-// Asynchronous global → shared copies: 16 bytes bypassing L1 (activations, read once per block; MXFP4 nibbles where
-// 16-byte aligned), 8 bytes through L1 (nibbles only 8-byte aligned), 4 bytes through L1 (the word around a scale
-// byte).
-__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
-                 "l"(src)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async8(void *dst, const void *src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
-                 "l"(src)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async4(void *dst, const void *src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
-                 "l"(src)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Wait until at most N of this thread's committed copy groups are still in flight.
-template <int N> __device__ __forceinline__ void cp_async_wait(void) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-// Four 8 × 8 bf16 matrices: lane 8i + j gives the address of row j of matrix i (16 bytes, 16-byte aligned);
-// r[i] of lane l = row l/4, elements 2(l%4), 2(l%4)+1 of matrix i (.trans: column l/4, rows 2(l%4), 2(l%4)+1).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
-}
-
+// ---- Warpgroup PTX wrappers (the emulator, tests/gpu/emu/transform.py, rewrites each asm by its opcode and relies
+// on these parameter names; the copy and ldmatrix wrappers are in cuda_common.cuh) -----------------------------------
 // Warpgroup products (sm_90a; the block is one warpgroup of 128 threads). Both operands come from shared memory
 // through descriptors; tiles are 128-byte rows in 1024-byte swizzle atoms (128-byte swizzle: 16-byte chunk c of
 // row r at chunk c ^ (r % 8), which is swz<128>). Descriptor: start address, leading-dimension byte offset (lbo),

@@ -1251,8 +1251,11 @@ static void test_moe(const sizes *z) {
     test_moe_weight_grad(&plan, &rp, 70, 45, 1);   // neither dimension a multiple of the 32 tile
     test_moe_combine(&plan, &rp, H);  // 16-byte vectors
     test_moe_combine(&plan, &rp, 36); // a width that is no multiple of 8: element by element
-    test_moe_lora(&plan, &rp, H, 2 * I, 6, 1); // gate_up: token rows gathered
-    test_moe_lora(&plan, &rp, I, H, 6, 0);     // down: rows already permuted
+    test_moe_lora(&plan, &rp, H, 2 * I, 6, 1);  // gate_up: token rows gathered; a rank below one mma column block
+    test_moe_lora(&plan, &rp, I, H, 6, 0);      // down: rows already permuted
+    test_moe_lora(&plan, &rp, H, 2 * I, 16, 1); // the usual rank: whole 16-byte rows of xa and dxa
+    test_moe_lora(&plan, &rp, I, H, 40, 0);     // two rank blocks of 32, the second partial
+    test_moe_lora(&plan, &rp, 36, 44, 8, 1);    // rows no multiple of 8 wide: element-by-element staging
 
     int32_t bad = -3;
     OT_CUDA_CHECK(cudaMemcpy(idx_d + 2, &bad, sizeof(bad), cudaMemcpyHostToDevice));

@@ -16,6 +16,10 @@
 #include "cuda_emu.h"
 
 #include <sanitizer/common_interface_defs.h>
+#ifndef __SANITIZE_ADDRESS__ // built without AddressSanitizer (OT_EMU_SANITIZE=0): no fiber annotations to make
+#define __sanitizer_start_switch_fiber(fake_stack_save, bottom, size) ((void)0)
+#define __sanitizer_finish_switch_fiber(fake_stack_save, bottom_old, size_old) ((void)0)
+#endif
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -16,7 +16,7 @@ import sys
 
 def register_shared(m):
     decl = m.group(0)
-    body = decl[len('__shared__'):].strip().rstrip(';')
+    body = re.sub(r'__align__\(\d+\)', '', decl[len('__shared__'):]).strip().rstrip(';')
     names = re.findall(r'(\w+)\s*(?:\[[^\]]*\])*\s*(?:,|$)', body)
     return decl + ' ' + ' '.join('emu_shared(&%s, sizeof(%s));' % (n, n) for n in names)
 
@@ -55,7 +55,7 @@ def rewrite(s):
         raise SystemExit('transform.py: inline assembly the emulator does not know')
     s = re.sub(r'extern __shared__ (?:__align__\(\d+\) )?(\w+) (\w+)\[\];', r'\1 *\2 = (\1 *)emu_dyn_smem();', s)
     s = re.sub(r'(\w+(?:<[^;<>()]*>)?)\s*<<<(.*?)>>>\s*\(', r'emu_launch(\1, \2, ', s, flags=re.S)
-    s = re.sub(r'__shared__ [^;(]*;', register_shared, s)
+    s = re.sub(r'__shared__ (?:__align__\(\d+\) )?[^;(]*;', register_shared, s)
     return s
 
 
