@@ -1,8 +1,8 @@
 // bench_train: LoRA training throughput of the CUDA backend on a gpt-oss checkpoint (the 20b shape for the
 // figures in benchmarks/RESULTS.md). Loads the model once, then runs each --case: warm-up steps, timed steps
 // (forward, backward, AdamW: a whole training step, as osstune-train runs it on one GPU), then a few steps with
-// the per-op time breakdown. One JSON line per case on stdout (and appended to --json FILE); a readable line on
-// stderr.
+// the per-op time breakdown. One JSON line per case on stdout (and appended to --json FILE), with the activation
+// workspace by buffer; readable lines on stderr.
 //
 // Cases: synthetic rows of random tokens with the loss at every position (the usual throughput setting), or
 // real pairs from an osstune-prep file packed in file order into one row of up to N tokens with the loss on the
@@ -19,6 +19,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "benchmarks/step_work.h"
 #include "formats/pairs_h5.h"
 #include "trainer/graph/gptoss_cuda.h"
 #include "trainer/train/step_cuda.h"
@@ -40,7 +41,7 @@ typedef struct {
     int lora_r;
     float lora_alpha;
     int warmup, steps, profile_steps;
-    double peak_tflops, gflop_per_token;
+    double peak_tflops, peak_tbs, gflop_per_token;
     int n_cases;
     bench_case cases[MAX_CASES];
 } bench_opts;
@@ -69,6 +70,7 @@ static void usage(FILE *f) {
             "  --steps N            timed steps (default 8)\n"
             "  --profile-steps N    extra steps timed per op class (default 2; 0 = none)\n"
             "  --peak-tflops F      the card's dense bf16 peak for MFU (default 989: H100 SXM)\n"
+            "  --peak-tbs F         the card's memory bandwidth in TB/s for the roofline (default 3.35: H100 SXM)\n"
             "  --gflop-per-token F  model FLOPs per trained token for MFU (default 14.4: gpt-oss-20b, frozen base)\n"
             "  --json FILE          also append the JSON lines to FILE\n"
             "  --dump-batches DIR   write each real-pair case's steps to DIR/NAME.batches for the peer\n");
@@ -128,14 +130,16 @@ static int parse_args(bench_opts *o, int argc, char **argv) {
     o->steps = 8;
     o->profile_steps = 2;
     o->peak_tflops = 989;
+    o->peak_tbs = 3.35;
     o->gflop_per_token = 14.4;
-    enum { O_MODEL = 1, O_MAKE, O_CASE, O_R, O_ALPHA, O_WARM, O_STEPS, O_PROF, O_PEAK, O_GFLOP, O_JSON, O_DUMP };
+    enum { O_MODEL = 1, O_MAKE, O_CASE, O_R, O_ALPHA, O_WARM, O_STEPS, O_PROF, O_PEAK, O_PEAK_TBS, O_GFLOP, O_JSON,
+           O_DUMP };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},       {"make-model", 1, 0, O_MAKE}, {"case", 1, 0, O_CASE},
         {"lora-r", 1, 0, O_R},          {"lora-alpha", 1, 0, O_ALPHA}, {"warmup", 1, 0, O_WARM},
         {"steps", 1, 0, O_STEPS},       {"profile-steps", 1, 0, O_PROF}, {"peak-tflops", 1, 0, O_PEAK},
         {"gflop-per-token", 1, 0, O_GFLOP}, {"json", 1, 0, O_JSON},    {"dump-batches", 1, 0, O_DUMP},
-        {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
+        {"peak-tbs", 1, 0, O_PEAK_TBS}, {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -154,6 +158,7 @@ static int parse_args(bench_opts *o, int argc, char **argv) {
         case O_STEPS: o->steps = atoi(optarg); break;
         case O_PROF: o->profile_steps = atoi(optarg); break;
         case O_PEAK: o->peak_tflops = atof(optarg); break;
+        case O_PEAK_TBS: o->peak_tbs = atof(optarg); break;
         case O_GFLOP: o->gflop_per_token = atof(optarg); break;
         case O_JSON: o->json_path = optarg; break;
         case O_DUMP: o->dump_dir = optarg; break;
@@ -166,7 +171,7 @@ static int parse_args(bench_opts *o, int argc, char **argv) {
         return 2;
     }
     if (!o->model_dir || o->n_cases == 0 || o->steps < 1 || o->warmup < 0 || o->profile_steps < 0 || o->lora_r < 1 ||
-        !(o->peak_tflops > 0)) {
+        !(o->peak_tflops > 0) || !(o->peak_tbs > 0)) {
         fprintf(stderr, "bench_train: --model and at least one --case are required; steps >= 1, r >= 1 (see --help)\n");
         return 2;
     }
@@ -285,6 +290,11 @@ static int cmp_double(const void *x, const void *y) {
     return a < b ? -1 : a > b;
 }
 
+static int cmp_part_desc(const void *a, const void *b) {
+    const size_t x = ((const ot_cuda_mem_part *)a)->bytes, y = ((const ot_cuda_mem_part *)b)->bytes;
+    return (x < y) - (x > y);
+}
+
 static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_model *cm, FILE *json, ot_err *err) {
     const ot_model_config *cfg = &cm->cfg;
     const int n_steps = o->warmup + o->steps + o->profile_steps;
@@ -366,6 +376,15 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     uint64_t pool_high = pool_attr(pool, cudaMemPoolAttrReservedMemHigh);
     if (o->profile_steps > 0) ot_cuda_prof_collect(ctx, ms);
     size_t ctx_bytes = ot_cuda_ctx_bytes(ctx);
+    // the work the breakdown steps did, per op class (the roofline: achieved rates against the card's peaks)
+    ot_op_work work[OT_WORK_N] = {{0, 0}};
+    const ot_step_shape shape = {spec.targets, o->lora_r, ro.recompute, lo.n_params};
+    for (int s = o->warmup + o->steps; s < n_steps; s++) {
+        ot_op_work one[OT_WORK_N];
+        ot_step_work(cfg, &batches[s], &shape, one);
+        for (int k = 0; k < OT_WORK_N; k++)
+            work[k].flop += one[k].flop / o->profile_steps, work[k].bytes += one[k].bytes / o->profile_steps;
+    }
 
     qsort(step_s, (size_t)o->steps, sizeof(double), cmp_double);
     double median_ms = 1e3 * step_s[o->steps / 2], tps = (double)tokens_timed / t_total;
@@ -390,6 +409,23 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     for (int k = 0; k < OT_CUDA_PROF_N; k++)
         n += snprintf(line + n, sizeof line - (size_t)n, "%s\"%s\": %.2f", k ? ", " : "", ot_cuda_prof_names[k],
                       o->profile_steps ? ms[k] / o->profile_steps : 0.0);
+    n += snprintf(line + n, sizeof line - (size_t)n, "}, \"peak_tbs\": %.2f, \"work_gflop\": {", o->peak_tbs);
+    for (int k = 0; k < OT_WORK_N; k++)
+        n += snprintf(line + n, sizeof line - (size_t)n, "%s\"%s\": %.2f", k ? ", " : "", ot_work_names[k],
+                      work[k].flop / 1e9);
+    n += snprintf(line + n, sizeof line - (size_t)n, "}, \"work_gbytes\": {");
+    for (int k = 0; k < OT_WORK_N; k++)
+        n += snprintf(line + n, sizeof line - (size_t)n, "%s\"%s\": %.3f", k ? ", " : "", ot_work_names[k],
+                      work[k].bytes / 1e9);
+    // the workspace by buffer, largest first (what selective recomputation or narrower storage would have to cut)
+    ot_cuda_mem_part parts[OT_CUDA_MEM_PARTS_MAX];
+    const int n_parts = ot_cuda_workspace_parts(cfg, max_T, max_n, o->lora_r, ro.recompute, parts,
+                                                OT_CUDA_MEM_PARTS_MAX);
+    qsort(parts, (size_t)n_parts, sizeof parts[0], cmp_part_desc);
+    n += snprintf(line + n, sizeof line - (size_t)n, "}, \"workspace_parts_gib\": {");
+    for (int i = 0; i < n_parts; i++)
+        n += snprintf(line + n, sizeof line - (size_t)n, "%s\"%s\": %.3f", i ? ", " : "", parts[i].name,
+                      gib(parts[i].bytes));
     snprintf(line + n, sizeof line - (size_t)n, "}}");
     printf("%s\n", line);
     fflush(stdout);
@@ -403,11 +439,25 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
             "(model %.2f, workspace %.2f, pool high %.2f; recompute %s%s)\n", c->name,
             (double)tokens_timed / o->steps, median_ms, tps, 100 * mfu, gib(used_peak), gib(cm->arena_bytes),
             gib(ctx_bytes), gib(pool_high), ro.recompute ? "on" : "off", limit);
+    fprintf(stderr, "bench_train: %-14s workspace:", c->name);
+    for (int i = 0; i < n_parts; i++)
+        fprintf(stderr, " %s %.2f GiB%s", parts[i].name, gib(parts[i].bytes), i + 1 < n_parts ? "," : "\n");
     if (o->profile_steps > 0) {
         fprintf(stderr, "bench_train: %-14s per step:", c->name);
         for (int k = 0; k < OT_CUDA_PROF_N; k++)
             fprintf(stderr, " %s %.1f ms (%.0f%%)%s", ot_cuda_prof_names[k], ms[k] / o->profile_steps,
                     prof_total > 0 ? 100 * ms[k] / prof_total : 0.0, k + 1 < OT_CUDA_PROF_N ? "," : "\n");
+        fprintf(stderr, "bench_train: %-14s roofline (of %.0f TFLOP/s, %.2f TB/s):", c->name, o->peak_tflops,
+                o->peak_tbs);
+        for (int k = 0; k < OT_CUDA_PROF_N; k++) {
+            const double sec = ms[k] / o->profile_steps / 1e3;
+            if (!(sec > 0)) continue;
+            const double tflops = work[k].flop / sec / 1e12, tbs = work[k].bytes / sec / 1e12;
+            const double fc = tflops / o->peak_tflops, fm = tbs / o->peak_tbs;
+            fprintf(stderr, " %s %.0f TFLOP/s (%.0f%%) %.2f TB/s (%.0f%%) %s-bound;", ot_cuda_prof_names[k], tflops,
+                    100 * fc, tbs, 100 * fm, fc >= fm ? "compute" : "memory");
+        }
+        fprintf(stderr, "\n");
     }
 
     ot_optimizer_free(&opt);
@@ -431,6 +481,9 @@ int main(int argc, char **argv) {
     bench_opts o;
     int rc = parse_args(&o, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
+    for (int k = 0; k < OT_CUDA_PROF_N; k++) // the work model's classes are the breakdown's
+        if ((int)OT_WORK_N != (int)OT_CUDA_PROF_N || strcmp(ot_work_names[k], ot_cuda_prof_names[k]))
+            ot_die("bench_train: the work model's op classes (benchmarks/step_work.h) differ from the breakdown's");
     if (ot_cuda_device_count() < 1) {
         fprintf(stderr, "bench_train: no CUDA device is visible\n");
         return 1;

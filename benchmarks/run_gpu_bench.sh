@@ -7,7 +7,9 @@
 #   with / without per-layer activation recomputation ("-rc"), and a-all, b-attn, c-all planned for a 24 GiB and a
 #   16 GiB card (--gpu-memory-limit; "-24g", "-16g": recomputation as osstune-train's auto decides under the limit)
 # → the transformers + PEFT peer on (a), (b), (c) (the same packed steps for (c)), LoRA on q,k,v,o, and on (a), (c)
-#   with the experts too (PEFT target_parameters, "-all") → a table with the verdicts.
+#   with the experts too (PEFT target_parameters, "-all") → a table with the verdicts, the per-op breakdown, the
+#   roofline per op (achieved TFLOP/s and TB/s against PEAK_TFLOPS / PEAK_TBS) and the workspace by buffer.
+# Before the training cases: bench_moe_gemm (the expert products and the expert LoRA of one projection, op by op).
 #
 # usage: benchmarks/run_gpu_bench.sh                 run everything (on the GPU machine)
 #        benchmarks/run_gpu_bench.sh --bundle DIR    on a build machine: build, then copy the programs and the shared
@@ -18,7 +20,8 @@
 #   BUILD (default build-gpu-bench), OSSTUNE_BUNDLE (a --bundle directory: use its programs, do not build),
 #   STEPS / WARMUP (our timed / warm-up steps, default 8 / 2), PEER_STEPS / PEER_WARMUP (default 5 / 3),
 #   CASES (the bench_train cases to run, e.g. "a-attn c-attn"; default all),
-#   PEAK_TFLOPS (default 989, H100 SXM dense bf16), SKIP_PEER=1. JSON lines and logs go to $OUT when it is set.
+#   PEAK_TFLOPS (default 989, H100 SXM dense bf16), PEAK_TBS (default 3.35, H100 SXM; H200: 4.8), SKIP_PEER=1,
+#   SKIP_OPS=1 (no bench_moe_gemm). JSON lines and logs go to $OUT when it is set.
 # A GPU image without jansson / HDF5 development files cannot build osstune: make a bundle where it builds
 # (same x86-64, CUDA 13), e.g. --bundle .carry/osstune (an ignored path), carry it, and set OSSTUNE_BUNDLE.
 # The peer needs peft; if python3 cannot import it and a folder .whl holds its wheel, it is installed from there
@@ -33,6 +36,7 @@ WARMUP=${WARMUP:-2}
 PEER_STEPS=${PEER_STEPS:-5}
 PEER_WARMUP=${PEER_WARMUP:-3}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
+PEAK_TBS=${PEAK_TBS:-3.35}
 if [ -d /usr/local/cuda/bin ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
 say() { printf '\n== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 T_START=$(date +%s)
@@ -47,7 +51,7 @@ build() {
     exit 1
   fi
   grep -q "CUDA backend ON" "$WORK/cmake.log" || { echo "run_gpu_bench: cmake found no nvcc: no CUDA backend"; exit 1; }
-  cmake --build "$BUILD" -j"$(nproc)" --target bench_train test_train_cuda test_ops_cuda test_decode_cuda \
+  cmake --build "$BUILD" -j"$(nproc)" --target bench_train bench_moe_gemm test_train_cuda test_ops_cuda test_decode_cuda \
     osstune-init-model osstune-prep osstune-train osstune-logits osstune-translate osstune-export \
     >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
   BIN=$ROOT/$BUILD/bin
@@ -59,7 +63,7 @@ if [ "${1:-}" = "--bundle" ]; then
   build
   DEST=$(mkdir -p "$2" && cd "$2" && pwd)
   mkdir -p "$DEST/bin" "$DEST/lib"
-  cp "$BIN"/bench_train "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/test_decode_cuda "$BIN"/osstune-* "$DEST/bin/"
+  cp "$BIN"/bench_train "$BIN"/bench_moe_gemm "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/test_decode_cuda "$BIN"/osstune-* "$DEST/bin/"
   # every shared library the programs load, except glibc's, the C++ runtime's and CUDA's (the GPU machine's own)
   for p in "$DEST"/bin/*; do ldd "$p"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
     grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*|libnccl)\.so' |
@@ -115,6 +119,11 @@ say "tokenizing $PAIRS_TSV"
 RES=$WORK/results
 rm -rf "$RES"
 mkdir -p "$RES" "$RES/batches"
+if [ "${SKIP_OPS:-0}" != 1 ] && [ -x "$BIN/bench_moe_gemm" ]; then
+  say "the expert products and the expert LoRA op by op (bench_moe_gemm, 2048 tokens, LoRA r16)"
+  "$BIN/bench_moe_gemm" --tokens 2048 --reps 10 --lora-r 16 2>&1 | tee "$RES/ops.log" ||
+    echo "run_gpu_bench: bench_moe_gemm failed (see $RES/ops.log)"
+fi
 say "osstune (bench_train): $STEPS timed steps after $WARMUP warm-up steps, per-op breakdown over 2 more"
 # (b) kept is expected just under 20 GiB, (b) recomputed well under; the peer uses gradient checkpointing throughout.
 # A failing case stops bench_train; the peer and the table still run on what was measured.
@@ -139,7 +148,7 @@ for c in "${ALL_CASES[@]}"; do # CASES="a-attn c-attn ..." keeps only those (def
   if [ -z "${CASES:-}" ] || [[ " $CASES " == *" ${c%%:*} "* ]]; then CASE_ARGS+=(--case "$c"); fi
 done
 "$BIN/bench_train" --model "$MODEL" --warmup "$WARMUP" --steps "$STEPS" --profile-steps 2 --peak-tflops "$PEAK_TFLOPS" \
-  --json "$RES/osstune.jsonl" --dump-batches "$RES/batches" "${CASE_ARGS[@]}" 2>&1 | tee "$RES/osstune.log"
+  --peak-tbs "$PEAK_TBS" --json "$RES/osstune.jsonl" --dump-batches "$RES/batches" "${CASE_ARGS[@]}" 2>&1 | tee "$RES/osstune.log"
 bench_rc=${PIPESTATUS[0]}
 set -e
 [ "$bench_rc" = 0 ] || echo "run_gpu_bench: bench_train exited with status $bench_rc (see $RES/osstune.log)"
@@ -187,6 +196,24 @@ print("\nper-op time per step (ms), from the breakdown steps:")
 for r in ours:
     b = r["breakdown_ms"]; tot = sum(b.values()) or 1
     print(f"  {r['case']:<11} " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in b.items() if v > 0))
+print("\nroofline per op (achieved rate and share of the card's peak; the nearer roof bounds it):")
+for r in ours:
+    b, gf, gb = r["breakdown_ms"], r.get("work_gflop", {}), r.get("work_gbytes", {})
+    cells = []
+    for k, ms in b.items():
+        if ms <= 0 or k not in gf:
+            continue
+        tf, tb = gf[k] / ms, gb[k] / ms  # GFLOP/ms = TFLOP/s, GB/ms = TB/s
+        fc, fm = tf / r["peak_tflops"], tb / r["peak_tbs"]
+        cells.append(f"{k} {tf:.0f} TFLOP/s ({100 * fc:.0f}%) {tb:.2f} TB/s ({100 * fm:.0f}%) "
+                     f"{'compute' if fc >= fm else 'memory'}")
+    if cells:
+        print(f"  {r['case']:<11} " + "; ".join(cells))
+print("\nworkspace by buffer (GiB, largest first):")
+for r in ours:
+    parts = r.get("workspace_parts_gib", {})
+    if parts:
+        print(f"  {r['case']:<11} " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 print("\nverdicts (>= 3x the peer with LoRA on q,k,v,o, >= 5x with the experts too; (b) peak <= 20 GiB; expert LoRA"
       " nearly free: -all >= 0.85x -attn; under a memory limit the peak stays below it):")
 by_case = {r["case"]: r for r in ours}
@@ -225,7 +252,7 @@ for r in ours:
           f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s{peer_txt} |")
 EOF
 if [ -n "${OUT:-}" ]; then
-  cp "$RES"/osstune.jsonl "$RES"/osstune.log "$OUT"/ 2>/dev/null || true
+  cp "$RES"/osstune.jsonl "$RES"/osstune.log "$RES"/ops.log "$OUT"/ 2>/dev/null || true
   cp "$RES"/peer.jsonl "$RES"/peer.log "$OUT"/ 2>/dev/null || true
   echo "JSON lines and logs copied to \$OUT"
 fi

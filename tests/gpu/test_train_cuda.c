@@ -175,6 +175,35 @@ static void compare_loss_curves(const ot_model *m, ot_lora *lo, const ot_lora_sp
     ot_batch_free(&b2);
 }
 
+// The workspace by buffer (the benchmark's memory breakdown): the parts add up to the workspace, and what each
+// layer keeps is counted once per layer with kept activations and once with recomputation.
+static size_t part_bytes(const ot_cuda_mem_part *p, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(p[i].name, name)) return p[i].bytes;
+    return 0;
+}
+static void check_workspace_parts(const ot_model_config *cfg, int T, int n, int r) {
+    ot_cuda_mem_part keep[OT_CUDA_MEM_PARTS_MAX], rc[OT_CUDA_MEM_PARTS_MAX];
+    const int nk = ot_cuda_workspace_parts(cfg, T, n, r, 0, keep, OT_CUDA_MEM_PARTS_MAX);
+    const int nr = ot_cuda_workspace_parts(cfg, T, n, r, 1, rc, OT_CUDA_MEM_PARTS_MAX);
+    size_t sum = 0;
+    for (int i = 0; i < nk; i++) sum += keep[i].bytes;
+    CHECK(sum == ot_cuda_workspace_bytes(cfg, T, n, r, 0), "workspace parts add up to %zu bytes, the workspace is %zu",
+          sum, ot_cuda_workspace_bytes(cfg, T, n, r, 0));
+    const size_t L = (size_t)cfg->num_hidden_layers, align = 4096;
+    const size_t gu = (size_t)T * cfg->num_experts_per_tok * 2 * cfg->intermediate_size * sizeof(ot_bf16);
+    const size_t gu_rc = part_bytes(rc, nr, "kept expert gate_up");
+    const size_t gu_keep = part_bytes(keep, nk, "kept expert gate_up");
+    CHECK(gu_rc >= gu && gu_rc < gu + align && gu_keep == L * gu_rc,
+          "kept expert gate_up: %zu bytes recomputing, %zu keeping, for %zu per layer and %zu layers", gu_rc, gu_keep,
+          gu, L);
+    CHECK(part_bytes(rc, nr, "kept layer input") == 0 &&
+              part_bytes(keep, nk, "kept layer input") >= L * T * cfg->hidden_size * sizeof(ot_bf16),
+          "the layer inputs are kept only without recomputation");
+    CHECK(part_bytes(keep, nk, "kept LoRA xa") > 0 && part_bytes(keep, nk, "MoE plans") > 0,
+          "the LoRA and MoE-plan parts are missing");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: test_train_cuda MODEL_DIR [STEPS [LORA_TARGETS]]  (MODEL_DIR with head_dim 64)\n");
@@ -222,6 +251,7 @@ int main(int argc, char **argv) {
     random_batch(&b, &rng, lens, starts, 3, V);
     printf("info batch: %d tokens in 3 sequences, %d loss positions\n", b.T, b.n_targets);
 
+    check_workspace_parts(&m.cfg, b.T, b.n_targets, spec.r);
     ot_cpu_workspace *ws = ot_cpu_workspace_new();
     ot_cuda_run_options keep = {.recompute = 0}, recompute = {.recompute = 1};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(&cm, &lo, &keep, b.T, b.n_targets);

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char *const ot_cuda_prof_names[OT_CUDA_PROF_N] = {
     "attention", "moe_matmul", "moe_lora", "moe_routing", "dense_matmul", "lora", "lm_head", "norm_rope_other",
@@ -136,18 +137,44 @@ void ot_cuda_prof_collect(ot_cuda_ctx *c, double ms[OT_CUDA_PROF_N]) {
 }
 
 // ---- workspace ------------------------------------------------------------------------------------------------
-#define BF(n) ((ot_bf16 *)ot_carve_take(w, (size_t)(n) * sizeof(ot_bf16)))
-#define F32(n) ((float *)ot_carve_take(w, (size_t)(n) * sizeof(float)))
-#define I32(n) ((int32_t *)ot_carve_take(w, (size_t)(n) * sizeof(int32_t)))
+// The workspace by buffer, for the memory breakdown: each carve adds its bytes (with its alignment padding) to
+// the part of its name (names are string literals; one part per name).
+typedef struct {
+    ot_cuda_mem_part *parts;
+    int n, max;
+} ws_ledger;
+
+static void ledger_add(ws_ledger *led, const char *name, size_t bytes) {
+    if (!led) return;
+    for (int i = 0; i < led->n; i++)
+        if (!strcmp(led->parts[i].name, name)) {
+            led->parts[i].bytes += bytes;
+            return;
+        }
+    if (led->n == led->max) ot_die("the workspace has more than %d parts", led->max);
+    led->parts[led->n].name = name;
+    led->parts[led->n++].bytes = bytes;
+}
+
+static void *ws_take(ot_carve *w, ws_ledger *led, const char *name, size_t bytes) {
+    const size_t before = w->off;
+    void *p = ot_carve_take(w, bytes);
+    ledger_add(led, name, w->off - before);
+    return p;
+}
+#define BF(name, n) ((ot_bf16 *)ws_take(w, led, name, (size_t)(n) * sizeof(ot_bf16)))
+#define F32(name, n) ((float *)ws_take(w, led, name, (size_t)(n) * sizeof(float)))
+#define I32(name, n) ((int32_t *)ws_take(w, led, name, (size_t)(n) * sizeof(int32_t)))
 
 // What the workspace holds: every layer's activations (training), one layer's set recomputed in backward, or
 // only what a forward needs (one set, the layers run in place on one residual buffer, no gradient buffers).
 enum { WS_KEEP = 0, WS_RECOMPUTE = 1, WS_FORWARD = 2 };
 static int ws_mode(const ot_cuda_run_options *o) { return o->forward_only ? WS_FORWARD : o->recompute ? WS_RECOMPUTE : WS_KEEP; }
 
-// Lays the workspace out for T tokens and n targets (pointers stay NULL while measuring). Returns its bytes.
+// Lays the workspace out for T tokens and n targets (pointers stay NULL while measuring; led, when given, gets the
+// bytes by buffer: "kept ..." what each layer keeps for its backward, summed over the layers). Returns its bytes.
 static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, int r, int mode, layer_acts *acts,
-                        ot_bf16 **xin, ot_cuda_ctx *c) {
+                        ot_bf16 **xin, ot_cuda_ctx *c, ws_ledger *led) {
     const size_t H = cfg->hidden_size, Q = (size_t)cfg->num_attention_heads * cfg->head_dim,
                  KV = (size_t)cfg->num_key_value_heads * cfg->head_dim, E = cfg->num_local_experts,
                  K = cfg->num_experts_per_tok, I = cfg->intermediate_size, nh = cfg->num_attention_heads;
@@ -155,52 +182,53 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
     const size_t Tz = (size_t)T, P = Tz * K, R = (size_t)r;
     const int recompute = mode != WS_KEEP, fwd = mode == WS_FORWARD;
     const int n_sets = recompute ? 1 : L;
-    ot_bf16 *xn1 = BF(Tz * H), *xn2 = BF(Tz * H), *act = BF(P * I); // shared by every set
+    // shared by every set
+    ot_bf16 *xn1 = BF("normed inputs", Tz * H), *xn2 = BF("normed inputs", Tz * H), *act = BF("SwiGLU output", P * I);
     for (int s = 0; s < n_sets; s++) {
         layer_acts tmp, *a = acts ? &acts[s] : &tmp;
         if (!acts) memset(&tmp, 0, sizeof tmp);
         ot_cuda_moe_plan keep = a->plan; // allocated separately (cudaMalloc inside the op library)
         memset(a, 0, sizeof *a);
         a->plan = keep;
-        if (!recompute) a->x = BF(Tz * H);
+        if (!recompute) a->x = BF("kept layer input", Tz * H);
         a->xn1 = xn1;
-        a->rstd1 = F32(Tz);
-        a->q = BF(Tz * Q);
-        a->k = BF(Tz * KV);
-        a->v = BF(Tz * KV);
+        a->rstd1 = F32("kept norm statistics", Tz);
+        a->q = BF("kept q", Tz * Q);
+        a->k = BF("kept k, v", Tz * KV);
+        a->v = BF("kept k, v", Tz * KV);
         if (R) {
-            a->xa_qkv = F32(Tz * 3 * R), a->xa_hl_qkv = BF(2 * Tz * 3 * R);
-            a->xa_o = F32(Tz * R), a->xa_hl_o = BF(2 * Tz * R);
+            a->xa_qkv = F32("kept LoRA xa", Tz * 3 * R), a->xa_hl_qkv = BF("kept LoRA xa", 2 * Tz * 3 * R);
+            a->xa_o = F32("kept LoRA xa", Tz * R), a->xa_hl_o = BF("kept LoRA xa", 2 * Tz * R);
         }
-        a->att = BF(Tz * Q);
-        a->lse = F32(Tz * nh);
-        a->h = BF(Tz * H);
+        a->att = BF("kept attention output", Tz * Q);
+        a->lse = F32("kept norm statistics", Tz * nh);
+        a->h = BF("kept residual h", Tz * H);
         a->xn2 = xn2;
-        a->rstd2 = F32(Tz);
-        a->topk_idx = I32(Tz * K);
-        a->topk_w = F32(Tz * K);
-        a->gu = BF(P * 2 * I);
+        a->rstd2 = F32("kept norm statistics", Tz);
+        a->topk_idx = I32("kept routing", Tz * K);
+        a->topk_w = F32("kept routing", Tz * K);
+        a->gu = BF("kept expert gate_up", P * 2 * I);
         a->act = act;
-        a->y = BF(P * H);
+        a->y = BF("kept expert down", P * H);
         if (R) {
-            a->xa_gu = F32(P * R);
-            a->xa_d = F32(P * R);
+            a->xa_gu = F32("kept LoRA xa", P * R);
+            a->xa_d = F32("kept LoRA xa", P * R);
         }
         if (xin && !recompute) xin[s] = a->x;
     }
-    ot_bf16 *one = fwd ? BF(Tz * H) : NULL; // forward only: every layer in place on one buffer
+    ot_bf16 *one = fwd ? BF("residual stream", Tz * H) : NULL; // forward only: every layer in place on one buffer
     for (int l = 0; l <= L; l++) {
-        ot_bf16 *p = fwd ? one : (recompute || l == L) ? BF(Tz * H) : NULL;
+        ot_bf16 *p = fwd ? one : (recompute || l == L) ? BF("residual stream", Tz * H) : NULL;
         if (xin && p) xin[l] = p;
     }
-    ot_bf16 *router_logits = BF(Tz * E), *hf = BF(Tz * H);
-#define GRAD_BF(n) (fwd ? NULL : BF(n))
+    ot_bf16 *router_logits = BF("router logits", Tz * E), *hf = BF("final norm", Tz * H);
+#define GRAD_BF(n) (fwd ? NULL : BF("gradients", n))
     ot_bf16 *dx = GRAD_BF(Tz * H), *dxn = GRAD_BF(Tz * H), *dhf = GRAD_BF(Tz * H);
     ot_bf16 *datt = GRAD_BF(Tz * Q), *dq = GRAD_BF(Tz * Q), *dk = GRAD_BF(Tz * KV), *dv = GRAD_BF(Tz * KV);
     ot_bf16 *dbuf = GRAD_BF(P * H), *dact = GRAD_BF(P * I), *dgu = GRAD_BF(P * 2 * I), *dlogits = GRAD_BF(Tz * E);
 #undef GRAD_BF
-    float *rstd_f = F32(Tz), *dw = fwd ? NULL : F32(Tz * K);
-    int32_t *batch_dev = I32(3 * Tz + 2 * (size_t)n);
+    float *rstd_f = F32("final norm", Tz), *dw = fwd ? NULL : F32("gradients", Tz * K);
+    int32_t *batch_dev = I32("batch", 3 * Tz + 2 * (size_t)n);
     if (c) {
         c->router_logits = router_logits;
         c->hf = hf;
@@ -225,16 +253,27 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
 #undef F32
 #undef I32
 
-size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets, int r, int recompute) {
+int ot_cuda_workspace_parts(const ot_model_config *cfg, int T, int n_targets, int r, int recompute,
+                            ot_cuda_mem_part *parts, int max_parts) {
+    ws_ledger led = {parts, 0, max_parts};
     ot_carve w = {NULL, 0, WS_ALIGN};
-    size_t bytes = ws_layout(&w, cfg, T, n_targets, r, recompute ? WS_RECOMPUTE : WS_KEEP, NULL, NULL, NULL);
-    bytes += (size_t)(recompute ? 1 : cfg->num_hidden_layers) *
-             ot_cuda_moe_plan_bytes(T, cfg->num_experts_per_tok, cfg->num_local_experts);
+    ws_layout(&w, cfg, T, n_targets, r, recompute ? WS_RECOMPUTE : WS_KEEP, NULL, NULL, NULL, &led);
+    ledger_add(&led, "MoE plans", (size_t)(recompute ? 1 : cfg->num_hidden_layers) *
+                                      ot_cuda_moe_plan_bytes(T, cfg->num_experts_per_tok, cfg->num_local_experts));
     // The largest temporaries the ops take from the pool, one op at a time: the output head's, the attention
     // backward's.
     size_t lm = ot_cuda_lmhead_xent_tmp_bytes(n_targets, cfg->hidden_size, cfg->vocab_size);
     size_t att = ot_cuda_attention_bwd_tmp_bytes(T, cfg->num_attention_heads, cfg->num_key_value_heads, cfg->head_dim);
-    return bytes + (lm > att ? lm : att);
+    ledger_add(&led, lm > att ? "output head temporaries" : "attention backward temporaries", lm > att ? lm : att);
+    return led.n;
+}
+
+size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets, int r, int recompute) {
+    ot_cuda_mem_part parts[OT_CUDA_MEM_PARTS_MAX];
+    const int n = ot_cuda_workspace_parts(cfg, T, n_targets, r, recompute, parts, OT_CUDA_MEM_PARTS_MAX);
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++) bytes += parts[i].bytes;
+    return bytes;
 }
 
 static void free_workspace(ot_cuda_ctx *c) {
@@ -269,7 +308,7 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
     c->acts = ot_calloc((size_t)c->n_acts, sizeof(layer_acts));
     c->xin = ot_calloc((size_t)L + 1, sizeof(ot_bf16 *));
     ot_carve measure = {NULL, 0, WS_ALIGN};
-    c->ws_bytes = ws_layout(&measure, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, NULL, NULL);
+    c->ws_bytes = ws_layout(&measure, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, NULL, NULL, NULL);
     char what[96];
     ot_err e;
     snprintf(what, sizeof what, "the activation workspace for %d tokens", T);
@@ -277,7 +316,7 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
                       &e))
         ot_die("%s", e.msg);
     ot_carve place = {c->ws, 0, WS_ALIGN};
-    ws_layout(&place, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, c->xin, c);
+    ws_layout(&place, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, c->xin, c, NULL);
     for (int s = 0; s < c->n_acts; s++)
         ot_cuda_moe_plan_alloc(&c->acts[s].plan, T, cfg->num_experts_per_tok, cfg->num_local_experts);
     OT_CUDA_CHECK(cudaMallocHost((void **)&c->batch_host, sizeof(int32_t) * (3 * (size_t)T + 2 * (size_t)n)));

@@ -51,6 +51,16 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c);
 // Device bytes the activation workspace takes for T tokens, n targets, LoRA rank r (0: none), with or without
 // recomputation (the MoE plan, lm-head and attention temporaries included; the model and LoRA state excluded).
 size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets, int r, int recompute);
+// The same bytes by buffer, for memory reports: up to max_parts (name, bytes) pairs, names static strings ("kept
+// ..." for what every layer keeps for its backward, summed over the layers); returns how many. They add up to
+// ot_cuda_workspace_bytes.
+typedef struct {
+    const char *name;
+    size_t bytes;
+} ot_cuda_mem_part;
+#define OT_CUDA_MEM_PARTS_MAX 32
+int ot_cuda_workspace_parts(const ot_model_config *cfg, int T, int n_targets, int r, int recompute,
+                            ot_cuda_mem_part *parts, int max_parts);
 // Device bytes of the context's own allocations now (workspace + LoRA state), for memory reports.
 size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c);
 // 1 when keeping every layer's activations for batches of max_tokens would not fit in the device memory free now
