@@ -50,17 +50,20 @@ void ot_step_work(const ot_model_config *cfg, const ot_batch *b, const ot_step_s
         w[OT_WORK_ATTENTION].flop += (f + 2.5) * 4 * nh * D * keys;
         w[OT_WORK_ATTENTION].bytes += f * 2 * T * (2 * Q + 2 * KV) + 2 * T * (4 * Q + 4 * KV);
 
-        // expert products gate_up (H → 2I) and down (I → H) on P rows: forward f times, the input gradient once;
-        // the weights read once per pass, the activations each way
-        w[OT_WORK_MOE_MATMUL].flop += (f + 1) * 6 * P * H * I;
-        w[OT_WORK_MOE_MATMUL].bytes += (f + 1) * (expert_weight_bytes + 2 * P * (2 * H + 3 * I));
+        // expert products gate_up (H → 2I) and down (I → H) on P rows: gate_up forward f times, down forward once
+        // (the forward recomputed for backward stops before it: backward needs no expert outputs), the input
+        // gradients once; the weights read once per product, the activations each way
+        w[OT_WORK_MOE_MATMUL].flop += (f + 1) * 4 * P * H * I + 2 * 2 * P * I * H;
+        w[OT_WORK_MOE_MATMUL].bytes += (f + 1) * (expert_weight_bytes * 2 / 3 + 2 * P * (H + 2 * I)) +
+                                       2 * (expert_weight_bytes / 3 + 2 * P * (I + H));
         if (lora_on[OT_LORA_GATE_UP]) lora_projection(&w[OT_WORK_MOE_LORA], P, H, 2 * I, r, f);
-        if (lora_on[OT_LORA_DOWN]) lora_projection(&w[OT_WORK_MOE_LORA], P, I, H, r, f);
+        if (lora_on[OT_LORA_DOWN]) lora_projection(&w[OT_WORK_MOE_LORA], P, I, H, r, 1);
 
-        // routing: SwiGLU forward twice (forward, then again before backward), its backward; combine forward f
-        // times and backward; the un-permuting sum of the input gradient
-        w[OT_WORK_MOE_ROUTING].bytes += 2 * 6 * P * I + 10 * P * I + f * 2 * (P * H + T * H) +
-                                        2 * (T * H + 2 * P * H) + 2 * (P * H + 2 * T * H);
+        // routing: SwiGLU forward twice (forward, then again before backward), its backward; combine forward and
+        // backward; the routing weights' gradient (dact and act, dout and the bias); the un-permuting sum of the
+        // input gradient
+        w[OT_WORK_MOE_ROUTING].bytes += 2 * 6 * P * I + 10 * P * I + 2 * (P * H + T * H) + 2 * (T * H + P * H) +
+                                        2 * (2 * P * I + T * H) + 2 * (P * H + 2 * T * H);
 
         // q, k, v, o and the router (bf16 weights), forward f times, input gradients once
         const double dense_w = H * (Q + 2 * KV) + Q * H + H * E;

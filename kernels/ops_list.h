@@ -74,6 +74,16 @@ void OT_OPS_FN(ot_moe_combine_fwd)(OT_OPS_REAL *out, const OT_OPS_REAL *y, const
 // experts' own gradient buffer); dw[q] += dout[token] · y[p] (a double dot; NULL: skipped).
 void OT_OPS_FN(ot_moe_combine_bwd)(OT_OPS_REAL *dy, OT_OPS_REAL *dw, const OT_OPS_REAL *dout, const OT_OPS_REAL *y,
                                    const OT_OPS_REAL *w, const int32_t *perm, int n_pairs, int k, int H);
+// The routing weights' gradient without the experts' outputs. For every plan row p (pair q = perm[p], token
+// t = q / k, expert e = idx[q]) whose input act[p] [n_pairs, I] went through the down projection y[p] = J_e·act[p]
+// + b_e (J_e linear: the expert's weights, its LoRA included), the backward of that projection has given
+// dact[p] = w[q]·J_eᵀ·dout[t]; so dout[t]·y[p] = dact[p]·act[p] / w[q] + dout[t]·b_e, and
+//   dw[q] += dact[p]·act[p] / w[q] + dout[t]·b_e   (double dots; bias [E, H] may be NULL)
+// is ot_moe_combine_bwd's dw without keeping y for backward. A pair with w[q] = 0 adds nothing: its dw does not
+// reach the router (ot_router_topk_bwd weighs it by w[q]).
+void OT_OPS_FN(ot_moe_route_grad)(OT_OPS_REAL *dw, const OT_OPS_REAL *dact, const OT_OPS_REAL *act,
+                                  const OT_OPS_REAL *dout, const OT_OPS_REAL *bias, const OT_OPS_REAL *w,
+                                  const int32_t *idx, const int32_t *perm, int n_pairs, int k, int I, int H);
 // dx[perm[p] / k] += dx_perm[p] for the plan rows p in order (the gathered rows' gradient back in token order).
 void OT_OPS_FN(ot_moe_unpermute_add)(OT_OPS_REAL *dx, const OT_OPS_REAL *dx_perm, const int32_t *perm, int n_pairs,
                                      int k, int H);

@@ -473,6 +473,59 @@ static void test_moe_combine(void) {
     free(c.perm), free(c.inv), free(c.y), free(c.wts), free(c.w), free(c.out);
 }
 
+// ---- the routing weights' gradient from the down projection's input gradient -----------------------------------
+// y[p] = W_e·act[p] + b_e (a linear down projection per expert), out = combine(y, w); the gradient of the
+// weights w, made by ot_moe_route_grad from act and dact = w·W_eᵀ·dout, against finite differences of the loss.
+typedef struct {
+    int T, k, E, I, H;
+    int32_t *idx, *perm, *inv;
+    double *act, *W, *b, *wts, *w, *y, *out;
+} route_ctx;
+static void route_down(route_ctx *c) {
+    for (int p = 0; p < c->T * c->k; p++) {
+        const int e = c->idx[c->perm[p]];
+        for (int h = 0; h < c->H; h++)
+            c->y[(size_t)p * c->H + h] = c->b[(size_t)e * c->H + h] +
+                                         dot(c->W + ((size_t)e * c->H + h) * c->I, c->act + (size_t)p * c->I, c->I);
+    }
+}
+static double route_loss(void *p) {
+    route_ctx *c = p;
+    route_down(c);
+    ot_moe_combine_fwd_f64(c->out, c->y, c->wts, c->inv, c->T, c->k, c->H);
+    return dot(c->w, c->out, (size_t)c->T * c->H);
+}
+static void test_moe_route_grad(void) {
+    const int T = 5, k = 3, E = 4, I = 7, H = 6, n = T * k;
+    int32_t idx[5 * 3] = {2, 0, 1, 3, 2, 0, 1, 0, 3, 0, 2, 1, 3, 1, 2};
+    route_ctx c = {T, k, E, I, H, idx, ot_malloc(n * sizeof(int32_t)), ot_malloc(n * sizeof(int32_t)),
+                   rand_vec((size_t)n * I, -1, 1), rand_vec((size_t)E * H * I, -1, 1), rand_vec((size_t)E * H, -1, 1),
+                   rand_vec(n, 0.05, 1), rand_vec((size_t)T * H, -1, 1), ot_malloc((size_t)n * H * sizeof(double)),
+                   ot_malloc((size_t)T * H * sizeof(double))};
+    int32_t off[5];
+    ot_moe_plan(off, c.perm, c.inv, idx, n, E);
+    const int zero_q = 7; // a pair whose weight is exactly 0: nothing of it reaches the router
+    c.wts[zero_q] = 0;
+    double *fd = fd_grad(c.wts, n, route_loss, &c);
+    fd[zero_q] = 0;
+    // dact[p] = w[q] · W_eᵀ · dout[t], as the down projection's backward gives it
+    double *dact = ot_malloc((size_t)n * I * sizeof(double));
+    for (int p = 0; p < n; p++) {
+        const int q = c.perm[p], e = idx[q];
+        for (int i = 0; i < I; i++) {
+            double s = 0;
+            for (int h = 0; h < H; h++) s += c.W[((size_t)e * H + h) * I + i] * c.w[(size_t)(q / k) * H + h];
+            dact[(size_t)p * I + i] = c.wts[q] * s;
+        }
+    }
+    double *before = rand_vec(n, -1, 1), *dw = copy_vec(before, n);
+    ot_moe_route_grad_f64(dw, dact, c.act, c.w, c.b, c.wts, idx, c.perm, n, k, I, H);
+    check_grad("moe_route_grad dw", dw, before, fd, n);
+    CHECK(dw[zero_q] == before[zero_q], "moe_route_grad: the pair of weight 0 changed its dw");
+    free(fd), free(dact), free(before), free(dw);
+    free(c.perm), free(c.inv), free(c.act), free(c.W), free(c.b), free(c.wts), free(c.w), free(c.y), free(c.out);
+}
+
 // ---- expert matmul (dense float weights and MXFP4) -----------------------------------------------------------
 typedef struct {
     int n;
@@ -627,6 +680,7 @@ int main(void) {
     test_router();
     test_swiglu();
     test_moe_combine();
+    test_moe_route_grad();
     test_experts();
     test_expert_weight_grad();
     test_xent();

@@ -1,5 +1,6 @@
-// MoE routing (spec §2.7) around the experts: the plan that groups the (token, slot) pairs by expert, and the
-// weighted combine back per token with its backward. CPU twins of kernels/cuda/moe_plan.cu.
+// MoE routing (spec §2.7) around the experts: the plan that groups the (token, slot) pairs by expert, the weighted
+// combine back per token with its backward, and the routing weights' gradient from the down projection's input
+// gradient. CPU twins of kernels/cuda/moe_plan.cu.
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +51,23 @@ void OT_FN(ot_moe_combine_bwd)(real *dy, real *dw, const real *dout, const real 
             dot += (double)g[j] * yr[j];
         }
         if (dw) dw[q] += (real)dot;
+    }
+}
+
+void OT_FN(ot_moe_route_grad)(real *dw, const real *dact, const real *act, const real *dout, const real *bias,
+                              const real *w, const int32_t *idx, const int32_t *perm, int n_pairs, int k, int I,
+                              int H) {
+    for (int p = 0; p < n_pairs; p++) {
+        const int q = perm[p];
+        if (w[q] == 0) continue;
+        const real *d = dact + (size_t)p * I, *a = act + (size_t)p * I;
+        double dot = 0, bias_dot = 0;
+        for (int i = 0; i < I; i++) dot += (double)d[i] * a[i];
+        if (bias) {
+            const real *g = dout + (size_t)(q / k) * H, *b = bias + (size_t)idx[q] * H;
+            for (int j = 0; j < H; j++) bias_dot += (double)g[j] * b[j];
+        }
+        dw[q] += (real)(dot / w[q] + bias_dot);
     }
 }
 

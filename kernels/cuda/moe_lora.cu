@@ -295,6 +295,12 @@ __global__ void split_transposed_kernel(bf16 *hl, size_t n, const float *B, int 
     }
 }
 
+// xa = the two halves' partial sums, where no expansion follows to add them (a forward kept only for its xa).
+__global__ void sum_halves_kernel(float *xa, const float *h0, const float *h1, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        xa[i] = h0[i] + h1[i];
+}
+
 // ---- the layer ---------------------------------------------------------------------------------------------------
 static void check(const char *what, const ot_cuda_moe_plan *p, int in, int r, int out) {
     OT_REQUIRE(p && p->perm, "%s: plan not allocated (ot_cuda_moe_plan_alloc)", what);
@@ -317,9 +323,13 @@ void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_b
     float *xa2 = ot_cuda_tmp<float>(ML_SPLIT * nT, stream);
     rank_reduce(stream, xa2, as_bf16(x), gather ? p->row_token : NULL, in, A_hl, nA, r, 1.0f, p);
     ot_cuda_tmp_free(A_hl, stream);
-    // y[p, out] += scale · xa_p · B_eᵀ   (B_e stored [out, r]), xa = xa2[0] + xa2[1] kept on the way
-    const lora_row_groups groups = row_groups(p, (size_t)out * r);
-    lora_expand(stream, as_bf16(y), xa2, xa2 + nT, r, xa, NULL, B, r, 1, p->n_pairs, out, r, scale, &groups);
+    if (y) { // y[p, out] += scale · xa_p · B_eᵀ   (B_e stored [out, r]), xa = xa2[0] + xa2[1] kept on the way
+        const lora_row_groups groups = row_groups(p, (size_t)out * r);
+        lora_expand(stream, as_bf16(y), xa2, xa2 + nT, r, xa, NULL, B, r, 1, p->n_pairs, out, r, scale, &groups);
+    } else if (xa) {
+        sum_halves_kernel<<<ot_grid_for(nT, 256), 256, 0, stream>>>(xa, xa2, xa2 + nT, nT);
+        OT_LAUNCH_CHECK();
+    }
     ot_cuda_tmp_free(xa2, stream);
 }
 

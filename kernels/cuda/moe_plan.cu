@@ -1,6 +1,7 @@
 // MoE routing plumbing on the GPU: sort the (token, slot) pairs by expert (a stable counting sort: count, prefix
-// sums, scatter), the row-tile table of the grouped products, the weighted combine and its backward, and the
-// un-permutation of input gradients. Everything is deterministic: no atomics decide an order.
+// sums, scatter), the row-tile table of the grouped products, the weighted combine and its backward, the routing
+// weights' gradient from the down projection's input gradient, and the un-permutation of input gradients.
+// Everything is deterministic: no atomics decide an order.
 #include "kernels/cuda/cuda_common.cuh"
 
 #define PLAN_THREADS 256
@@ -174,21 +175,57 @@ __global__ void moe_combine_bwd_kernel(bf16 *dy, float *dw, const bf16 *dout, co
         size_t row = (size_t)inv[pair];
         float ws = w[pair], dot = 0.0f;
         for (int c = threadIdx.x * V; c < H; c += blockDim.x * V) {
-            float d[V], yv[V], o[V];
+            float d[V], o[V];
             load_bf16s<V>(d, dt + c);
-            load_bf16s<V>(yv, y + row * H + c);
 #pragma unroll
-            for (int j = 0; j < V; j++) {
-                o[j] = ws * d[j];
-                dot += d[j] * yv[j];
-            }
+            for (int j = 0; j < V; j++) o[j] = ws * d[j];
             store_bf16s<V>(dy + row * H + c, o);
+            if (dw) {
+                float yv[V];
+                load_bf16s<V>(yv, y + row * H + c);
+#pragma unroll
+                for (int j = 0; j < V; j++) dot += d[j] * yv[j];
+            }
         }
         if (dw) {
             dot = block_sum(dot, scratch); // uniform: dw is the same pointer for the whole block
             if (threadIdx.x == 0) dw[pair] += dot;
         }
     }
+}
+
+// dw[q] += dact[p]·act[p] / w[q] + dout[t]·b_e for plan row p = blockIdx.x (pair q = perm[p], token t = q / k,
+// expert e = idx[q]); nothing for w[q] = 0. Each row is its own pair, so no two blocks write the same dw.
+template <int V>
+__global__ void moe_route_grad_kernel(float *dw, const bf16 *dact, const bf16 *act, const bf16 *dout,
+                                      const bf16 *bias, const float *w, const int32_t *idx, const int32_t *perm, int k,
+                                      int I, int H) {
+    __shared__ float scratch[32];
+    const int p = blockIdx.x, q = perm[p];
+    const float wq = w[q];
+    if (wq == 0.0f) return; // the whole block: nothing of this pair reaches the router
+    float dot = 0.0f;
+    for (int c = threadIdx.x * V; c < I; c += blockDim.x * V) {
+        float d[V], a[V];
+        load_bf16s<V>(d, dact + (size_t)p * I + c);
+        load_bf16s<V>(a, act + (size_t)p * I + c);
+#pragma unroll
+        for (int j = 0; j < V; j++) dot += d[j] * a[j];
+    }
+    float total = block_sum(dot, scratch) / wq;
+    if (bias) {
+        const bf16 *g = dout + (size_t)(q / k) * H, *b = bias + (size_t)idx[q] * H;
+        float bias_dot = 0.0f;
+        for (int c = threadIdx.x * V; c < H; c += blockDim.x * V) {
+            float gv[V], bv[V];
+            load_bf16s<V>(gv, g + c);
+            load_bf16s<V>(bv, b + c);
+#pragma unroll
+            for (int j = 0; j < V; j++) bias_dot += gv[j] * bv[j];
+        }
+        total += block_sum(bias_dot, scratch);
+    }
+    if (threadIdx.x == 0) dw[q] += total;
 }
 
 // dx[t] += Σ_slot dx_perm[inv[t·k + slot]]
@@ -225,12 +262,27 @@ void ot_cuda_moe_combine_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *y
 void ot_cuda_moe_combine_bwd(cudaStream_t stream, ot_bf16 *dy, float *dw, const ot_bf16 *dout, const ot_bf16 *y,
                              const float *w, const ot_cuda_moe_plan *p, int H) {
     OT_REQUIRE(H > 0 && p->perm, "ot_cuda_moe_combine_bwd: bad hidden size %d or plan not allocated", H);
+    OT_REQUIRE(y || !dw, "ot_cuda_moe_combine_bwd: dw needs y");
     if (rows_vec8(H, dy, dout, y))
         moe_combine_bwd_kernel<8><<<p->T, 128, 0, stream>>>(as_bf16(dy), dw, as_bf16(dout), as_bf16(y), w, p->inv,
                                                             p->k, H);
     else
         moe_combine_bwd_kernel<1><<<p->T, 256, 0, stream>>>(as_bf16(dy), dw, as_bf16(dout), as_bf16(y), w, p->inv,
                                                             p->k, H);
+    OT_LAUNCH_CHECK();
+}
+
+void ot_cuda_moe_route_grad(cudaStream_t stream, float *dw, const ot_bf16 *dact, const ot_bf16 *act,
+                            const ot_bf16 *dout, const ot_bf16 *bias, const float *w, const int32_t *idx,
+                            const ot_cuda_moe_plan *p, int I, int H) {
+    OT_REQUIRE(I > 0 && H > 0 && p->perm, "ot_cuda_moe_route_grad: bad sizes I %d H %d or plan not allocated", I, H);
+    if (p->n_pairs == 0) return;
+    if (rows_vec8(I, dact, act, NULL) && rows_vec8(H, dout, bias ? bias : dout, NULL))
+        moe_route_grad_kernel<8><<<p->n_pairs, 128, 0, stream>>>(dw, as_bf16(dact), as_bf16(act), as_bf16(dout),
+                                                                 as_bf16(bias), w, idx, p->perm, p->k, I, H);
+    else
+        moe_route_grad_kernel<1><<<p->n_pairs, 256, 0, stream>>>(dw, as_bf16(dact), as_bf16(act), as_bf16(dout),
+                                                                 as_bf16(bias), w, idx, p->perm, p->k, I, H);
     OT_LAUNCH_CHECK();
 }
 

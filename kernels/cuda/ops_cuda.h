@@ -271,15 +271,23 @@ void ot_cuda_moe_matmul_bwd_weight(cudaStream_t stream, float *dW, float *db, co
 // out[t] = Σ_slot w[t, slot] · y[inv[t·k + slot]]  (out [T, H] overwritten; w [T, k] fp32)
 void ot_cuda_moe_combine_fwd(cudaStream_t stream, ot_bf16 *out, const ot_bf16 *y, const float *w,
                              const ot_cuda_moe_plan *p, int H);
-// dy[p] = w[pair] · dout[token] (overwritten, every permuted row); dw[pair] += dout[token] · y[p] (NULL: skipped)
+// dy[p] = w[pair] · dout[token] (overwritten, every permuted row); dw[pair] += dout[token] · y[p] (NULL: skipped,
+// and y may be NULL)
 void ot_cuda_moe_combine_bwd(cudaStream_t stream, ot_bf16 *dy, float *dw, const ot_bf16 *dout, const ot_bf16 *y,
                              const float *w, const ot_cuda_moe_plan *p, int H);
+// The routing weights' gradient without the experts' outputs (CPU twin ot_moe_route_grad, which says why it is
+// combine_bwd's dw): dw[q] += dact[p]·act[p] / w[q] + dout[t]·b_e for every permuted row p (pair q, token t,
+// expert e = idx[q]), act [n_pairs, I] the down projection's input, dact its input gradient, bias [E, H] or NULL;
+// pairs of weight 0 add nothing. fp32 sums.
+void ot_cuda_moe_route_grad(cudaStream_t stream, float *dw, const ot_bf16 *dact, const ot_bf16 *act,
+                            const ot_bf16 *dout, const ot_bf16 *bias, const float *w, const int32_t *idx,
+                            const ot_cuda_moe_plan *p, int I, int H);
 // dx[t] += Σ_slot dx_perm[inv[t·k + slot]]  (the input gradient of the gathered rows, back in token order)
 void ot_cuda_moe_unpermute_add(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dx_perm, const ot_cuda_moe_plan *p,
                                int H);
 // Expert LoRA on the permuted rows: y[p] += scale · (x_p · A_eᵀ) · B_eᵀ with A [E, r, in] and B [E, out, r] fp32
 // (expert-major; PEFT's ParamWrapper stores B expert-minor, the loader reorders); xa [n_pairs, r] fp32 saved.
-// x_p as in ot_cuda_moe_matmul_fwd (`gather`).
+// x_p as in ot_cuda_moe_matmul_fwd (`gather`). y NULL: xa only (a recomputation that needs no output).
 void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, int gather, const float *A,
                           const float *B, const ot_cuda_moe_plan *p, int in, int r, int out, float scale);
 // dx_perm[p] += dxa_p · A_e (dx_perm [n_pairs, in], permuted order), dA += dxaᵀ·x, dB += scale · dyᵀ·xa,

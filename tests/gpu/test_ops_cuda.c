@@ -1112,6 +1112,10 @@ static void test_moe_combine(const ot_cuda_moe_plan *plan, const ref_plan *rp, i
     ot_cuda_moe_combine_bwd(g_s, dy_d, dw_d, dout_d, y_d, w_d, plan, H);
     check_bf16("moe_combine_bwd dy", dy_d, dy_ref, (size_t)n * H, TOL_BF16);
     check_f32("moe_combine_bwd dw (fp32)", dw_d, dw_ref, (size_t)T * k, TOL_F32);
+    ot_bf16 *dy2_d = poison((size_t)n * H * 2); // without dw: y is not read (NULL)
+    ot_cuda_moe_combine_bwd(g_s, dy2_d, NULL, dout_d, NULL, w_d, plan, H);
+    check_bf16("moe_combine_bwd dy without dw and y", dy2_d, dy_ref, (size_t)n * H, TOL_BF16);
+    dfree(dy2_d);
 
     float *dxp = randn_bf16((size_t)n * H, 1.0), *dx0 = init_like(y, (size_t)T * H, 1);
     float *dx_ref = copy_f(dx0, (size_t)T * H);
@@ -1122,6 +1126,33 @@ static void test_moe_combine(const ot_cuda_moe_plan *plan, const ref_plan *rp, i
     expect_clean("moe_combine");
     free(y), free(w), free(ref), free(dout), free(dy_ref), free(dw0), free(dw_ref), free(dxp), free(dx0), free(dx_ref);
     dfree(y_d), dfree(out_d), dfree(w_d), dfree(dout_d), dfree(dy_d), dfree(dw_d), dfree(dxp_d), dfree(dx_d);
+}
+
+// The routing weights' gradient from the down projection's input gradient against its CPU twin; one pair of
+// weight 0 (it must add nothing), with and without the expert biases.
+static void test_moe_route_grad(const ot_cuda_moe_plan *plan, const ref_plan *rp, const int32_t *idx,
+                                const int32_t *idx_d, int I, int H, int with_bias) {
+    int T = plan->T, k = plan->k, n = plan->n_pairs, E = plan->E;
+    float *dact = randn_bf16((size_t)n * I, 1.0), *act = randn_bf16((size_t)n * I, 1.0);
+    float *dout = randn_bf16((size_t)T * H, 1.0), *bias = with_bias ? randn_bf16((size_t)E * H, 0.5) : NULL;
+    float *w = randn((size_t)T * k, 0.5);
+    for (int q = 0; q < T * k; q++) w[q] = fabsf(w[q]) + 0.05f; // softmax weights: positive ...
+    w[3] = 0.0f;                                                   // ... or exactly 0 after underflow
+    float *dw0 = init_like(w, (size_t)T * k, 0), *dw_ref = copy_f(dw0, (size_t)T * k);
+    ot_moe_route_grad(dw_ref, dact, act, dout, bias, w, idx, rp->perm, n, k, I, H);
+    ot_bf16 *dact_d = up_bf16(dact, (size_t)n * I), *act_d = up_bf16(act, (size_t)n * I);
+    ot_bf16 *dout_d = up_bf16(dout, (size_t)T * H), *bias_d = bias ? up_bf16(bias, (size_t)E * H) : NULL;
+    float *w_d = up_f32(w, (size_t)T * k), *dw_d = up_f32(dw0, (size_t)T * k);
+    ot_cuda_moe_route_grad(g_s, dw_d, dact_d, act_d, dout_d, bias_d, w_d, idx_d, plan, I, H);
+    char what[96];
+    snprintf(what, sizeof what, "moe_route_grad dw (fp32) I %d H %d%s", I, H, with_bias ? " bias" : "");
+    check_f32(what, dw_d, dw_ref, (size_t)T * k, TOL_F32);
+    float *dw = down_f32(dw_d, (size_t)T * k);
+    CHECK(dw[3] == dw0[3], "moe_route_grad: the pair of weight 0 changed its dw");
+    expect_clean("moe_route_grad");
+    free(dact), free(act), free(dout), free(bias), free(w), free(dw0), free(dw_ref), free(dw);
+    dfree(dact_d), dfree(act_d), dfree(dout_d), dfree(w_d), dfree(dw_d);
+    if (bias_d) dfree(bias_d);
 }
 
 // Expert LoRA on the permuted groups against ot_lora_fwd / ot_lora_bwd per expert.
@@ -1149,6 +1180,11 @@ static void test_moe_lora(const ot_cuda_moe_plan *plan, const ref_plan *rp, int 
     check_bf16(what, y_d, y_ref, (size_t)n * out, TOL_BF16);
     snprintf(what, sizeof(what), "moe_lora_fwd xa (fp32)%s", g);
     check_f32(what, xa_d, xa, (size_t)n * r, TOL_F32);
+    float *xa_only_d = poison((size_t)n * r * 4); // without y: xa alone
+    ot_cuda_moe_lora_fwd(g_s, NULL, xa_only_d, x_d, gather, A_d, B_d, plan, in, r, out, scale);
+    snprintf(what, sizeof(what), "moe_lora_fwd xa without y%s", g);
+    check_f32(what, xa_only_d, xa, (size_t)n * r, TOL_F32);
+    dfree(xa_only_d);
 
     float *dy = randn_bf16((size_t)n * out, 1.0), *gdx = zeros_f((size_t)n * in);
     float *gdA = zeros_f((size_t)E * r * in), *gdB = zeros_f((size_t)E * out * r);
@@ -1251,6 +1287,9 @@ static void test_moe(const sizes *z) {
     test_moe_weight_grad(&plan, &rp, 70, 45, 1);   // neither dimension a multiple of the 32 tile
     test_moe_combine(&plan, &rp, H);  // 16-byte vectors
     test_moe_combine(&plan, &rp, 36); // a width that is no multiple of 8: element by element
+    test_moe_route_grad(&plan, &rp, tp.idx, idx_d, I, H, 1); // 16-byte vectors
+    test_moe_route_grad(&plan, &rp, tp.idx, idx_d, I, H, 0);
+    test_moe_route_grad(&plan, &rp, tp.idx, idx_d, 36, 44, 1); // element by element
     test_moe_lora(&plan, &rp, H, 2 * I, 6, 1);  // gate_up: token rows gathered; a rank below one mma column block
     test_moe_lora(&plan, &rp, I, H, 6, 0);      // down: rows already permuted
     test_moe_lora(&plan, &rp, H, 2 * I, 16, 1); // the usual rank: whole 16-byte rows of xa and dxa

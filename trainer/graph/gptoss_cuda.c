@@ -41,7 +41,10 @@ typedef struct {
     int32_t *topk_idx;   // [T, k]
     float *topk_w;       // [T, k]
     ot_cuda_moe_plan plan; // allocated for the capacity; plan_view() narrows it to a batch
-    ot_bf16 *gu, *act, *y; // [P, 2I], [P, I] (shared scratch), [P, H] in permuted order (P = T·k)
+    // [P, 2I] kept; [P, I] and [P, H] shared scratch (P = T·k, permuted order): backward needs neither the SwiGLU
+    // output (remade from gu) nor the experts' outputs y (the routing weights' gradient comes from the down
+    // projection's input gradient, ot_cuda_moe_route_grad)
+    ot_bf16 *gu, *act, *y;
     float *xa_gu, *xa_d;   // [P, r]
 } layer_acts;
 
@@ -184,6 +187,7 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
     const int n_sets = recompute ? 1 : L;
     // shared by every set
     ot_bf16 *xn1 = BF("normed inputs", Tz * H), *xn2 = BF("normed inputs", Tz * H), *act = BF("SwiGLU output", P * I);
+    ot_bf16 *y = BF("expert outputs", P * H);
     for (int s = 0; s < n_sets; s++) {
         layer_acts tmp, *a = acts ? &acts[s] : &tmp;
         if (!acts) memset(&tmp, 0, sizeof tmp);
@@ -209,7 +213,7 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
         a->topk_w = F32("kept routing", Tz * K);
         a->gu = BF("kept expert gate_up", P * 2 * I);
         a->act = act;
-        a->y = BF("kept expert down", P * H);
+        a->y = y;
         if (R) {
             a->xa_gu = F32("kept LoRA xa", P * R);
             a->xa_d = F32("kept LoRA xa", P * R);
@@ -644,13 +648,20 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     }
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_cuda_swiglu_fwd(s, act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
-    mark(c, OT_CUDA_PROF_MOE_MATMUL);
-    ot_cuda_moe_matmul_fwd(s, a->y, act, 0, &w->down, &plan);
-    if (s_d) {
-        mark(c, OT_CUDA_PROF_MOE_LORA);
-        ot_cuda_moe_lora_fwd(s, a->y, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H, c->scale);
-    }
-    if (x_next) { // recomputation for backward skips the layer output: backward has it already
+    if (!x_next) { // recomputation for backward: no layer output (backward has it), so no expert outputs either
+        if (s_d) {     // only the down adapter's xa, which its backward reads
+            mark(c, OT_CUDA_PROF_MOE_LORA);
+            ot_cuda_moe_lora_fwd(s, NULL, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H,
+                                 c->scale);
+        }
+    } else {
+        mark(c, OT_CUDA_PROF_MOE_MATMUL);
+        ot_cuda_moe_matmul_fwd(s, a->y, act, 0, &w->down, &plan);
+        if (s_d) {
+            mark(c, OT_CUDA_PROF_MOE_LORA);
+            ot_cuda_moe_lora_fwd(s, a->y, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H,
+                                 c->scale);
+        }
         mark(c, OT_CUDA_PROF_MOE_ROUTING);
         ot_cuda_moe_combine_fwd(s, x_next, a->y, a->topk_w, &plan, H);
         mark(c, OT_CUDA_PROF_NORM_ROPE);
@@ -674,15 +685,15 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     const ot_cuda_layer_grads *g = c->mg ? &c->mg->layers[l] : NULL;
 #define G(f) (g ? g->f : NULL)
     // Kept activations: the shared xn1, xn2 and act hold a later layer's values; redo this layer's where a weight
-    // gradient (LoRA, or the base in full training) reads them (input gradients do not). Recomputing: the set
-    // holds layer l's.
+    // gradient (LoRA, or the base in full training) reads them (input gradients do not) — act always, for the
+    // routing weights' gradient. Recomputing: the set holds layer l's.
     const int redo = !c->opt.recompute;
     ot_cuda_shard_use(c->m, s, l, OT_SHARD_EXPERTS); // sharded base weights: gathered here (else nothing)
     if (redo && (s_gu || g)) {
         mark(c, OT_CUDA_PROF_NORM_ROPE);
         ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
     }
-    if (redo && (s_d || g)) {
+    if (redo) {
         mark(c, OT_CUDA_PROF_MOE_ROUTING);
         ot_cuda_swiglu_fwd(s, a->act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     }
@@ -692,7 +703,8 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     OT_CUDA_CHECK(cudaMemsetAsync(c->dw, 0, sizeof(float) * (size_t)T * K, s));
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_bf16 *dY = c->dbuf; // [P, H]; reused for the permuted input gradient once dY is consumed
-    ot_cuda_moe_combine_bwd(s, dY, c->dw, c->dx, a->y, a->topk_w, &plan, H);
+    ot_cuda_moe_combine_bwd(s, dY, NULL, c->dx, NULL, a->topk_w, &plan, H); // dw below, from dact
+
     mark(c, OT_CUDA_PROF_MOE_MATMUL);
     ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0);
     if (g) ot_cuda_moe_matmul_bwd_weight(s, g->down, g->down_b, dY, a->act, 0, &w->down, &plan);
@@ -702,6 +714,8 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
                              lora_B(c, s_d), &plan, I, c->r, H, c->scale);
     }
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
+    // the routing weights' gradient: dout·y from the down projection's input gradient (LoRA's part included)
+    ot_cuda_moe_route_grad(s, c->dw, c->dact, a->act, c->dx, w->down.bias, a->topk_w, a->topk_idx, &plan, I, H);
     ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     ot_bf16 *dXp = c->dbuf;
     mark(c, OT_CUDA_PROF_MOE_MATMUL);

@@ -853,10 +853,26 @@ void ot_cuda_moe_combine_bwd(cudaStream_t s, ot_bf16 *dy, float *dw, const ot_bf
             for (int c = 0; c < H; c++) {
                 float d = rd(dout, (size_t)t * H + c);
                 wr(dy, row * H + c, w[pr] * d);
-                dot += (double)d * rd(y, row * H + c);
+                if (dw) dot += (double)d * rd(y, row * H + c);
             }
             if (dw) dw[pr] += (float)dot;
         }
+}
+void ot_cuda_moe_route_grad(cudaStream_t s, float *dw, const ot_bf16 *dact, const ot_bf16 *act, const ot_bf16 *dout,
+                            const ot_bf16 *bias, const float *w, const int32_t *idx, const ot_cuda_moe_plan *p, int I,
+                            int H) {
+    (void)s;
+    const size_t n = (size_t)p->n_pairs;
+    float *D = malloc(sizeof(float) * n * I), *A = malloc(sizeof(float) * n * I);
+    float *G = malloc(sizeof(float) * (size_t)p->T * H), *B = NULL;
+    for (size_t i = 0; i < n * I; i++) D[i] = rd(dact, i), A[i] = rd(act, i);
+    for (size_t i = 0; i < (size_t)p->T * H; i++) G[i] = rd(dout, i);
+    if (bias) {
+        B = malloc(sizeof(float) * (size_t)p->E * H);
+        for (size_t i = 0; i < (size_t)p->E * H; i++) B[i] = rd(bias, i);
+    }
+    ot_moe_route_grad(dw, D, A, G, B, w, idx, p->perm, p->n_pairs, p->k, I, H);
+    free(D), free(A), free(G), free(B);
 }
 void ot_cuda_moe_unpermute_add(cudaStream_t s, ot_bf16 *dx, const ot_bf16 *dxp, const ot_cuda_moe_plan *p, int H) {
     (void)s;
@@ -885,7 +901,7 @@ void ot_cuda_moe_lora_fwd(cudaStream_t s, ot_bf16 *y, float *xa, const ot_bf16 *
         if (!n) continue;
         float *X = gather_rows(x, gather, p, e, in), *Y = zeros((size_t)n * out);
         ot_lora_fwd(Y, xa + (size_t)r0 * r, X, A + (size_t)e * r * in, B + (size_t)e * out * r, n, in, r, out, scale);
-        addbf(y + (size_t)r0 * out, Y, (size_t)n * out);
+        if (y) addbf(y + (size_t)r0 * out, Y, (size_t)n * out); // (NULL: xa only)
         free(X);
         free(Y);
     }
