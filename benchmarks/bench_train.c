@@ -32,7 +32,7 @@ typedef struct {
     const char *data;      // real pairs file (NULL: synthetic)
     int pack_tokens;       // real: tokens per step
     char targets[64];      // LoRA targets (ot_lora_parse_targets syntax, '+' for ',')
-    int recompute;         // 0, 1, or -1: decided as osstune-train --recompute auto does (under the limit)
+    int recompute;         // OT_RECOMPUTE_*, or -1: decided as osstune-train --recompute auto does (under the limit)
     uint64_t mem_limit;    // --gpu-memory-limit for this case (0: the card's own)
 } bench_case;
 
@@ -60,8 +60,9 @@ static void usage(FILE *f) {
             "                         data=FILE.h5, tokens=N   real pairs packed in file order into N-token steps,\n"
             "                                                  loss on the answers only\n"
             "                         targets=attn|attn+experts|...  LoRA targets (default attn = q,k,v,o)\n"
-            "                         recompute=0|1|auto       per-layer activation recomputation (default 0; auto:\n"
-            "                                                  as osstune-train decides, under mem= when given)\n"
+            "                         recompute=0|1|attention|auto  activation recomputation: none (default),\n"
+            "                                                  whole layers, the attention blocks, or as\n"
+            "                                                  osstune-train decides (under mem= when given)\n"
             "                         mem=SIZE                 plan and allocate as on a card of SIZE (24GiB, 16G):\n"
             "                                                  osstune-train --gpu-memory-limit\n"
             "  --lora-r N           LoRA rank (default 16)\n"
@@ -99,7 +100,11 @@ static int parse_case(bench_case *c, const char *spec) {
         else if (!strcmp(k, "seq")) c->seq = atoi(v);
         else if (!strcmp(k, "data")) c->data = strdup(v);
         else if (!strcmp(k, "tokens")) c->pack_tokens = atoi(v);
-        else if (!strcmp(k, "recompute")) c->recompute = !strcmp(v, "auto") ? -1 : atoi(v) != 0;
+        else if (!strcmp(k, "recompute"))
+            c->recompute = !strcmp(v, "auto")        ? -1
+                           : !strcmp(v, "attention") ? OT_RECOMPUTE_ATTENTION
+                           : atoi(v) != 0            ? OT_RECOMPUTE_ON
+                                                     : OT_RECOMPUTE_OFF;
         else if (!strcmp(k, "mem")) {
             if (ot_parse_size(v, &c->mem_limit)) {
                 fprintf(stderr, "bench_train: --case '%s': mem=%s is not a size (24GiB, 16G, ...)\n", spec, v);
@@ -290,6 +295,10 @@ static int cmp_double(const void *x, const void *y) {
     return a < b ? -1 : a > b;
 }
 
+static const char *recompute_word(int mode) {
+    return mode == OT_RECOMPUTE_ON ? "on" : mode == OT_RECOMPUTE_ATTENTION ? "attention" : "off";
+}
+
 static int cmp_part_desc(const void *a, const void *b) {
     const size_t x = ((const ot_cuda_mem_part *)a)->bytes, y = ((const ot_cuda_mem_part *)b)->bytes;
     return (x < y) - (x > y);
@@ -395,13 +404,13 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     char line[8192];
     int n = snprintf(line, sizeof line,
                      "{\"bench\": \"osstune\", \"case\": \"%s\", \"lora_targets\": \"%s\", \"lora_r\": %d, "
-                     "\"lora_params\": %zu, \"recompute\": %s, \"gpu_memory_limit_gib\": %.3f, \"data\": \"%s\", "
+                     "\"lora_params\": %zu, \"recompute\": \"%s\", \"gpu_memory_limit_gib\": %.3f, \"data\": \"%s\", "
                      "\"tokens_per_step\": %.1f, "
                      "\"targets_per_step\": %.1f, \"steps\": %d, \"step_ms_median\": %.2f, \"step_ms_mean\": %.2f, "
                      "\"tokens_per_s\": %.1f, \"mfu\": %.4f, \"peak_tflops\": %.0f, \"gflop_per_token\": %.2f, "
                      "\"peak_gpu_gib\": %.3f, \"model_gib\": %.3f, \"workspace_gib\": %.3f, \"pool_high_gib\": %.3f, "
                      "\"context_other_gib\": %.3f, \"loss_first\": %.4f, \"loss_last\": %.4f, \"breakdown_ms\": {",
-                     c->name, c->targets, o->lora_r, lo.n_params, ro.recompute ? "true" : "false", gib(c->mem_limit),
+                     c->name, c->targets, o->lora_r, lo.n_params, recompute_word(ro.recompute), gib(c->mem_limit),
                      c->data ? "pairs" : "synthetic", (double)tokens_timed / o->steps,
                      (double)targets_timed / o->steps, o->steps, median_ms, 1e3 * t_total / o->steps, tps, mfu,
                      o->peak_tflops, o->gflop_per_token, gib(used_peak), gib(cm->arena_bytes), gib(ctx_bytes),
@@ -438,7 +447,7 @@ static int run_case(const bench_opts *o, const bench_case *c, const ot_cuda_mode
     fprintf(stderr, "bench_train: %-14s %6.0f tokens/step  %8.1f ms/step  %8.0f tokens/s  MFU %5.1f%%  peak %6.2f GiB "
             "(model %.2f, workspace %.2f, pool high %.2f; recompute %s%s)\n", c->name,
             (double)tokens_timed / o->steps, median_ms, tps, 100 * mfu, gib(used_peak), gib(cm->arena_bytes),
-            gib(ctx_bytes), gib(pool_high), ro.recompute ? "on" : "off", limit);
+            gib(ctx_bytes), gib(pool_high), recompute_word(ro.recompute), limit);
     fprintf(stderr, "bench_train: %-14s workspace:", c->name);
     for (int i = 0; i < n_parts; i++)
         fprintf(stderr, " %s %.2f GiB%s", parts[i].name, gib(parts[i].bytes), i + 1 < n_parts ? "," : "\n");

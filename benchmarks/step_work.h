@@ -34,7 +34,8 @@ typedef struct {
 typedef struct {
     unsigned targets;   // LoRA targets, bit (1 << ot_lora_target) (formats/peft_adapter.h)
     int r;              // LoRA rank
-    int recompute;      // every layer's forward runs again before its backward
+    int recompute;      // 0: activations kept; 1: every layer's forward runs again before its backward; 2: its
+                        // attention block's only (OT_RECOMPUTE_* of trainer/graph/gptoss_cuda.h)
     size_t lora_params; // adapter parameters (the optimizer's work)
 } ot_step_shape;
 

@@ -54,6 +54,14 @@ int main(void) {
     ot_check_close("expert FLOPs recomputing / kept",
                    fabs(w2[OT_WORK_MOE_MATMUL].flop / w[OT_WORK_MOE_MATMUL].flop - 4.0 / 3), 1e-12);
     CHECK(w2[OT_WORK_LM_HEAD].flop == w[OT_WORK_LM_HEAD].flop, "the output head runs once either way");
+    //    Recomputing the attention blocks only: the expert products as with kept activations, attention's forward
+    //    twice (2 + 2.5 forwards' worth against 1 + 2.5).
+    s.recompute = 2;
+    ot_op_work w3[OT_WORK_N];
+    ot_step_work(&cfg, &b, &s, w3);
+    CHECK(w3[OT_WORK_MOE_MATMUL].flop == w[OT_WORK_MOE_MATMUL].flop, "attention recomputation: expert FLOPs changed");
+    ot_check_close("attention FLOPs recomputing the attention blocks / kept",
+                   fabs(w3[OT_WORK_ATTENTION].flop / w[OT_WORK_ATTENTION].flop - 4.5 / 3.5), 1e-12);
 
     // 3. The expert targets: their LoRA appears, proportional to the rank in FLOPs.
     s.recompute = 0;

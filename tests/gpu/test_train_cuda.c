@@ -183,9 +183,10 @@ static size_t part_bytes(const ot_cuda_mem_part *p, int n, const char *name) {
     return 0;
 }
 static void check_workspace_parts(const ot_model_config *cfg, int T, int n, int r) {
-    ot_cuda_mem_part keep[OT_CUDA_MEM_PARTS_MAX], rc[OT_CUDA_MEM_PARTS_MAX];
-    const int nk = ot_cuda_workspace_parts(cfg, T, n, r, 0, keep, OT_CUDA_MEM_PARTS_MAX);
-    const int nr = ot_cuda_workspace_parts(cfg, T, n, r, 1, rc, OT_CUDA_MEM_PARTS_MAX);
+    ot_cuda_mem_part keep[OT_CUDA_MEM_PARTS_MAX], rc[OT_CUDA_MEM_PARTS_MAX], ra[OT_CUDA_MEM_PARTS_MAX];
+    const int nk = ot_cuda_workspace_parts(cfg, T, n, r, OT_RECOMPUTE_OFF, keep, OT_CUDA_MEM_PARTS_MAX);
+    const int nr = ot_cuda_workspace_parts(cfg, T, n, r, OT_RECOMPUTE_ON, rc, OT_CUDA_MEM_PARTS_MAX);
+    const int na = ot_cuda_workspace_parts(cfg, T, n, r, OT_RECOMPUTE_ATTENTION, ra, OT_CUDA_MEM_PARTS_MAX);
     size_t sum = 0;
     for (int i = 0; i < nk; i++) sum += keep[i].bytes;
     CHECK(sum == ot_cuda_workspace_bytes(cfg, T, n, r, 0), "workspace parts add up to %zu bytes, the workspace is %zu",
@@ -202,6 +203,12 @@ static void check_workspace_parts(const ot_model_config *cfg, int T, int n, int 
           "the layer inputs are kept only without recomputation");
     CHECK(part_bytes(keep, nk, "kept LoRA xa") > 0 && part_bytes(keep, nk, "MoE plans") > 0,
           "the LoRA and MoE-plan parts are missing");
+    // recomputing the attention blocks: the MoE block kept per layer, one attention block for all
+    const size_t q = (size_t)T * cfg->num_attention_heads * cfg->head_dim * sizeof(ot_bf16);
+    CHECK(part_bytes(ra, na, "kept expert gate_up") == gu_keep && part_bytes(ra, na, "kept q") == 0 &&
+              part_bytes(keep, nk, "kept q") >= L * q && part_bytes(ra, na, "attention block (recomputed)") >= 2 * q &&
+              ot_cuda_workspace_bytes(cfg, T, n, r, OT_RECOMPUTE_ATTENTION) < ot_cuda_workspace_bytes(cfg, T, n, r, 0),
+          "recomputing the attention blocks: the parts do not keep the MoE blocks and share the attention block");
 }
 
 int main(int argc, char **argv) {
@@ -253,9 +260,11 @@ int main(int argc, char **argv) {
 
     check_workspace_parts(&m.cfg, b.T, b.n_targets, spec.r);
     ot_cpu_workspace *ws = ot_cpu_workspace_new();
-    ot_cuda_run_options keep = {.recompute = 0}, recompute = {.recompute = 1};
+    ot_cuda_run_options keep = {.recompute = OT_RECOMPUTE_OFF}, recompute = {.recompute = OT_RECOMPUTE_ON};
+    ot_cuda_run_options recompute_attention = {.recompute = OT_RECOMPUTE_ATTENTION};
     ot_cuda_ctx *ctx = ot_cuda_ctx_new(&cm, &lo, &keep, b.T, b.n_targets);
     ot_cuda_ctx *ctx_rc = ot_cuda_ctx_new(&cm, &lo, &recompute, b.T, b.n_targets);
+    ot_cuda_ctx *ctx_ra = ot_cuda_ctx_new(&cm, &lo, &recompute_attention, b.T, b.n_targets);
 
     // 1. logits
     float *lg_cpu = ot_malloc(sizeof(float) * (size_t)b.T * V), *lg_gpu = ot_malloc(sizeof(float) * (size_t)b.T * V);
@@ -288,6 +297,14 @@ int main(int argc, char **argv) {
     ot_check_close("LoRA gradients, recomputed vs kept activations", ot_rel_err_f32(g_rc, g_gpu, lo.n_params),
                    tol(TOL_RECOMPUTE_GRAD));
     ot_cuda_ctx_free(ctx_rc);
+    // ... and so does recomputing the attention blocks only
+    double loss_ra = gpu_loss_grads(ctx_ra, &b, g_rc, lo.n_params);
+    printf("info loss recomputing the attention blocks %.9f\n", loss_ra);
+    ot_check_close("loss, attention blocks recomputed vs kept", fabs(loss_ra - loss_gpu) / loss_gpu,
+                   tol(TOL_RECOMPUTE_LOSS));
+    ot_check_close("LoRA gradients, attention blocks recomputed vs kept", ot_rel_err_f32(g_rc, g_gpu, lo.n_params),
+                   tol(TOL_RECOMPUTE_GRAD));
+    ot_cuda_ctx_free(ctx_ra);
 
     // 5. the same training run on both
     if (steps > 0) compare_loss_curves(&m, &lo, &spec, ctx, &b, &rng, steps, ws);

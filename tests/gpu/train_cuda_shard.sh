@@ -2,7 +2,8 @@
 # osstune-train --backend cuda with the base weights sharded over the ranks (--shard-base on) against the same run
 # with every GPU holding the whole model (--shard-base off), on a tiny model whose vocabulary tables take several
 # gathered chunks:
-#   1. 2 ranks, 2 ranks with --recompute on (another order of the units), 1 rank: the adapter, the optimizer state and the validation loss of the sharded run equal those
+#   1. 2 ranks, 2 ranks with --recompute on and with --recompute attention (other orders of the units), 1 rank: the
+#      adapter, the optimizer state and the validation loss of the sharded run equal those
 #      of the unsharded run — byte for byte with EXACT=1 (the emulated runtime of tests/gpu/train_emu, where the
 #      head's block cuts do not change the arithmetic), else every step's loss and the validation loss within 1e-3
 #      relative (real GPUs: the head's online logsumexp is cut at the gathered chunks' edges too, fp32 rounding);
@@ -35,8 +36,9 @@ run() { # run NP SHARD DIR [extra args]
         --shard-base "$mode" "$@" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; fail "$np rank(s), --shard-base $mode $* failed"; }
 }
 failed=0
-# 2 ranks; 2 ranks recomputing each layer in backward (the units are used in another order); 1 rank
-for cfg in "2 off" "2 on" "1 off"; do
+# 2 ranks; 2 ranks recomputing each layer, or only its attention block, in backward (the units are used in other
+# orders); 1 rank
+for cfg in "2 off" "2 on" "2 attention" "1 off"; do
     set -- $cfg
     np=$1 rec=$2
     run "$np" off "$work/np$np-off" --recompute "$rec"

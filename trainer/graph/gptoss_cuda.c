@@ -84,7 +84,7 @@ struct ot_cuda_ctx {
     layer_acts *acts; // [L] (recompute: acts[0] is the one reused set)
     int n_acts;
     ot_bf16 **xin;    // [L + 1]: layer inputs, xin[L] = the final residual
-    int scratch_layer; // recompute: the layer whose activations acts[0] holds (-1: none)
+    int scratch_layer; // recomputing: the layer whose activations the shared set holds (-1: none)
     ot_bf16 *router_logits, *hf, *dx, *dxn, *dhf, *datt, *dq, *dk, *dv, *dbuf, *dact, *dgu, *dlogits;
     float *rstd_f, *dw;
     int split_ready;    // decoding: params_hl / params_c hold the split of the current parameters
@@ -169,10 +169,32 @@ static void *ws_take(ot_carve *w, ws_ledger *led, const char *name, size_t bytes
 #define F32(name, n) ((float *)ws_take(w, led, name, (size_t)(n) * sizeof(float)))
 #define I32(name, n) ((int32_t *)ws_take(w, led, name, (size_t)(n) * sizeof(int32_t)))
 
-// What the workspace holds: every layer's activations (training), one layer's set recomputed in backward, or
-// only what a forward needs (one set, the layers run in place on one residual buffer, no gradient buffers).
-enum { WS_KEEP = 0, WS_RECOMPUTE = 1, WS_FORWARD = 2 };
-static int ws_mode(const ot_cuda_run_options *o) { return o->forward_only ? WS_FORWARD : o->recompute ? WS_RECOMPUTE : WS_KEEP; }
+// What the workspace holds: every layer's activations (training), one layer's set recomputed in backward, every
+// layer's MoE block and one attention block recomputed in backward, or only what a forward needs (one set, the
+// layers run in place on one residual buffer, no gradient buffers).
+enum { WS_KEEP = 0, WS_RECOMPUTE = 1, WS_FORWARD = 2, WS_ATTENTION = 3 };
+static int ws_mode_of(int recompute) {
+    return recompute == OT_RECOMPUTE_ON ? WS_RECOMPUTE : recompute == OT_RECOMPUTE_ATTENTION ? WS_ATTENTION : WS_KEEP;
+}
+static int ws_mode(const ot_cuda_run_options *o) { return o->forward_only ? WS_FORWARD : ws_mode_of(o->recompute); }
+
+// The attention block's activations of a set: kept (names "kept ...") or, shared, the one set recomputation fills.
+static void carve_attention(ot_carve *w, ws_ledger *led, layer_acts *a, int shared, size_t T, size_t Q, size_t KV,
+                            size_t R, size_t H, size_t nh) {
+#define NAME(kept) (shared ? "attention block (recomputed)" : kept)
+    a->rstd1 = F32(NAME("kept norm statistics"), T);
+    a->q = BF(NAME("kept q"), T * Q);
+    a->k = BF(NAME("kept k, v"), T * KV);
+    a->v = BF(NAME("kept k, v"), T * KV);
+    if (R) {
+        a->xa_qkv = F32(NAME("kept LoRA xa"), T * 3 * R), a->xa_hl_qkv = BF(NAME("kept LoRA xa"), 2 * T * 3 * R);
+        a->xa_o = F32(NAME("kept LoRA xa"), T * R), a->xa_hl_o = BF(NAME("kept LoRA xa"), 2 * T * R);
+    }
+    a->att = BF(NAME("kept attention output"), T * Q);
+    a->lse = F32(NAME("kept norm statistics"), T * nh);
+    a->h = BF(NAME("kept residual h"), T * H);
+#undef NAME
+}
 
 // Lays the workspace out for T tokens and n targets (pointers stay NULL while measuring; led, when given, gets the
 // bytes by buffer: "kept ..." what each layer keeps for its backward, summed over the layers). Returns its bytes.
@@ -183,30 +205,30 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
                  K = cfg->num_experts_per_tok, I = cfg->intermediate_size, nh = cfg->num_attention_heads;
     const int L = cfg->num_hidden_layers;
     const size_t Tz = (size_t)T, P = Tz * K, R = (size_t)r;
-    const int recompute = mode != WS_KEEP, fwd = mode == WS_FORWARD;
-    const int n_sets = recompute ? 1 : L;
+    const int one_set = mode == WS_RECOMPUTE || mode == WS_FORWARD, fwd = mode == WS_FORWARD;
+    const int n_sets = one_set ? 1 : L;
     // shared by every set
     ot_bf16 *xn1 = BF("normed inputs", Tz * H), *xn2 = BF("normed inputs", Tz * H), *act = BF("SwiGLU output", P * I);
     ot_bf16 *y = BF("expert outputs", P * H);
+    layer_acts attention; // WS_ATTENTION: the one attention block every layer recomputes into
+    memset(&attention, 0, sizeof attention);
+    if (mode == WS_ATTENTION) carve_attention(w, led, &attention, 1, Tz, Q, KV, R, H, nh);
     for (int s = 0; s < n_sets; s++) {
         layer_acts tmp, *a = acts ? &acts[s] : &tmp;
         if (!acts) memset(&tmp, 0, sizeof tmp);
         ot_cuda_moe_plan keep = a->plan; // allocated separately (cudaMalloc inside the op library)
         memset(a, 0, sizeof *a);
         a->plan = keep;
-        if (!recompute) a->x = BF("kept layer input", Tz * H);
+        if (!one_set) a->x = BF("kept layer input", Tz * H);
         a->xn1 = xn1;
-        a->rstd1 = F32("kept norm statistics", Tz);
-        a->q = BF("kept q", Tz * Q);
-        a->k = BF("kept k, v", Tz * KV);
-        a->v = BF("kept k, v", Tz * KV);
-        if (R) {
-            a->xa_qkv = F32("kept LoRA xa", Tz * 3 * R), a->xa_hl_qkv = BF("kept LoRA xa", 2 * Tz * 3 * R);
-            a->xa_o = F32("kept LoRA xa", Tz * R), a->xa_hl_o = BF("kept LoRA xa", 2 * Tz * R);
+        if (mode == WS_ATTENTION) {
+            a->rstd1 = attention.rstd1, a->q = attention.q, a->k = attention.k, a->v = attention.v;
+            a->xa_qkv = attention.xa_qkv, a->xa_hl_qkv = attention.xa_hl_qkv;
+            a->xa_o = attention.xa_o, a->xa_hl_o = attention.xa_hl_o;
+            a->att = attention.att, a->lse = attention.lse, a->h = attention.h;
+        } else {
+            carve_attention(w, led, a, 0, Tz, Q, KV, R, H, nh);
         }
-        a->att = BF("kept attention output", Tz * Q);
-        a->lse = F32("kept norm statistics", Tz * nh);
-        a->h = BF("kept residual h", Tz * H);
         a->xn2 = xn2;
         a->rstd2 = F32("kept norm statistics", Tz);
         a->topk_idx = I32("kept routing", Tz * K);
@@ -218,11 +240,11 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
             a->xa_gu = F32("kept LoRA xa", P * R);
             a->xa_d = F32("kept LoRA xa", P * R);
         }
-        if (xin && !recompute) xin[s] = a->x;
+        if (xin && !one_set) xin[s] = a->x;
     }
     ot_bf16 *one = fwd ? BF("residual stream", Tz * H) : NULL; // forward only: every layer in place on one buffer
     for (int l = 0; l <= L; l++) {
-        ot_bf16 *p = fwd ? one : (recompute || l == L) ? BF("residual stream", Tz * H) : NULL;
+        ot_bf16 *p = fwd ? one : (one_set || l == L) ? BF("residual stream", Tz * H) : NULL;
         if (xin && p) xin[l] = p;
     }
     ot_bf16 *router_logits = BF("router logits", Tz * E), *hf = BF("final norm", Tz * H);
@@ -261,8 +283,9 @@ int ot_cuda_workspace_parts(const ot_model_config *cfg, int T, int n_targets, in
                             ot_cuda_mem_part *parts, int max_parts) {
     ws_ledger led = {parts, 0, max_parts};
     ot_carve w = {NULL, 0, WS_ALIGN};
-    ws_layout(&w, cfg, T, n_targets, r, recompute ? WS_RECOMPUTE : WS_KEEP, NULL, NULL, NULL, &led);
-    ledger_add(&led, "MoE plans", (size_t)(recompute ? 1 : cfg->num_hidden_layers) *
+    const int mode = ws_mode_of(recompute);
+    ws_layout(&w, cfg, T, n_targets, r, mode, NULL, NULL, NULL, &led);
+    ledger_add(&led, "MoE plans", (size_t)(mode == WS_RECOMPUTE ? 1 : cfg->num_hidden_layers) *
                                       ot_cuda_moe_plan_bytes(T, cfg->num_experts_per_tok, cfg->num_local_experts));
     // The largest temporaries the ops take from the pool, one op at a time: the output head's, the attention
     // backward's.
@@ -308,7 +331,7 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
     free_workspace(c);
     const ot_model_config *cfg = &c->m->cfg;
     const int L = cfg->num_hidden_layers;
-    c->n_acts = ws_mode(&c->opt) == WS_KEEP ? L : 1;
+    c->n_acts = ws_mode(&c->opt) == WS_KEEP || ws_mode(&c->opt) == WS_ATTENTION ? L : 1;
     c->acts = ot_calloc((size_t)c->n_acts, sizeof(layer_acts));
     c->xin = ot_calloc((size_t)L + 1, sizeof(ot_bf16 *));
     ot_carve measure = {NULL, 0, WS_ALIGN};
@@ -316,7 +339,8 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
     char what[96];
     ot_err e;
     snprintf(what, sizeof what, "the activation workspace for %d tokens", T);
-    if (ot_cuda_alloc(&c->ws, c->ws_bytes, what, c->opt.recompute ? NULL : "activation recomputation needs far less",
+    if (ot_cuda_alloc(&c->ws, c->ws_bytes, what,
+                      c->opt.recompute == OT_RECOMPUTE_ON ? NULL : "activation recomputation (--recompute on) needs less",
                       &e))
         ot_die("%s", e.msg);
     ot_carve place = {c->ws, 0, WS_ALIGN};
@@ -394,7 +418,7 @@ ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot
     ot_cuda_ctx *c = ot_calloc(1, sizeof *c);
     c->m = m;
     if (opt) c->opt = *opt;
-    if (c->opt.forward_only) c->opt.recompute = 1; // one activation set, the layers in place
+    if (c->opt.forward_only) c->opt.recompute = OT_RECOMPUTE_ON; // one activation set, the layers in place
     OT_CUDA_CHECK(cudaSetDevice(m->device));
     OT_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     ot_cuda_blas_init(&c->blas);
@@ -450,13 +474,18 @@ void ot_cuda_ctx_free(ot_cuda_ctx *c) {
 }
 
 int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, size_t more, int max_tokens, int max_targets) {
-    size_t need = ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, lo ? lo->r : 0, 0) + more;
-    need += (lo ? lo->n_params : 0) * 4 * sizeof(float); // parameters, gradients, two AdamW moments
+    size_t fixed = more + (lo ? lo->n_params : 0) * 4 * sizeof(float); // parameters, gradients, two AdamW moments
     if (lo) // compact copies: gradient products (2 × fp32), split parameters (2 × bf16), fp32 parameters
-        need += attention_lora_size(lo->slots, lo->n_layers, lo->r) * 4 * sizeof(float);
-    need += (size_t)1 << 30; // margin: cuBLAS workspaces, the pool's fragmentation, the CUDA context's growth
+        fixed += attention_lora_size(lo->slots, lo->n_layers, lo->r) * 4 * sizeof(float);
+    fixed += (size_t)1 << 30; // margin: cuBLAS workspaces, the pool's fragmentation, the CUDA context's growth
     OT_CUDA_CHECK(cudaSetDevice(m->device));
-    return need > ot_cuda_free_bytes(); // (under --gpu-memory-limit: as on a card of that size)
+    const size_t free_bytes = ot_cuda_free_bytes(); // (under --gpu-memory-limit: as on a card of that size)
+    const int r = lo ? lo->r : 0;
+    if (ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, r, OT_RECOMPUTE_OFF) + fixed <= free_bytes)
+        return OT_RECOMPUTE_OFF;
+    if (ot_cuda_workspace_bytes(&m->cfg, max_tokens, max_targets, r, OT_RECOMPUTE_ATTENTION) + fixed <= free_bytes)
+        return OT_RECOMPUTE_ATTENTION;
+    return OT_RECOMPUTE_ON;
 }
 
 size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c) {
@@ -593,18 +622,16 @@ static void lora_group_bwd(ot_cuda_ctx *c, int l, int t0, int t1, ot_bf16 *dx, o
 // Writes layer l's activations into a (a->x holds its input) and, when x_next is given (it may be a->x), its
 // output there. kv (decoding): the tokens' keys and values go into their sequences' cache rows, and attention
 // reads the cache instead of the batch.
-static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next, const dev_batch *d,
-                          const ot_cuda_kv_cache *kv) {
+// The attention block: h = x + o_proj(attention(rope(q, k), v)), q, k, v from RMSNorm(x).
+static void attention_block_forward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch *d,
+                                    const ot_cuda_kv_cache *kv) {
     const ot_model_config *cfg = &c->m->cfg;
     const ot_cuda_layer_weights *w = &c->m->layers[l];
     const int T = d->T, H = cfg->hidden_size, nh = cfg->num_attention_heads, nkv = cfg->num_key_value_heads,
-              D = cfg->head_dim, E = cfg->num_local_experts, K = cfg->num_experts_per_tok, I = cfg->intermediate_size;
+              D = cfg->head_dim;
     const int Q = nh * D, KV = nkv * D;
-    const size_t TH = (size_t)T * H;
     cudaStream_t s = c->stream;
     ot_cuda_shard_use(c->m, s, l, OT_SHARD_ATTENTION); // sharded base weights: gathered here (else nothing)
-
-    // attention block
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     ot_cuda_rmsnorm_fwd(s, a->xn1, a->rstd1, a->x, w->ln1_w, T, H, cfg->rms_norm_eps);
     projection_fwd(c, a->q, a->xn1, w->q_w, w->q_b, T, H, Q);
@@ -626,9 +653,17 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     projection_fwd(c, a->h, a->att, w->o_w, w->o_b, T, Q, H);
     lora_group_fwd(c, l, OT_LORA_O, OT_LORA_O, &a->h, a->xa_o, a->xa_hl_o, a->att, T, Q);
     mark(c, OT_CUDA_PROF_NORM_ROPE);
-    ot_cuda_add_bf16(s, a->h, a->x, TH);
+    ot_cuda_add_bf16(s, a->h, a->x, (size_t)T * H);
+}
 
-    // MoE block
+// The MoE block: x_next = h + combine(experts(RMSNorm(h))). x_next NULL: a recomputation for backward, which needs
+// neither the layer output nor the experts' outputs, so it stops at the SwiGLU (and the down adapter's xa).
+static void moe_block_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next, const dev_batch *d) {
+    const ot_model_config *cfg = &c->m->cfg;
+    const ot_cuda_layer_weights *w = &c->m->layers[l];
+    const int T = d->T, H = cfg->hidden_size, E = cfg->num_local_experts, K = cfg->num_experts_per_tok,
+              I = cfg->intermediate_size;
+    cudaStream_t s = c->stream;
     ot_cuda_shard_use(c->m, s, l, OT_SHARD_EXPERTS);
     ot_cuda_rmsnorm_fwd(s, a->xn2, a->rstd2, a->h, w->ln2_w, T, H, cfg->rms_norm_eps);
     mark(c, OT_CUDA_PROF_DENSE_MATMUL);
@@ -648,8 +683,8 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
     }
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_cuda_swiglu_fwd(s, act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
-    if (!x_next) { // recomputation for backward: no layer output (backward has it), so no expert outputs either
-        if (s_d) {     // only the down adapter's xa, which its backward reads
+    if (!x_next) {
+        if (s_d) { // only the down adapter's xa, which its backward reads
             mark(c, OT_CUDA_PROF_MOE_LORA);
             ot_cuda_moe_lora_fwd(s, NULL, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H,
                                  c->scale);
@@ -665,8 +700,14 @@ static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next,
         mark(c, OT_CUDA_PROF_MOE_ROUTING);
         ot_cuda_moe_combine_fwd(s, x_next, a->y, a->topk_w, &plan, H);
         mark(c, OT_CUDA_PROF_NORM_ROPE);
-        ot_cuda_add_bf16(s, x_next, a->h, TH);
+        ot_cuda_add_bf16(s, x_next, a->h, (size_t)T * H);
     }
+}
+
+static void layer_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_next, const dev_batch *d,
+                          const ot_cuda_kv_cache *kv) {
+    attention_block_forward(c, l, a, d, kv);
+    moe_block_forward(c, l, a, x_next, d);
 }
 
 // ---- one layer backward ---------------------------------------------------------------------------------------
@@ -686,8 +727,8 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
 #define G(f) (g ? g->f : NULL)
     // Kept activations: the shared xn1, xn2 and act hold a later layer's values; redo this layer's where a weight
     // gradient (LoRA, or the base in full training) reads them (input gradients do not) — act always, for the
-    // routing weights' gradient. Recomputing: the set holds layer l's.
-    const int redo = !c->opt.recompute;
+    // routing weights' gradient. Recomputing the whole layer: the set holds layer l's.
+    const int redo = c->opt.recompute != OT_RECOMPUTE_ON;
     ot_cuda_shard_use(c->m, s, l, OT_SHARD_EXPERTS); // sharded base weights: gathered here (else nothing)
     if (redo && (s_gu || g)) {
         mark(c, OT_CUDA_PROF_NORM_ROPE);
@@ -764,7 +805,7 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
 
 // The activation set layer l uses, with its input pointer in place.
 static layer_acts *acts_of(ot_cuda_ctx *c, int l) {
-    if (!c->opt.recompute) return &c->acts[l];
+    if (c->opt.recompute != OT_RECOMPUTE_ON) return &c->acts[l];
     c->acts[0].x = c->xin[l];
     return &c->acts[0];
 }
@@ -782,7 +823,7 @@ static void forward_layers(ot_cuda_ctx *c, const dev_batch *d) {
     if (c->m->shard) ot_cuda_shard_embed(c->m, c->stream, c->xin[0], d->ids, d->T);
     else ot_cuda_embedding_fwd(c->stream, c->xin[0], d->ids, c->m->embed, d->T, H, cfg->vocab_size);
     for (int l = 0; l < L; l++) layer_forward(c, l, acts_of(c, l), c->xin[l + 1], d, NULL);
-    c->scratch_layer = c->opt.recompute ? L - 1 : -1;
+    c->scratch_layer = c->opt.recompute != OT_RECOMPUTE_OFF ? L - 1 : -1; // what the shared set holds now
     mark(c, OT_CUDA_PROF_NORM_ROPE);
     ot_cuda_rmsnorm_fwd(c->stream, c->hf, c->rstd_f, c->xin[L], c->m->norm_w, d->T, H, cfg->rms_norm_eps);
 }
@@ -795,8 +836,10 @@ static void backward_layers(ot_cuda_ctx *c, const dev_batch *d) {
                         d->T, H);
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *a = acts_of(c, l);
-        if (c->opt.recompute && c->scratch_layer != l) {
-            layer_forward(c, l, a, NULL, d, NULL); // the same kernels on the same input: the same activations
+        if (c->opt.recompute != OT_RECOMPUTE_OFF && c->scratch_layer != l) {
+            // the same kernels on the same input: the same activations
+            if (c->opt.recompute == OT_RECOMPUTE_ON) layer_forward(c, l, a, NULL, d, NULL);
+            else attention_block_forward(c, l, a, d, NULL);
             c->scratch_layer = l;
         }
         layer_backward(c, l, a, d);
@@ -809,7 +852,9 @@ int ot_cuda_forward_backward(ot_cuda_ctx *c, const ot_batch *b, float grad_scale
     // Sharded base weights: the gathers are collective, so whether a backward runs must not depend on this rank's
     // targets, and a rank without tokens still makes its pass's gathers.
     const int sharded = c->m->shard != NULL;
-    if (sharded) ot_cuda_shard_begin_pass(c->m, backward && c->has_lora, c->opt.recompute);
+    if (sharded)
+        ot_cuda_shard_begin_pass(c->m, backward && c->has_lora, c->opt.recompute != OT_RECOMPUTE_OFF,
+                                 c->opt.recompute == OT_RECOMPUTE_ON);
     if (b->T == 0) {
         ot_cuda_shard_idle_pass(c->m, c->stream);
         ot_cuda_shard_end_pass(c->m);

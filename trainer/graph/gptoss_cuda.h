@@ -7,11 +7,19 @@
 // (ot_cuda_take_loss) or data must cross (parameter / gradient transfers).
 //
 // Memory (docs/cuda-backend.md, "training path", has the arithmetic): by default every layer keeps what its
-// backward needs except what one RMSNorm or SwiGLU pass gives back (98 KiB per token per layer on the 20b shape).
-// With `recompute` only each layer's input is kept (5.6 KiB per token per layer on the 20b) and backward runs the
-// layer's forward again first.
+// backward needs except what one RMSNorm or SwiGLU pass gives back and the experts' outputs (75 KiB per token per
+// layer on the 20b shape). With `recompute` on only each layer's input is kept (5.6 KiB per token per layer on the
+// 20b) and backward runs the layer's forward again first; with `recompute` attention the MoE block keeps its
+// activations (its products are the expensive ones) and backward runs only the attention block again (49 KiB).
 #ifndef OT_TRAINER_GPTOSS_CUDA_H
 #define OT_TRAINER_GPTOSS_CUDA_H
+
+// What backward finds of a layer's activations (ot_cuda_run_options.recompute; osstune-train --recompute).
+enum {
+    OT_RECOMPUTE_OFF = 0,      // all kept
+    OT_RECOMPUTE_ON = 1,       // the layer's input only; the whole layer's forward runs again before its backward
+    OT_RECOMPUTE_ATTENTION = 2 // the MoE block's kept; the attention block's forward runs again before its backward
+};
 
 #ifdef OT_HAVE_CUDA
 
@@ -20,7 +28,7 @@
 #include "trainer/model/model_cuda.h"
 
 typedef struct {
-    int recompute;    // keep only each layer's input in forward; recompute the layer before its backward
+    int recompute;    // OT_RECOMPUTE_OFF, _ON or _ATTENTION
     int profile;      // time the op classes below with CUDA events (a little slower; for benchmarks)
     int forward_only; // no backward: one activation set, the layers in place, no gradient buffers (logits, decoding)
 } ot_cuda_run_options;
@@ -48,8 +56,9 @@ ot_cuda_ctx *ot_cuda_ctx_new(const ot_cuda_model *m, const ot_lora *lo, const ot
                              int max_tokens, int max_targets);
 void ot_cuda_ctx_free(ot_cuda_ctx *c);
 
-// Device bytes the activation workspace takes for T tokens, n targets, LoRA rank r (0: none), with or without
-// recomputation (the MoE plan, lm-head and attention temporaries included; the model and LoRA state excluded).
+// Device bytes the activation workspace takes for T tokens, n targets, LoRA rank r (0: none), under the
+// recomputation mode `recompute` (the MoE plan, lm-head and attention temporaries included; the model and LoRA
+// state excluded).
 size_t ot_cuda_workspace_bytes(const ot_model_config *cfg, int T, int n_targets, int r, int recompute);
 // The same bytes by buffer, for memory reports: up to max_parts (name, bytes) pairs, names static strings ("kept
 // ..." for what every layer keeps for its backward, summed over the layers); returns how many. They add up to
@@ -63,9 +72,9 @@ int ot_cuda_workspace_parts(const ot_model_config *cfg, int T, int n_targets, in
                             ot_cuda_mem_part *parts, int max_parts);
 // Device bytes of the context's own allocations now (workspace + LoRA state), for memory reports.
 size_t ot_cuda_ctx_bytes(const ot_cuda_ctx *c);
-// 1 when keeping every layer's activations for batches of max_tokens would not fit in the device memory free now
-// (with the LoRA state, `more` bytes the caller is still to allocate, and a safety margin), so recomputation is
-// needed; 0 when it fits.
+// The recomputation that batches of max_tokens need in the device memory free now (with the LoRA state, `more` bytes
+// the caller is still to allocate, and a safety margin): OT_RECOMPUTE_OFF where every layer's activations fit,
+// else OT_RECOMPUTE_ATTENTION where the MoE blocks' fit, else OT_RECOMPUTE_ON.
 int ot_cuda_need_recompute(const ot_cuda_model *m, const ot_lora *lo, size_t more, int max_tokens, int max_targets);
 
 // ---- LoRA state transfers (synchronous) ------------------------------------------------------------------------

@@ -243,7 +243,7 @@ static void push_vocab(ot_cuda_shard *s, int unit) {
 }
 
 // The order of trainer/graph/gptoss_cuda.c's forward_layers, head and backward_layers.
-void ot_cuda_shard_begin_pass(const ot_cuda_model *m, int backward, int recompute) {
+void ot_cuda_shard_begin_pass(const ot_cuda_model *m, int backward, int redo_attention, int redo_experts) {
     ot_cuda_shard *s = m->shard;
     if (!s) return;
     if (s->next != s->n_order) ot_die("sharded GPU model: a pass began with %d unit uses of the last one left",
@@ -259,9 +259,9 @@ void ot_cuda_shard_begin_pass(const ot_cuda_model *m, int backward, int recomput
     if (!backward) return;
     push_vocab(s, s->lay.head_unit);
     for (int l = L - 1; l >= 0; l--) {
-        if (recompute && l != L - 1) { // the last layer's activations are still there after the forward
-            push(s, ot_shard_attention_unit(l), 0);
-            push(s, ot_shard_expert_unit(l), 0);
+        if (l != L - 1) { // the last layer's activations are still there after the forward
+            if (redo_attention) push(s, ot_shard_attention_unit(l), 0);
+            if (redo_experts) push(s, ot_shard_expert_unit(l), 0);
         }
         push(s, ot_shard_expert_unit(l), 0);
         push(s, ot_shard_attention_unit(l), 0);

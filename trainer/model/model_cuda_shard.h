@@ -42,9 +42,10 @@ void ot_cuda_shard_free(ot_cuda_shard *s); // NULL allowed; ot_cuda_model_free c
 // runtime of tests/gpu/train_emu. 0 on a real GPU (then sharding needs NCCL).
 int ot_cuda_memory_host_visible(int device);
 
-// The unit order of the next pass: `backward` (the head's gradient sweep and the layers in reverse), `recompute`
-// (each layer but the last run forward again before its backward). Both must agree on all ranks.
-void ot_cuda_shard_begin_pass(const ot_cuda_model *m, int backward, int recompute);
+// The unit order of the next pass: `backward` (the head's gradient sweep and the layers in reverse); before each
+// layer's backward but the last's, its attention block runs forward again when `redo_attention`, and its MoE block
+// too when `redo_experts` (the graph's recomputation modes). All must agree on all ranks.
+void ot_cuda_shard_begin_pass(const ot_cuda_model *m, int backward, int redo_attention, int redo_experts);
 // Layer l's attention (OT_SHARD_ATTENTION) or MoE (OT_SHARD_EXPERTS) weights, for the kernels queued next on
 // `stream`: m->layers[l]'s pointers of that part point into the gathered unit and the stream waits for its gather.
 void ot_cuda_shard_use(const ot_cuda_model *m, cudaStream_t stream, int l, ot_shard_part part);

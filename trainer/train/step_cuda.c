@@ -172,12 +172,14 @@ int ot_step_cuda_device(ot_step_engine *e, int *device, ot_comm **nccl, ot_err *
     return 0;
 }
 
-const char *ot_step_cuda_recompute_words(const ot_step_engine *e, int on, char *buf, size_t n) {
+const char *ot_step_cuda_recompute_words(const ot_step_engine *e, int mode, char *buf, size_t n) {
     char limit[64] = "", size[32];
     if (e->o->gpu_memory_limit)
         snprintf(limit, sizeof limit, ", for --gpu-memory-limit %s",
                  ot_format_size(size, sizeof size, e->o->gpu_memory_limit));
-    snprintf(buf, n, "%s%s%s%s", on ? "on" : "off", e->o->recompute < 0 ? " (auto" : "",
+    snprintf(buf, n, "%s%s%s%s",
+             mode == OT_RECOMPUTE_ON ? "on" : mode == OT_RECOMPUTE_ATTENTION ? "of the attention blocks" : "off",
+             e->o->recompute < 0 ? " (auto" : "",
              e->o->recompute < 0 ? limit : "", e->o->recompute < 0 ? ")" : "");
     return buf;
 }

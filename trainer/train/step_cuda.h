@@ -39,9 +39,10 @@ int ot_cuda_sum_ranks(ot_comm *host, ot_comm *nccl, int ordered, cudaStream_t st
 // then serves, *nccl stays NULL).
 struct ot_step_engine;
 int ot_step_cuda_device(struct ot_step_engine *e, int *device, ot_comm **nccl, ot_err *err);
-// "on" / "off", and how it was chosen when --recompute auto chose it: "on (auto, for --gpu-memory-limit 8.00 GiB)"
-// (into buf, returned), for the engines' start lines.
-const char *ot_step_cuda_recompute_words(const struct ot_step_engine *e, int on, char *buf, size_t n);
+// The recomputation mode (OT_RECOMPUTE_*) in words, "on", "off" or "of the attention blocks", and how it was chosen
+// when --recompute auto chose it: "on (auto, for --gpu-memory-limit 8.00 GiB)" (into buf, returned), for the
+// engines' start lines.
+const char *ot_step_cuda_recompute_words(const struct ot_step_engine *e, int mode, char *buf, size_t n);
 // The step engines' device_in_use (step.h).
 size_t ot_step_cuda_device_in_use(const struct ot_step_engine *e);
 

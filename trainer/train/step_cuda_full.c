@@ -126,7 +126,7 @@ static int cuda_full_start(ot_step_engine *e, int max_tokens, ot_err *err) {
         return -1;
     grad_views(f, m);
     // Activations: kept for every layer when they fit next to the state (the AdamW moments, 8 bytes per weight,
-    // are allocated with the optimizer below), else recomputed per layer in backward.
+    // are allocated with the optimizer below), else the MoE blocks' when those fit, else recomputed per layer.
     int recompute = e->o->recompute >= 0 ? e->o->recompute
                                           : ot_cuda_need_recompute(&f->cm, NULL, f->n * 2 * sizeof(float), max_tokens,
                                                                    max_tokens);

@@ -27,13 +27,15 @@ typedef struct {
 static int cuda_lora_start(ot_step_engine *e, int max_tokens, ot_err *err) {
     cuda_lora *g = e->impl;
     const ot_train_options *o = e->o;
-    // Keep every layer's activations when they fit; otherwise recompute each layer in backward.
+    // Keep every layer's activations when they fit; else the MoE blocks' when those fit; else only the layer inputs.
     ot_cuda_run_options ro = {0};
     ro.recompute = o->recompute >= 0 ? o->recompute : ot_cuda_need_recompute(&g->cm, &e->lo, 0, max_tokens, max_tokens);
-    if (e->sharded) { // recomputation changes the order of the gathers, which must be the same on every rank
-        int64_t r = ro.recompute, any = 0;
-        if (ot_comm_all_reduce(e->comm, &r, &any, 1, OT_COMM_I64, OT_COMM_MAX, err)) return -1;
-        ro.recompute = (int)any;
+    if (e->sharded) { // recomputation changes the order of the gathers, which must be the same on every rank: the
+                      // mode that keeps least, of all ranks' (ranked off < attention < on)
+        static const int by_rank[3] = {OT_RECOMPUTE_OFF, OT_RECOMPUTE_ATTENTION, OT_RECOMPUTE_ON};
+        int64_t mine = ro.recompute == OT_RECOMPUTE_ON ? 2 : ro.recompute == OT_RECOMPUTE_ATTENTION ? 1 : 0, most = 0;
+        if (ot_comm_all_reduce(e->comm, &mine, &most, 1, OT_COMM_I64, OT_COMM_MAX, err)) return -1;
+        ro.recompute = by_rank[most];
     }
     g->max_tokens = max_tokens;
     g->ctx = ot_cuda_ctx_new(&g->cm, &e->lo, &ro, max_tokens, max_tokens); // uploads lo.params (resumed or fresh)

@@ -1,4 +1,5 @@
 #include "trainer/train/train_options.h"
+#include "trainer/graph/gptoss_cuda.h" // OT_RECOMPUTE_*
 
 #include <errno.h>
 #include <float.h>
@@ -25,9 +26,12 @@ static void usage(FILE *f) {
         "  --steps N              optimizer steps in total (the LR schedule's length; at most 10^9)\n"
         "  --backend auto|cpu|cuda  compute backend (default auto: cuda when this build has CUDA and a GPU is\n"
         "                         visible, else cpu, the float32 reference)\n"
-        "  --recompute auto|on|off  GPU: keep only each layer's input and recompute the layer in backward\n"
-        "                         (default auto: only when keeping every activation would not fit; with --full\n"
-        "                         the fp32 masters, gradients and AdamW moments count against the memory too)\n"
+        "  --recompute auto|on|off|attention  GPU: on keeps only each layer's input and runs the layer forward again\n"
+        "                         before its backward; attention keeps the MoE block's activations and runs only the\n"
+        "                         attention block again (between the two in memory and in speed); off keeps all\n"
+        "                         (default auto: off when every activation fits, else attention when that fits, else\n"
+        "                         on; with --full the fp32 masters, gradients and AdamW moments count against the\n"
+        "                         memory too)\n"
         "  --gpu-memory-limit SIZE  GPU: run as on a card with SIZE of memory (e.g. 24GiB, 16G, 8000MiB): --recompute\n"
         "                         auto decides from it and an allocation past it fails with a message; counted as\n"
         "                         nvidia-smi counts (CUDA context and libraries included). Default: the card's own\n"
@@ -100,13 +104,17 @@ static int parse_int(const char *flag, const char *s, long lo, long hi, int *out
 }
 
 // One of three words: words[i] gives values[i]. The message lists the words in order ("auto, on or off").
-static int parse_choice(const char *flag, const char *s, const char *const words[3], const int values[3], int *out) {
-    for (int i = 0; i < 3; i++)
+// One of n words (n >= 2), as its value.
+static int parse_choice(const char *flag, const char *s, const char *const *words, const int *values, int n,
+                        int *out) {
+    for (int i = 0; i < n; i++)
         if (!strcmp(s, words[i])) {
             *out = values[i];
             return 0;
         }
-    fprintf(stderr, "osstune-train: %s must be %s, %s or %s, not '%s'\n", flag, words[0], words[1], words[2], s);
+    fprintf(stderr, "osstune-train: %s must be ", flag);
+    for (int i = 0; i < n; i++) fprintf(stderr, "%s%s", words[i], i + 2 < n ? ", " : i + 1 < n ? " or " : "");
+    fprintf(stderr, ", not '%s'\n", s);
     return -1;
 }
 
@@ -229,14 +237,17 @@ int ot_train_options_parse(ot_train_options *o, int argc, char **argv) {
         case O_EVAL_EVERY: if (parse_int("--eval-every", optarg, 0, MAX_STEPS, &o->eval_every)) return 2; break;
         case O_EVAL_SAMPLES: if (parse_long("--eval-samples", optarg, 0, 1L << 62, &o->eval_samples)) return 2; break;
         case O_RECOMPUTE:
-            if (parse_choice("--recompute", optarg, auto_on_off, auto_on_off_values, &o->recompute)) return 2;
+            if (parse_choice("--recompute", optarg, (const char *const[4]){"auto", "on", "off", "attention"},
+                             (const int[4]){-1, OT_RECOMPUTE_ON, OT_RECOMPUTE_OFF, OT_RECOMPUTE_ATTENTION}, 4,
+                             &o->recompute))
+                return 2;
             break;
         case O_SHARD:
-            if (parse_choice("--shard-base", optarg, auto_on_off, auto_on_off_values, &o->shard_base)) return 2;
+            if (parse_choice("--shard-base", optarg, auto_on_off, auto_on_off_values, 3, &o->shard_base)) return 2;
             break;
         case O_GRAD_REDUCE:
             if (parse_choice("--grad-reduce", optarg, (const char *const[3]){"auto", "nccl", "ordered"},
-                             (const int[3]){0, 1, 2}, &o->grad_reduce))
+                             (const int[3]){0, 1, 2}, 3, &o->grad_reduce))
                 return 2;
             break;
         case O_GPU_MEM:
