@@ -55,6 +55,24 @@ __device__ __forceinline__ void stage8(bf16 *dst, const bf16 *src, int valid, bo
 // Of a block's 32 ranks from j0, the 16-rank halves that hold any (the others are neither staged nor multiplied).
 __device__ __forceinline__ int rank_halves(int r, int j0) { return min(2, (r - j0 + 15) / 16); }
 
+// acc[2h], acc[2h+1] (8 ranks each) += A · B for the 16-rank halves h < halves and both parts of the split (hi,
+// lo): af is the warp's A fragment, B_at(part, h) the lane's ldmatrix address of that half's 16 k × 16 ranks, which
+// ldmatrix takes as ranks 0-7 × k 0-7 / 8-15, then ranks 8-15 (TRANS: B stored k-major, ranks contiguous).
+template <bool TRANS, typename BAt>
+__device__ __forceinline__ void mma_rank_halves(float (&acc)[4][4], const uint32_t af[4], int halves, BAt B_at) {
+#pragma unroll
+    for (int part = 0; part < 2; part++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            if (h >= halves) break;
+            uint32_t bf[4];
+            if constexpr (TRANS) ldmatrix_x4_trans(bf, B_at(part, h));
+            else ldmatrix_x4(bf, B_at(part, h));
+            mma_bf16_16816(acc[2 * h], af, bf[0], bf[1]);
+            mma_bf16_16816(acc[2 * h + 1], af, bf[2], bf[3]);
+        }
+}
+
 // ---- reductions to rank r along the rows ---------------------------------------------------------------------------
 // out[z][p, j] = alpha · Σ_{k in half z} act(p, k) · W_e[j][k], for the rows p of each plan tile (expert e);
 // act(p, k) = act[(rowmap ? rowmap[p] : p)·ld + k] bf16; W [E][r][K] bf16 hi, its lo part w_lo elements after.
@@ -130,18 +148,10 @@ __global__ void __launch_bounds__(ML_THREADS) moe_lora_rank_kernel(rank_args a) 
             // A: the warp's 16 rows × 16 k (matrices: rows 0-7 / 8-15 × k 0-7, then × k 8-15)
             uint32_t af[4];
             ldmatrix_x4(af, &xs[slot][16 * warp + (lane & 15)][16 * ks + 8 * (lane >> 4)]);
-#pragma unroll
-            for (int part = 0; part < 2; part++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    if (h >= halves) break;
-                    // B (k × rank) from W's rows (rank-major, k contiguous): ranks 0-7 × k 0-7 / 8-15, then 8-15
-                    uint32_t bf[4];
-                    ldmatrix_x4(bf, &ws[slot][part][16 * h + 8 * (lane >> 4) + (lane & 7)]
-                                       [16 * ks + 8 * ((lane >> 3) & 1)]);
-                    mma_bf16_16816(acc[2 * h], af, bf[0], bf[1]);
-                    mma_bf16_16816(acc[2 * h + 1], af, bf[2], bf[3]);
-                }
+            // B (k × rank) from W's rows (rank-major, k contiguous)
+            mma_rank_halves<false>(acc, af, halves, [&](int part, int h) {
+                return &ws[slot][part][16 * h + 8 * (lane >> 4) + (lane & 7)][16 * ks + 8 * ((lane >> 3) & 1)];
+            });
         }
     }
     cp_async_wait<0>();
@@ -243,19 +253,10 @@ __global__ void __launch_bounds__(ML_THREADS) moe_lora_grad_kernel(grad_args a) 
             // features 0-7 / 8-15 × rows 0-7, then × rows 8-15
             uint32_t af[4];
             ldmatrix_x4_trans(af, &xs[slot][16 * ks + (lane & 7) + 8 * (lane >> 4)][16 * warp + 8 * ((lane >> 3) & 1)]);
-#pragma unroll
-            for (int part = 0; part < 2; part++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    if (h >= halves) break;
-                    // B (row × rank) from u stored row-major (ranks contiguous): rows 0-7 / 8-15 × ranks 0-7, then
-                    // × ranks 8-15
-                    uint32_t bf[4];
-                    ldmatrix_x4_trans(bf, &us[slot][part][16 * ks + (lane & 7) + 8 * ((lane >> 3) & 1)]
-                                             [16 * h + 8 * (lane >> 4)]);
-                    mma_bf16_16816(acc[2 * h], af, bf[0], bf[1]);
-                    mma_bf16_16816(acc[2 * h + 1], af, bf[2], bf[3]);
-                }
+            // B (row × rank) from u stored row-major (ranks contiguous)
+            mma_rank_halves<true>(acc, af, halves, [&](int part, int h) {
+                return &us[slot][part][16 * ks + (lane & 7) + 8 * ((lane >> 3) & 1)][16 * h + 8 * (lane >> 4)];
+            });
         }
     }
     cp_async_wait<0>();
