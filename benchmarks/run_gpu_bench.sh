@@ -52,7 +52,8 @@ build() {
     exit 1
   fi
   grep -q "CUDA backend ON" "$WORK/cmake.log" || { echo "run_gpu_bench: cmake found no nvcc: no CUDA backend"; exit 1; }
-  cmake --build "$BUILD" -j"$(nproc)" --target bench_train bench_moe_gemm test_train_cuda test_ops_cuda test_decode_cuda \
+  cmake --build "$BUILD" -j"$(nproc)" --target bench_train bench_moe_gemm test_train_cuda test_ops_cuda \
+    test_decode_cuda \
     osstune-init-model osstune-prep osstune-train osstune-logits osstune-translate osstune-export \
     >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
   BIN=$ROOT/$BUILD/bin
@@ -64,7 +65,8 @@ if [ "${1:-}" = "--bundle" ]; then
   build
   DEST=$(mkdir -p "$2" && cd "$2" && pwd)
   mkdir -p "$DEST/bin" "$DEST/lib"
-  cp "$BIN"/bench_train "$BIN"/bench_moe_gemm "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/test_decode_cuda "$BIN"/osstune-* "$DEST/bin/"
+  cp "$BIN"/bench_train "$BIN"/bench_moe_gemm \
+    "$BIN"/test_train_cuda "$BIN"/test_ops_cuda "$BIN"/test_decode_cuda "$BIN"/osstune-* "$DEST/bin/"
   # every shared library the programs load, except glibc's, the C++ runtime's and CUDA's (the GPU machine's own)
   for p in "$DEST"/bin/*; do ldd "$p"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
     grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*|libnccl)\.so' |
@@ -151,7 +153,8 @@ for c in "${ALL_CASES[@]}"; do # CASES="a-attn c-attn ..." keeps only those (def
   if [ -z "${CASES:-}" ] || [[ " $CASES " == *" ${c%%:*} "* ]]; then CASE_ARGS+=(--case "$c"); fi
 done
 "$BIN/bench_train" --model "$MODEL" --warmup "$WARMUP" --steps "$STEPS" --profile-steps 2 --peak-tflops "$PEAK_TFLOPS" \
-  --peak-tbs "$PEAK_TBS" --json "$RES/osstune.jsonl" --dump-batches "$RES/batches" "${CASE_ARGS[@]}" 2>&1 | tee "$RES/osstune.log"
+  --peak-tbs "$PEAK_TBS" --json "$RES/osstune.jsonl" --dump-batches "$RES/batches" \
+  "${CASE_ARGS[@]}" 2>&1 | tee "$RES/osstune.log"
 bench_rc=${PIPESTATUS[0]}
 set -e
 [ "$bench_rc" = 0 ] || echo "run_gpu_bench: bench_train exited with status $bench_rc (see $RES/osstune.log)"

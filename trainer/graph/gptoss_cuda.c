@@ -339,9 +339,8 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
     char what[96];
     ot_err e;
     snprintf(what, sizeof what, "the activation workspace for %d tokens", T);
-    if (ot_cuda_alloc(&c->ws, c->ws_bytes, what,
-                      c->opt.recompute == OT_RECOMPUTE_ON ? NULL : "activation recomputation (--recompute on) needs less",
-                      &e))
+    const char *hint = c->opt.recompute == OT_RECOMPUTE_ON ? NULL : "--recompute on needs less";
+    if (ot_cuda_alloc(&c->ws, c->ws_bytes, what, hint, &e))
         ot_die("%s", e.msg);
     ot_carve place = {c->ws, 0, WS_ALIGN};
     ws_layout(&place, cfg, T, n, c->r, ws_mode(&c->opt), c->acts, c->xin, c, NULL);

@@ -14,7 +14,8 @@ typedef struct {
     const char *backend;        // "auto" (default: cuda when built with CUDA and a GPU is visible), "cpu", "cuda"
     int shard_base;             // FSDP sharding of the base weights: -1 auto (on when world > 1), 0 off, 1 on
     int grad_reduce;            // GPU, several ranks: 0 auto (= nccl), 1 nccl all-reduce on the device, 2 ordered host sum
-    int recompute;              // GPU activation recomputation: -1 auto (what fits), else OT_RECOMPUTE_* (0 off, 1 on, 2 attention)
+    int recompute;              // GPU activation recomputation: -1 auto (what fits), else OT_RECOMPUTE_* (0 off,
+                                // 1 on, 2 attention)
     uint64_t gpu_memory_limit;  // GPU: plan and allocate as on a card of this many bytes (0: the card's own)
     const char *resume;         // "auto" (default), "never", or a checkpoint directory
     const char *init_adapter;   // start from this PEFT adapter instead of PEFT's initialisation
