@@ -7,7 +7,7 @@
 #   2. test_train_cuda with bf16 storage, against the GPU bounds (how those bounds were set);
 #   3. tests/gpu/train_cuda_e2e.sh: osstune-train / osstune-logits --backend cuda against --backend cpu;
 #   4. tests/gpu/full_cuda_e2e.sh in exact mode: osstune-train --full --backend cuda against --backend cpu (and
-#      with --recompute on);
+#      with --recompute on and attention);
 #   5. tests/gpu/train_cuda_shard.sh with EXACT=1: mpirun -np 2 (and 1) osstune-train --backend cuda --shard-base on
 #      against --shard-base off, byte for byte. NCCL cannot run here, so the sharded model gathers through the MPI
 #      communicator: it may, because the emulated device memory is host memory (ot_cuda_memory_host_visible), and the
@@ -111,10 +111,13 @@ echo "== osstune-train --full: --backend cuda (emulated, fp32) against --backend
 EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=6 bash "$root/tests/gpu/full_cuda_e2e.sh" "$emu/bin" "$emu/full_e2e" \
     > "$emu/full_e2e.log" 2>&1 || { cat "$emu/full_e2e.log"; failed=1; }
 grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e.log"
-echo "== the same with activation recomputation on"
-EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=4 FULL_E2E_ARGS="--recompute on" bash "$root/tests/gpu/full_cuda_e2e.sh" \
-    "$emu/bin" "$emu/full_e2e_recompute" > "$emu/full_e2e_recompute.log" 2>&1 || { cat "$emu/full_e2e_recompute.log"; failed=1; }
-grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e_recompute.log"
+for rc in on attention; do
+echo "== the same with activation recomputation $rc"
+EMU_EXACT=1 FULL_E2E_EXACT=1 STEPS=4 FULL_E2E_ARGS="--recompute $rc" bash "$root/tests/gpu/full_cuda_e2e.sh" \
+    "$emu/bin" "$emu/full_e2e_recompute_$rc" > "$emu/full_e2e_recompute_$rc.log" 2>&1 ||
+    { cat "$emu/full_e2e_recompute_$rc.log"; failed=1; }
+grep -E "^(FAIL|info)|full_cuda_e2e:" "$emu/full_e2e_recompute_$rc.log"
+done
 fi
 if want shard; then
 echo "== osstune-train --backend cuda (emulated), base weights sharded over 2 and 1 ranks against unsharded"
