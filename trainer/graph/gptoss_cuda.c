@@ -177,6 +177,8 @@ static int ws_mode_of(int recompute) {
     return recompute == OT_RECOMPUTE_ON ? WS_RECOMPUTE : recompute == OT_RECOMPUTE_ATTENTION ? WS_ATTENTION : WS_KEEP;
 }
 static int ws_mode(const ot_cuda_run_options *o) { return o->forward_only ? WS_FORWARD : ws_mode_of(o->recompute); }
+// Whether the mode keeps one activation set (and MoE plan) that every layer reuses, rather than one per layer.
+static int ws_one_set(int mode) { return mode == WS_RECOMPUTE || mode == WS_FORWARD; }
 
 // The attention block's activations of a set: kept (names "kept ...") or, shared, the one set recomputation fills.
 static void carve_attention(ot_carve *w, ws_ledger *led, layer_acts *a, int shared, size_t T, size_t Q, size_t KV,
@@ -205,8 +207,7 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
                  K = cfg->num_experts_per_tok, I = cfg->intermediate_size, nh = cfg->num_attention_heads;
     const int L = cfg->num_hidden_layers;
     const size_t Tz = (size_t)T, P = Tz * K, R = (size_t)r;
-    const int one_set = mode == WS_RECOMPUTE || mode == WS_FORWARD, fwd = mode == WS_FORWARD;
-    const int n_sets = one_set ? 1 : L;
+    const int one_set = ws_one_set(mode), n_sets = one_set ? 1 : L, fwd = mode == WS_FORWARD;
     // shared by every set
     ot_bf16 *xn1 = BF("normed inputs", Tz * H), *xn2 = BF("normed inputs", Tz * H), *act = BF("SwiGLU output", P * I);
     ot_bf16 *y = BF("expert outputs", P * H);
@@ -285,7 +286,7 @@ int ot_cuda_workspace_parts(const ot_model_config *cfg, int T, int n_targets, in
     ot_carve w = {NULL, 0, WS_ALIGN};
     const int mode = ws_mode_of(recompute);
     ws_layout(&w, cfg, T, n_targets, r, mode, NULL, NULL, NULL, &led);
-    ledger_add(&led, "MoE plans", (size_t)(mode == WS_RECOMPUTE ? 1 : cfg->num_hidden_layers) *
+    ledger_add(&led, "MoE plans", (size_t)(ws_one_set(mode) ? 1 : cfg->num_hidden_layers) *
                                       ot_cuda_moe_plan_bytes(T, cfg->num_experts_per_tok, cfg->num_local_experts));
     // The largest temporaries the ops take from the pool, one op at a time: the output head's, the attention
     // backward's.
@@ -331,7 +332,7 @@ static void reserve(ot_cuda_ctx *c, int T, int n) {
     free_workspace(c);
     const ot_model_config *cfg = &c->m->cfg;
     const int L = cfg->num_hidden_layers;
-    c->n_acts = ws_mode(&c->opt) == WS_KEEP || ws_mode(&c->opt) == WS_ATTENTION ? L : 1;
+    c->n_acts = ws_one_set(ws_mode(&c->opt)) ? 1 : L;
     c->acts = ot_calloc((size_t)c->n_acts, sizeof(layer_acts));
     c->xin = ot_calloc((size_t)L + 1, sizeof(ot_bf16 *));
     ot_carve measure = {NULL, 0, WS_ALIGN};
