@@ -18,7 +18,8 @@
 #                                                    machine without the build dependencies (see below)
 # Environment: WORK (default /tmp/osstune-gpu-bench: model, data, logs), MODEL_DIR (default $WORK/gpt-oss-20b-random),
 #   TAIGI_DIR (the taigi pairs; default shared/data/taigi, then ../shared/data/taigi; else the bundled sample),
-#   BUILD (default build-gpu-bench), OSSTUNE_BUNDLE (a --bundle directory: use its programs, do not build),
+#   BUILD (default build-gpu-bench), OT_CUDA_ARCHS (what it builds for, default 90a; 80 for the A100 / RTX 4090
+#   code without wgmma, e.g. a second bundle run on the same H100 / H200), OSSTUNE_BUNDLE (a --bundle directory: use its programs, do not build),
 #   STEPS / WARMUP (our timed / warm-up steps, default 8 / 2), PEER_STEPS / PEER_WARMUP (default 5 / 3),
 #   CASES (the bench_train cases to run, e.g. "a-attn c-attn"; default all),
 #   PEAK_TFLOPS (default 989, H100 SXM dense bf16), PEAK_TBS (default 3.35, H100 SXM; H200: 4.8), SKIP_PEER=1,
@@ -38,13 +39,14 @@ PEER_STEPS=${PEER_STEPS:-5}
 PEER_WARMUP=${PEER_WARMUP:-3}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 PEAK_TBS=${PEAK_TBS:-3.35}
+ARCHS=${OT_CUDA_ARCHS:-90a}
 if [ -d /usr/local/cuda/bin ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
 say() { printf '\n== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 T_START=$(date +%s)
 
 build() {
-  say "build ($BUILD, sm_90a)"
-  if ! cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOT_CUDA_ARCHS=90a >"$WORK/cmake.log" 2>&1; then
+  say "build ($BUILD, archs $ARCHS)"
+  if ! cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOT_CUDA_ARCHS="$ARCHS" >"$WORK/cmake.log" 2>&1; then
     tail -20 "$WORK/cmake.log"
     echo "run_gpu_bench: cmake failed (log: $WORK/cmake.log). A GPU image without the build dependencies"
     echo "  (jansson, pcre2, protobuf-c, HDF5, MPI) cannot build osstune: run 'benchmarks/run_gpu_bench.sh --bundle DIR'"
