@@ -62,6 +62,12 @@ int ot_run_log_close(ot_run_log *r, ot_err *err); // -1: the metrics file did no
 int ot_run_step_done(ot_run_log *r, ot_train_state *st, const ot_batch *batch, const ot_data_cursor *after, double loss,
                      double grad_norm, float lr, int64_t stop_signal, int *stopping, ot_err *err);
 
+// After ot_run_step_done: -1 (err) when the most any rank's GPU has in use passed --gpu-memory-limit. The planned
+// buffers are refused at allocation; what CUDA allocates by itself afterwards (kernels' code loaded at first use,
+// the libraries' own buffers) is seen only here, and on the smaller card it would have failed the step. Every rank
+// sees the same figure, so the ranks fail together.
+int ot_run_check_gpu_limit(const ot_run_log *r, const ot_train_state *st, ot_err *err);
+
 // Validation (--eval-data) and checkpoints are due at this step: at the end, when stopping, or every N steps.
 int ot_run_eval_due(const ot_run_log *r, const ot_train_state *st, int stopping);
 int ot_run_save_due(const ot_run_log *r, const ot_train_state *st, int stopping);

@@ -200,6 +200,10 @@ int main(int argc, char **argv) {
         if (e->ops->device_in_use) log.gpu_in_use = e->ops->device_in_use(e);
         if (ot_run_step_done(&log, &st, &batch, &after, loss, gnorm, lr, g_stop_signal, &stopping, &err))
             FAIL("%s", err.msg);
+        if (ot_run_check_gpu_limit(&log, &st, &err)) {
+            failed_together = 1; // every rank saw the same figure
+            FAIL("%s", err.msg);
+        }
         if (eval_open && ot_run_eval_due(&log, &st, stopping)) {
             double eval_loss = 0, t_eval = ot_now_seconds();
             int64_t eval_targets = 0;
