@@ -2,7 +2,9 @@
 // do: a measurement program for choosing the design of kernels/cuda/moe_gemm.cu, not a test (the op test checks
 // the numbers). One MoE projection of the 20b shape (32 experts, top-4) on random MXFP4 weights, timed with CUDA
 // events (median of several repetitions):
-//   op        ot_cuda_moe_matmul_fwd / _bwd as the trainer calls them (the path OT_MOE_PATH or auto picks)
+//   op        ot_cuda_moe_matmul_fwd / _bwd as the trainer calls them (the path OT_MOE_PATH or auto picks);
+//             "+LoRA" the same with an expert LoRA of rank R expanded by the product (ot_cuda_moe_lora_term: in
+//             the fused kernels' epilogue), and what that adds
 //   library   the cuBLAS path (moe_gemm.cu): dequantize + product per expert, on lanes
 //   fused     the fused MXFP4 kernels (moe_mxfp4_gemm.cu), which read the 4-bit weights directly, products by
 //             mma.sync, then by wgmma (sm_90a builds on Hopper; n/a elsewhere); "agree" is ‖fused − library‖ /
@@ -13,9 +15,11 @@
 //   rounds    dequantize a slice of rows (forward) / columns (backward) of every expert into a scratch small
 //             enough for the L2 cache, then one grouped call over the slices, slice after slice, so that the bf16
 //             weights need never reach DRAM
-// Then the expert LoRA of both projections at rank R (ot_cuda_moe_lora_fwd / _bwd, moe_lora.cu): ms per call and
-// the rate at which it moves the bytes it cannot avoid (the activations it reads and the ones it rewrites), to
-// compare with the card's memory bandwidth.
+// Then the expert LoRA of both projections at rank R (ot_cuda_moe_lora_fwd / _bwd, moe_lora.cu), ms per call:
+// as the trainer calls it (xa; dxa, dA, dB — the product adds the expansion, timed in the "+LoRA" column above),
+// and with its own expansion pass (y += scale·xa·B_eᵀ, dx += dxa·A_e, which reads and rewrites the activation),
+// with the rate at which each moves the activation bytes it cannot avoid, to compare with the card's memory
+// bandwidth. The expert LoRA's share of a step is "+LoRA" plus the first; it was the product plus the second.
 //
 // usage: bench_moe_gemm [--tokens T] [--reps N] [--slice S] [--lora-r R]
 //        OT_MOE_PATH=library|fused|auto picks the path of the "op" column (auto by default)
@@ -92,12 +96,13 @@ typedef struct {
     bf16 *slice_buf[2];
     const void **dA, **dB; // device pointer arrays for the grouped calls
     void **dC;
+    const ot_cuda_moe_lora_term *lora; // run_op: the expert LoRA's expansion, or NULL
 } Bench;
 
 static void run_op(void *p, cudaStream_t s) {
     Bench *b = (Bench *)p;
-    if (b->fwd) ot_cuda_moe_matmul_fwd(s, (ot_bf16 *)b->y, (const ot_bf16 *)b->x, 0, &b->W, &b->plan);
-    else ot_cuda_moe_matmul_bwd(s, (ot_bf16 *)b->y, (const ot_bf16 *)b->x, &b->W, &b->plan, 0);
+    if (b->fwd) ot_cuda_moe_matmul_fwd(s, (ot_bf16 *)b->y, (const ot_bf16 *)b->x, 0, &b->W, &b->plan, b->lora);
+    else ot_cuda_moe_matmul_bwd(s, (ot_bf16 *)b->y, (const ot_bf16 *)b->x, &b->W, &b->plan, 0, b->lora);
 }
 
 static void run_library(void *p, cudaStream_t s) {
@@ -108,8 +113,8 @@ static void run_library(void *p, cudaStream_t s) {
 
 static void run_fused(void *p, cudaStream_t s) {
     Bench *b = (Bench *)p;
-    if (b->fwd) ot_cuda_moe_mxfp4_fwd(s, b->y, b->x, 0, &b->W, &b->plan);
-    else ot_cuda_moe_mxfp4_bwd(s, b->y, b->x, &b->W, &b->plan, 0);
+    if (b->fwd) ot_cuda_moe_mxfp4_fwd(s, b->y, b->x, 0, &b->W, &b->plan, NULL);
+    else ot_cuda_moe_mxfp4_bwd(s, b->y, b->x, &b->W, &b->plan, 0, NULL);
 }
 
 // ‖fused − library‖ / ‖library‖ over the outputs of one call each.
@@ -236,24 +241,26 @@ typedef struct {
     const ot_cuda_moe_plan *plan;
     int in, out, r, gather;
     bf16 *x, *y, *dy, *dx;
-    float *A, *B, *dA, *dB, *xa;
+    float *A, *B, *dA, *dB, *xa, *dxa;
+    int expand; // 1: with the expansion pass (y, dx); 0: as the trainer (xa; dxa for the product)
 } LoraBench;
 
 static void run_lora_fwd(void *ctx, cudaStream_t s) {
     LoraBench *b = (LoraBench *)ctx;
-    ot_cuda_moe_lora_fwd(s, (ot_bf16 *)b->y, b->xa, (const ot_bf16 *)b->x, b->gather, b->A, b->B, b->plan, b->in,
-                         b->r, b->out, 2.0f);
+    ot_cuda_moe_lora_fwd(s, b->expand ? (ot_bf16 *)b->y : NULL, b->xa, (const ot_bf16 *)b->x, b->gather, b->A, b->B,
+                         b->plan, b->in, b->r, b->out, 2.0f);
 }
 static void run_lora_bwd(void *ctx, cudaStream_t s) {
     LoraBench *b = (LoraBench *)ctx;
-    ot_cuda_moe_lora_bwd(s, (ot_bf16 *)b->dx, b->dA, b->dB, (const ot_bf16 *)b->dy, (const ot_bf16 *)b->x, b->gather,
-                         b->xa, b->A, b->B, b->plan, b->in, b->r, b->out, 2.0f);
+    ot_cuda_moe_lora_bwd(s, b->expand ? (ot_bf16 *)b->dx : NULL, b->expand ? NULL : b->dxa, b->dA, b->dB,
+                         (const ot_bf16 *)b->dy, (const ot_bf16 *)b->x, b->gather, b->xa, b->A, b->B, b->plan, b->in,
+                         b->r, b->out, 2.0f);
 }
 
 static void bench_lora(const ot_cuda_moe_plan *plan, int in, int out, int r, int gather, int T, int reps,
                        const char *name, cudaStream_t s) {
     const int n = plan->n_pairs, E = plan->E, xrows = gather ? T : n;
-    LoraBench b = {plan, in, out, r, gather, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    LoraBench b = {plan, in, out, r, gather, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     OT_CUDA_CHECK(cudaMalloc(&b.x, sizeof(bf16) * xrows * in));
     OT_CUDA_CHECK(cudaMalloc(&b.y, sizeof(bf16) * n * out));
     OT_CUDA_CHECK(cudaMalloc(&b.dy, sizeof(bf16) * n * out));
@@ -263,6 +270,7 @@ static void bench_lora(const ot_cuda_moe_plan *plan, int in, int out, int r, int
     OT_CUDA_CHECK(cudaMalloc(&b.dA, sizeof(float) * E * r * in));
     OT_CUDA_CHECK(cudaMalloc(&b.dB, sizeof(float) * E * out * r));
     OT_CUDA_CHECK(cudaMalloc(&b.xa, sizeof(float) * n * r));
+    OT_CUDA_CHECK(cudaMalloc(&b.dxa, sizeof(float) * n * r));
     { // small finite values everywhere (the timing does not depend on them; NaNs would only obscure a failure)
         std::vector<uint16_t> h((size_t)n * (in > out ? in : out));
         for (auto &v : h) v = ot_f32_to_bf16((float)rand() / RAND_MAX - 0.5f);
@@ -277,15 +285,19 @@ static void bench_lora(const ot_cuda_moe_plan *plan, int in, int out, int r, int
         OT_CUDA_CHECK(cudaMemset(b.dA, 0, sizeof(float) * E * r * in));
         OT_CUDA_CHECK(cudaMemset(b.dB, 0, sizeof(float) * E * out * r));
     }
-    const double t_fwd = time_variant(run_lora_fwd, &b, s, reps), t_bwd = time_variant(run_lora_bwd, &b, s, reps);
-    // unavoidable traffic: forward reads x and reads + writes y; backward reads dy (dB, dxa), x (dA) and reads +
-    // writes dx
-    const double fwd_bytes = 2.0 * n * (in + 2.0 * out), bwd_bytes = 2.0 * n * (out + 3.0 * in);
-    printf("expert LoRA r%-3d %-8s forward %7.3f ms (%5.2f TB/s) | backward %7.3f ms (%5.2f TB/s)\n", r, name, t_fwd,
-           fwd_bytes / t_fwd / 1e9, t_bwd, bwd_bytes / t_bwd / 1e9);
-    fflush(stdout);
+    for (b.expand = 0; b.expand <= 1; b.expand++) {
+        const double t_fwd = time_variant(run_lora_fwd, &b, s, reps), t_bwd = time_variant(run_lora_bwd, &b, s, reps);
+        // unavoidable traffic: forward reads x (and reads + writes y); backward reads dy (dB, dxa), x (dA) (and
+        // reads + writes dx)
+        const double fwd_bytes = 2.0 * n * (in + (b.expand ? 2.0 * out : 0.0));
+        const double bwd_bytes = 2.0 * n * (out + in + (b.expand ? 2.0 * in : 0.0));
+        printf("expert LoRA r%-3d %-8s %-26s forward %7.3f ms (%5.2f TB/s) | backward %7.3f ms (%5.2f TB/s)\n", r,
+               name, b.expand ? "with its expansion pass" : "as trained (no expansion)", t_fwd,
+               fwd_bytes / t_fwd / 1e9, t_bwd, bwd_bytes / t_bwd / 1e9);
+        fflush(stdout);
+    }
     cudaFree(b.x), cudaFree(b.y), cudaFree(b.dy), cudaFree(b.dx), cudaFree(b.A), cudaFree(b.B), cudaFree(b.dA);
-    cudaFree(b.dB), cudaFree(b.xa);
+    cudaFree(b.dB), cudaFree(b.xa), cudaFree(b.dxa);
 }
 
 int main(int argc, char **argv) {
@@ -374,15 +386,33 @@ int main(int argc, char **argv) {
         const double t_wg = wg ? time_variant(run_fused, &b, s, reps) : NAN;
         ot_cuda_moe_set_fused_wgmma(-1);
         double t_op = time_variant(run_op, &b, s, reps), t_dq = time_variant(run_dequant, &b, s, reps);
+        double t_op_lora = NAN; // with the expert LoRA's expansion: u [n, R] and B [E, N, R] or A [E, R, K]
+        if (lora_r > 0) {
+            float *u, *m;
+            const size_t n_u = (size_t)n * lora_r, n_m = (size_t)E * lora_r * (b.fwd ? b.N : b.K);
+            OT_CUDA_CHECK(cudaMalloc(&u, sizeof(float) * n_u));
+            OT_CUDA_CHECK(cudaMalloc(&m, sizeof(float) * n_m));
+            std::vector<float> h(n_u > n_m ? n_u : n_m);
+            for (auto &v : h) v = ((float)rand() / RAND_MAX - 0.5f) * 0.01f;
+            OT_CUDA_CHECK(cudaMemcpy(u, h.data(), sizeof(float) * n_u, cudaMemcpyHostToDevice));
+            OT_CUDA_CHECK(cudaMemcpy(m, h.data(), sizeof(float) * n_m, cudaMemcpyHostToDevice));
+            const ot_cuda_moe_lora_term term = {u, m, lora_r, 2.0f};
+            b.lora = &term;
+            t_op_lora = time_variant(run_op, &b, s, reps);
+            b.lora = NULL;
+            cudaFree(u), cudaFree(m);
+        }
         double t_lib = time_variant(run_library, &b, s, reps);
         double t_gemm = time_variant(run_gemm, &b, s, reps), t_grp = time_variant(run_grouped, &b, s, reps);
         double t_rnd = time_variant(run_rounds, &b, s, reps);
         double dq_bytes = E * per * (2.0 + 0.5 + 1.0 / 32);
-        printf("%-22s op %7.3f ms (%5.0f TFLOP/s) | library %7.3f ms (%5.0f) | fused mma.sync %7.3f ms (%5.0f) "
+        printf("%-22s op %7.3f ms (%5.0f TFLOP/s) | +LoRA r%d %7.3f ms (+%6.3f) | library %7.3f ms (%5.0f) | "
+               "fused mma.sync %7.3f ms (%5.0f) "
                "agree %.1e | fused wgmma %7.3f ms (%5.0f) agree %.1e | "
                "dequant %6.3f ms (%5.2f TB/s) | gemm %6.3f ms (%5.0f TFLOP/s) | grouped %6.3f ms (%5.0f) | "
                "rounds(slice %d) %6.3f ms (%5.0f)\n",
-               names[c], t_op, flop / t_op / 1e9, t_lib, flop / t_lib / 1e9, t_fused, flop / t_fused / 1e9, agree,
+               names[c], t_op, flop / t_op / 1e9, lora_r, t_op_lora, t_op_lora - t_op, t_lib, flop / t_lib / 1e9,
+               t_fused, flop / t_fused / 1e9, agree,
                t_wg, flop / t_wg / 1e9, agree_wg,
                t_dq, dq_bytes / t_dq / 1e9, t_gemm, flop / t_gemm / 1e9, t_grp, flop / t_grp / 1e9, slice, t_rnd,
                flop / t_rnd / 1e9);

@@ -28,6 +28,12 @@ typedef struct {
     size_t w_batch;
 } lora_row_groups;
 
+// The MoE plan's row tiles, each expert's W w_batch elements apart.
+static inline lora_row_groups lora_plan_groups(const ot_cuda_moe_plan *p, size_t w_batch) {
+    lora_row_groups g = {p->tile_expert, p->tile_row0, p->offsets, p->n_tiles, w_batch};
+    return g;
+}
+
 // y[t, o] = bf16(y[t, o] + scale · Σ_j u[t, j] · W(o, j)), j < r, u = u0 + u1 [T, r] fp32 with rows u_ld apart
 // (u1 may be NULL), W(o, j) = W[o·w_so + j·w_sj] fp32 (so B [out, r] and A [r, in] both serve without a
 // transpose), of the row's expert where `groups` is given (else one W for all rows). Also stores u itself in u_out

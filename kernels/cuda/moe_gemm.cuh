@@ -39,14 +39,37 @@ void ot_cuda_moe_gemm_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const o
 // The plan's offsets [E + 1] as ot_cuda_moe_plan_build left them on the host, checked (`op` names the caller).
 const int32_t *ot_cuda_moe_plan_host_offsets(const ot_cuda_moe_plan *p, const char *op);
 
-// The fused MXFP4 products for training-size calls (moe_mxfp4_gemm.cu): same contract again. They need MXFP4
-// weights whose rows and columns are multiples of 32, at most 256 experts, a 16-byte aligned input (x or dy) and
-// a 4-byte aligned output; ot_cuda_moe_mxfp4_fits says whether a call qualifies.
+// An expert LoRA's expansion (ot_cuda_moe_lora_term) as the products see it: out[p, c] += Σ_j (scale · u[p, j]) ·
+// m[e·m_batch + c·m_so + j·m_sj] for the output columns c of expert e's rows p. r = 0: no expansion.
+typedef struct {
+    const float *u, *m;
+    size_t m_so, m_sj, m_batch;
+    int r;
+    float scale;
+} moe_lora_expansion;
+
+// The term of a forward (bwd 0: m = B [E, rows, r]) or backward (m = A [E, r, cols]) product of expert matrices
+// [rows, cols]; NULL gives r = 0.
+static inline moe_lora_expansion moe_lora_expansion_of(const ot_cuda_moe_lora_term *t, int bwd, int rows, int cols,
+                                                       const char *op) {
+    moe_lora_expansion x = {NULL, NULL, 0, 0, 0, 0, 0.0f};
+    if (!t) return x;
+    OT_REQUIRE(t->u && t->adapter && t->r > 0, "%s: LoRA term without u, adapter or rank (r %d)", op, t->r);
+    x.u = t->u, x.m = t->adapter, x.r = t->r, x.scale = t->scale;
+    if (bwd) x.m_so = 1, x.m_sj = (size_t)cols, x.m_batch = (size_t)t->r * cols;
+    else x.m_so = (size_t)t->r, x.m_sj = 1, x.m_batch = (size_t)rows * t->r;
+    return x;
+}
+
+// The fused MXFP4 products for training-size calls (moe_mxfp4_gemm.cu): same contract again, the LoRA expansion
+// added in their epilogue. They need MXFP4 weights whose rows and columns are multiples of 32, at most 256
+// experts, a 16-byte aligned input (x or dy) and a 4-byte aligned output; ot_cuda_moe_mxfp4_fits says whether a
+// call qualifies.
 int ot_cuda_moe_mxfp4_fits(const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, const void *in,
                            const void *out);
 void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,
-                           const ot_cuda_moe_plan *p);
+                           const ot_cuda_moe_plan *p, const moe_lora_expansion *lora);
 void ot_cuda_moe_mxfp4_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
-                           const ot_cuda_moe_plan *p, int accumulate);
+                           const ot_cuda_moe_plan *p, int accumulate, const moe_lora_expansion *lora);
 
 #endif

@@ -14,7 +14,9 @@
 //    every run. The fp32 rank side (xa, dxa) is split into hi + lo.
 //  * Expansions from rank r (y += scale·xa·B_eᵀ, dx += dxa·A_e): lora.cu's expansion kernel with the plan's row
 //    groups, fp32 arithmetic and one read and one write of the bf16 activation; it also keeps xa (forward) and
-//    dxa's hi + lo split (backward) on the way.
+//    dxa's hi + lo split (backward) on the way. The training graph hands the expansion to the expert product instead
+//    (ot_cuda_moe_lora_term: y and dx_perm NULL here, xa and dxa handed over), whose fused MXFP4 kernels add it in
+//    their epilogue and so save that read and write of the activation.
 // hi + lo carries 16 of fp32's 24 significant bits and products and sums are fp32, so the results match the fp32
 // CPU twin (ot_lora_fwd / ot_lora_bwd per expert) to ~1e-5 relative (tests/gpu/test_ops_cuda.c checks 1e-4).
 //
@@ -296,22 +298,17 @@ __global__ void split_transposed_kernel(bf16 *hl, size_t n, const float *B, int 
     }
 }
 
-// xa = the two halves' partial sums, where no expansion follows to add them (a forward kept only for its xa).
-__global__ void sum_halves_kernel(float *xa, const float *h0, const float *h1, size_t n) {
+// u = the two halves' partial sums, where no expansion follows to add them (xa or dxa for a product that adds the
+// expansion itself, or a forward kept only for its xa).
+__global__ void sum_halves_kernel(float *u, const float *h0, const float *h1, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        xa[i] = h0[i] + h1[i];
+        u[i] = h0[i] + h1[i];
 }
 
 // ---- the layer ---------------------------------------------------------------------------------------------------
 static void check(const char *what, const ot_cuda_moe_plan *p, int in, int r, int out) {
     OT_REQUIRE(p && p->perm, "%s: plan not allocated (ot_cuda_moe_plan_alloc)", what);
     OT_REQUIRE(in > 0 && r > 0 && out > 0, "%s: bad sizes in %d r %d out %d", what, in, r, out);
-}
-
-// The plan's row tiles for the expansion, each expert's W w_batch elements apart.
-static lora_row_groups row_groups(const ot_cuda_moe_plan *p, size_t w_batch) {
-    lora_row_groups g = {p->tile_expert, p->tile_row0, p->offsets, p->n_tiles, w_batch};
-    return g;
 }
 
 void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, int gather, const float *A,
@@ -325,7 +322,7 @@ void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_b
     rank_reduce(stream, xa2, as_bf16(x), gather ? p->row_token : NULL, in, A_hl, nA, r, 1.0f, p);
     ot_cuda_tmp_free(A_hl, stream);
     if (y) { // y[p, out] += scale · xa_p · B_eᵀ   (B_e stored [out, r]), xa = xa2[0] + xa2[1] kept on the way
-        const lora_row_groups groups = row_groups(p, (size_t)out * r);
+        const lora_row_groups groups = lora_plan_groups(p, (size_t)out * r);
         lora_expand(stream, as_bf16(y), xa2, xa2 + nT, r, xa, NULL, B, r, 1, p->n_pairs, out, r, scale, &groups);
     } else if (xa) {
         sum_halves_kernel<<<ot_grid_for(nT, 256), 256, 0, stream>>>(xa, xa2, xa2 + nT, nT);
@@ -334,7 +331,7 @@ void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_b
     ot_cuda_tmp_free(xa2, stream);
 }
 
-void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, float *dB, const ot_bf16 *dy,
+void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dxa, float *dA, float *dB, const ot_bf16 *dy,
                           const ot_bf16 *x, int gather, const float *xa, const float *A, const float *B,
                           const ot_cuda_moe_plan *p, int in, int r, int out, float scale) {
     check("ot_cuda_moe_lora_bwd", p, in, r, out);
@@ -346,7 +343,7 @@ void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, floa
         rows_reduce(stream, dB, r, 1, as_bf16(dy), NULL, out, xa_hl, r, scale, p);
         ot_cuda_tmp_free(xa_hl, stream);
     }
-    if (!dA && !dx_perm) return;
+    if (!dA && !dx_perm && !dxa) return;
     // dxa2[z][p, r] = scale · dy_p · B_e over half z of `out`
     bf16 *Bt_hl = ot_cuda_tmp<bf16>(2 * nB, stream);
     split_transposed_kernel<<<ot_grid_for(nB, 256), 256, 0, stream>>>(Bt_hl, nB, B, out, r);
@@ -355,12 +352,16 @@ void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, floa
     rank_reduce(stream, dxa2, as_bf16(dy), NULL, out, Bt_hl, nB, r, scale, p);
     ot_cuda_tmp_free(Bt_hl, stream);
     bf16 *dxa_hl = dA ? ot_cuda_tmp<bf16>(2 * nT, stream) : NULL;
-    if (dx_perm) { // dx_perm[p, in] += dxa_p · A_e   (A_e stored [r, in]); dxa's split made on the way
-        const lora_row_groups groups = row_groups(p, (size_t)r * in);
-        lora_expand(stream, as_bf16(dx_perm), dxa2, dxa2 + nT, r, NULL, dxa_hl, A, 1, in, p->n_pairs, in, r, 1.0f,
+    if (dx_perm) { // dx_perm[p, in] += dxa_p · A_e   (A_e stored [r, in]); dxa and its split made on the way
+        const lora_row_groups groups = lora_plan_groups(p, (size_t)r * in);
+        lora_expand(stream, as_bf16(dx_perm), dxa2, dxa2 + nT, r, dxa, dxa_hl, A, 1, in, p->n_pairs, in, r, 1.0f,
                     &groups);
     } else {
-        lora_split_bf16_to(stream, dxa_hl, dxa2, dxa2 + nT, nT);
+        if (dxa_hl) lora_split_bf16_to(stream, dxa_hl, dxa2, dxa2 + nT, nT);
+        if (dxa) {
+            sum_halves_kernel<<<ot_grid_for(nT, 256), 256, 0, stream>>>(dxa, dxa2, dxa2 + nT, nT);
+            OT_LAUNCH_CHECK();
+        }
     }
     if (dA) { // dA_e[r, in] += Σ_{p of e} dxa[p]ᵀ x_p
         rows_reduce(stream, dA, 1, in, as_bf16(x), rows, in, dxa_hl, r, 1.0f, p);

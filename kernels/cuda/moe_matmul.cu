@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/lora.cuh"     // the LoRA expansion of the paths that do not fuse it
 #include "kernels/cuda/moe_gemm.cuh" // MXFP4 decode, the cuBLAS path, the fused MXFP4 kernels
 
 #include "kernels/ops.h" // OT_EXPERT_MXFP4, OT_EXPERT_DENSE
@@ -322,46 +323,60 @@ static MoeW moe_weight_args(const ot_cuda_expert_weight *W, const ot_cuda_moe_pl
     return w;
 }
 
+// The LoRA expansion in a pass of its own, after a product that does not add it (out [n_pairs, n]).
+static void lora_expansion_pass(cudaStream_t stream, bf16 *out, int n, const moe_lora_expansion *lr,
+                                const ot_cuda_moe_plan *p) {
+    if (!lr->r) return;
+    const lora_row_groups groups = lora_plan_groups(p, lr->m_batch);
+    lora_expand(stream, out, lr->u, NULL, lr->r, NULL, NULL, lr->m, lr->m_so, lr->m_sj, p->n_pairs, n, lr->r,
+                lr->scale, &groups);
+}
+
 void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
-                            const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p) {
+                            const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p,
+                            const ot_cuda_moe_lora_term *lora) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_fwd");
     OT_REQUIRE((uintptr_t)x % 16 == 0, "ot_cuda_moe_matmul_fwd: x must be 16-byte aligned");
+    const moe_lora_expansion lr = moe_lora_expansion_of(lora, 0, W->rows, W->cols, "ot_cuda_moe_matmul_fwd");
     if (use_mxfp4_kernels(W, p, x, y)) {
-        ot_cuda_moe_mxfp4_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p);
+        ot_cuda_moe_mxfp4_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p, &lr);
         return;
     }
     if (use_library(p)) {
         ot_cuda_moe_gemm_fwd(stream, as_bf16(y), as_bf16(x), gather, W, p);
-        return;
+    } else {
+        dim3 grid(ot_cdiv(w.rows, MM_BN), p->n_tiles);
+        const int32_t *rt = gather ? p->row_token : NULL;
+        if (W->kind == OT_EXPERT_MXFP4)
+            moe_matmul_fwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(y), as_bf16(x), rt, w, p->offsets,
+                                                                         p->tile_expert, p->tile_row0);
+        else
+            moe_matmul_fwd_kernel<false><<<grid, MM_THREADS, 0, stream>>>(as_bf16(y), as_bf16(x), rt, w, p->offsets,
+                                                                          p->tile_expert, p->tile_row0);
+        OT_LAUNCH_CHECK();
     }
-    dim3 grid(ot_cdiv(w.rows, MM_BN), p->n_tiles);
-    const int32_t *rt = gather ? p->row_token : NULL;
-    if (W->kind == OT_EXPERT_MXFP4)
-        moe_matmul_fwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(y), as_bf16(x), rt, w, p->offsets,
-                                                                     p->tile_expert, p->tile_row0);
-    else
-        moe_matmul_fwd_kernel<false><<<grid, MM_THREADS, 0, stream>>>(as_bf16(y), as_bf16(x), rt, w, p->offsets,
-                                                                      p->tile_expert, p->tile_row0);
-    OT_LAUNCH_CHECK();
+    lora_expansion_pass(stream, as_bf16(y), W->rows, &lr, p);
 }
 
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
-                            const ot_cuda_moe_plan *p, int accumulate) {
+                            const ot_cuda_moe_plan *p, int accumulate, const ot_cuda_moe_lora_term *lora) {
     MoeW w = moe_weight_args(W, p, "ot_cuda_moe_matmul_bwd");
+    const moe_lora_expansion lr = moe_lora_expansion_of(lora, 1, W->rows, W->cols, "ot_cuda_moe_matmul_bwd");
     if (use_mxfp4_kernels(W, p, dy, dx)) {
-        ot_cuda_moe_mxfp4_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate);
+        ot_cuda_moe_mxfp4_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate, &lr);
         return;
     }
     if (use_library(p)) {
         ot_cuda_moe_gemm_bwd(stream, as_bf16(dx), as_bf16(dy), W, p, accumulate);
-        return;
+    } else {
+        dim3 grid(ot_cdiv(w.cols, MM_BN), p->n_tiles);
+        if (W->kind == OT_EXPERT_MXFP4)
+            moe_matmul_bwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,
+                                                                         p->tile_expert, p->tile_row0, accumulate);
+        else
+            moe_matmul_bwd_kernel<false><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,
+                                                                          p->tile_expert, p->tile_row0, accumulate);
+        OT_LAUNCH_CHECK();
     }
-    dim3 grid(ot_cdiv(w.cols, MM_BN), p->n_tiles);
-    if (W->kind == OT_EXPERT_MXFP4)
-        moe_matmul_bwd_kernel<true><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,
-                                                                     p->tile_expert, p->tile_row0, accumulate);
-    else
-        moe_matmul_bwd_kernel<false><<<grid, MM_THREADS, 0, stream>>>(as_bf16(dx), as_bf16(dy), w, p->offsets,
-                                                                      p->tile_expert, p->tile_row0, accumulate);
-    OT_LAUNCH_CHECK();
+    lora_expansion_pass(stream, as_bf16(dx), W->cols, &lr, p);
 }

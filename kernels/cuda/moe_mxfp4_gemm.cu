@@ -5,6 +5,9 @@
 //   forward:   y[p, c]  = Σ_k x_p[k] · W_e[c, k] + b_e[c]        (reduction over K = cols of W, c < N = rows)
 //   backward:  dx[p, c] (+)= Σ_n dy[p, n] · W_e[n, c]           (reduction over N = rows of W, c < K = cols)
 //
+// each optionally with an expert LoRA's rank-r expansion added before the rounding (see "the LoRA expansion in
+// the epilogue" below).
+//
 // One block computes a tile of 128 rows (one expert's permuted rows) × 128 output columns with 4 warps on the
 // bf16 tensor cores (fp32 accumulators), stepping the reduction by BK = 64 where the reduction length allows it
 // (5% faster on an H200: half the barriers and loop overhead per product) or 32; two blocks share an SM. The
@@ -191,6 +194,40 @@ template <int ROW_BYTES> __device__ __forceinline__ int swz(int row, int chunk) 
     else return row * ROW_BYTES + ((chunk ^ (row & 7)) << 4);
 }
 
+// ---- the LoRA expansion in the epilogue ------------------------------------------------------------------------
+// Once the reduction is done the ring is free: the expansion's operands go there MX_LR_RC ranks at a time, as
+// us[j][row] = scale · u[p, j] (rows MX_BM + 1 apart: the staging writes, 16 or 32 ranks of a row, spread over the
+// banks) and ms[j][col] = m_e(c, j) (rows BN + 2 apart: 8-byte pairs, the staging writes of B's rank-contiguous
+// rows spread too). Each thread adds Σ_j us[j][row]·ms[j][col] to the fp32 accumulators it holds, before the one
+// rounding to bf16: the product's output crosses the memory bus once, where a separate expansion pass
+// (lora_expand) reads and rewrites it (most of the expert LoRA's time on an H200, benchmarks/RESULTS.md).
+#define MX_LR_RC 32
+#define MX_LR_US (MX_BM + 1)
+#define MX_LR_MS (128 + 2)
+static_assert(MX_LR_RC * (MX_LR_US + MX_LR_MS) * 4 <= 59392, "the expansion's staging fits the smallest ring");
+static_assert(MX_LR_RC * MX_LR_US % 2 == 0, "ms starts 8-byte aligned");
+
+// acc(a, b, i) += Σ_j<rc us[j][rows[a]] · ms[j][cols[b] + i] for the thread's NR rows and NC column pairs.
+template <int NR, int NC, typename Acc>
+__device__ __forceinline__ void mx_lora_accumulate(const float *us, const float *ms, int rc, const int *rows,
+                                                   const int *cols, Acc acc) {
+#pragma unroll 2
+    for (int j = 0; j < rc; j++) {
+        float u[NR];
+#pragma unroll
+        for (int a = 0; a < NR; a++) u[a] = us[j * MX_LR_US + rows[a]];
+#pragma unroll
+        for (int b = 0; b < NC; b++) {
+            const float2 m = *reinterpret_cast<const float2 *>(ms + j * MX_LR_MS + cols[b]);
+#pragma unroll
+            for (int a = 0; a < NR; a++) {
+                acc(a, b, 0) += u[a] * m.x;
+                acc(a, b, 1) += u[a] * m.y;
+            }
+        }
+    }
+}
+
 // ---- the products of one step --------------------------------------------------------------------------------
 // A warp's products for 32 of a step's reduction: its MT (1-4) 16-row fragments × 64 columns. All fragments of
 // both k16 slices are loaded first (ldmatrix.x4: 2 × MT for the activations, 2 × 4 for the weights), so their
@@ -243,7 +280,7 @@ __global__ void __launch_bounds__(MxCfg<BK>::THREADS, 2)
     moe_mxfp4_gemm_kernel(bf16 *out, const bf16 *__restrict__ act, const int32_t *__restrict__ row_token,
                           const uint8_t *__restrict__ blocks, const uint8_t *__restrict__ scales,
                           const bf16 *__restrict__ bias, int N, int K, int accumulate, int raw16,
-                          const int32_t *__restrict__ offsets, int E) {
+                          const int32_t *__restrict__ offsets, int E, moe_lora_expansion lora) {
     using C = MxCfg<BK>;
     static_assert(!WG || BK == 64, "the wgmma products take 64-wide steps");
     constexpr int GPS = C::GPS, STAGES = C::STAGES, CPR = C::CPR, KS = BK / 16, TH = C::THREADS;
@@ -456,8 +493,51 @@ __global__ void __launch_bounds__(MxCfg<BK>::THREADS, 2)
 #undef MX_SCALEP
 #undef MX_A
 
-    // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
     const int gi = lane >> 2, ti = lane & 3;
+    // The LoRA expansion, into the accumulators (see mx_lora_accumulate). Rows past the expert's end re-read its
+    // last row of u and columns past the matrix take zeros; neither is stored.
+    if (lora.r > 0) {
+        cp_async_wait<0>(); // (the ring's last groups are empty; nothing may land in it from here on)
+        float *us = reinterpret_cast<float *>(smem), *ms = us + MX_LR_RC * MX_LR_US;
+        const float *m_e = lora.m + (size_t)e * lora.m_batch;
+        for (int j0 = 0; j0 < lora.r; j0 += MX_LR_RC) {
+            const int rc = min(MX_LR_RC, lora.r - j0);
+            if (j0) __syncthreads(); // the last chunk's reads are done
+            for (int i = tid; i < MX_BM * rc; i += TH) { // consecutive threads: consecutive ranks of a row of u
+                const int row = i / rc, j = i % rc;
+                us[j * MX_LR_US + row] = lora.scale * lora.u[(size_t)min(m0 + row, m_end - 1) * lora.r + j0 + j];
+            }
+            for (int i = tid; i < C::BN * rc; i += TH) { // along whichever of m's dimensions is contiguous
+                int j, col;
+                if (lora.m_sj == 1) j = i % rc, col = i / rc;
+                else j = i / C::BN, col = i % C::BN;
+                const int c = c0 + col;
+                ms[j * MX_LR_MS + col] = c < ncols ? m_e[(size_t)c * lora.m_so + (size_t)(j0 + j) * lora.m_sj] : 0.0f;
+            }
+            __syncthreads();
+            if constexpr (WG) {
+                // rows a = 2·mh + h, column pairs b (the register layout of the stores below); the second 64 rows
+                // only where the tile has them
+                const int rows[4] = {16 * warp + gi, 16 * warp + gi + 8, 64 + 16 * warp + gi, 72 + 16 * warp + gi};
+                int cols[16];
+#pragma unroll
+                for (int b = 0; b < 16; b++) cols[b] = 8 * b + 2 * ti;
+                auto reg = [&](int a, int b, int i) -> float & { return accw[a >> 1][4 * b + 2 * (a & 1) + i]; };
+                if (upper_half) mx_lora_accumulate<4, 16>(us, ms, rc, rows, cols, reg);
+                else mx_lora_accumulate<2, 16>(us, ms, rc, rows, cols, reg);
+            } else if (warp_active) {
+                int rows[8], cols[8]; // rows a = 2·mt + half, column pairs b = nt
+#pragma unroll
+                for (int a = 0; a < 8; a++) rows[a] = wm * 64 + (a >> 1) * 16 + gi + (a & 1) * 8;
+#pragma unroll
+                for (int b = 0; b < 8; b++) cols[b] = wn * 64 + b * 8 + ti * 2;
+                auto reg = [&](int a, int b, int i) -> float & { return acc[a >> 1][b][2 * (a & 1) + i]; };
+                mx_lora_accumulate<8, 8>(us, ms, rc, rows, cols, reg);
+            }
+        }
+    }
+
+    // Epilogue: fp32 results (+ bias, + the old value) rounded once to bf16, stored as pairs where in range.
     const bf16 *b_e = bias ? bias + (size_t)e * N : NULL;
     auto store = [&](int row, int col, float v0, float v1) {
         if (row >= m_end || col >= ncols) return;
@@ -556,7 +636,8 @@ int ot_cuda_moe_set_fused_wgmma(int mode) {
 
 template <bool BWD, int BK, bool WG>
 static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
-                             const ot_cuda_expert_weight *W, int accumulate, const ot_cuda_moe_plan *p) {
+                             const ot_cuda_expert_weight *W, int accumulate, const ot_cuda_moe_plan *p,
+                             const moe_lora_expansion &lora) {
     const int ncols = BWD ? W->cols : W->rows;
     using C = MxCfg<BK>;
     OT_CUDA_CHECK(cudaFuncSetAttribute(moe_mxfp4_gemm_kernel<BWD, BK, WG>,
@@ -564,30 +645,32 @@ static void mx_launch_kernel(cudaStream_t stream, bf16 *out, const bf16 *act, co
     dim3 grid(ot_cdiv(ncols, C::BN), ot_cdiv(p->n_pairs, MX_BM) + p->E); // the most tiles a routing can make
     moe_mxfp4_gemm_kernel<BWD, BK, WG><<<grid, C::THREADS, C::SMEM_BYTES, stream>>>(
         out, act, row_token, W->blocks, W->scales, BWD ? NULL : as_bf16(W->bias), W->rows, W->cols, accumulate,
-        (uintptr_t)W->blocks % 16 == 0, p->offsets, p->E);
+        (uintptr_t)W->blocks % 16 == 0, p->offsets, p->E, lora);
     OT_LAUNCH_CHECK();
 }
 
 template <bool BWD>
 static void mx_launch(cudaStream_t stream, bf16 *out, const bf16 *act, const int32_t *row_token,
-                      const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate, const char *op) {
+                      const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p, int accumulate,
+                      const moe_lora_expansion *lora, const char *op) {
     OT_REQUIRE(ot_cuda_moe_mxfp4_fits(W, p, act, out), "%s: weights or buffers unfit for the MXFP4 kernels", op);
     if (p->n_pairs == 0) return;
+    const moe_lora_expansion none = {NULL, NULL, 0, 0, 0, 0, 0.0f}, &lr = lora ? *lora : none;
     if (g_wgmma < 0) ot_cuda_moe_set_fused_wgmma(-1);
     if (fused_bk(BWD ? W->rows : W->cols) == 32)
-        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, p);
+        mx_launch_kernel<BWD, 32, false>(stream, out, act, row_token, W, accumulate, p, lr);
     else if (g_wgmma)
-        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, p);
+        mx_launch_kernel<BWD, 64, true>(stream, out, act, row_token, W, accumulate, p, lr);
     else
-        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, p);
+        mx_launch_kernel<BWD, 64, false>(stream, out, act, row_token, W, accumulate, p, lr);
 }
 
 void ot_cuda_moe_mxfp4_fwd(cudaStream_t stream, bf16 *y, const bf16 *x, int gather, const ot_cuda_expert_weight *W,
-                           const ot_cuda_moe_plan *p) {
-    mx_launch<false>(stream, y, x, gather ? p->row_token : NULL, W, p, 0, "ot_cuda_moe_matmul_fwd");
+                           const ot_cuda_moe_plan *p, const moe_lora_expansion *lora) {
+    mx_launch<false>(stream, y, x, gather ? p->row_token : NULL, W, p, 0, lora, "ot_cuda_moe_matmul_fwd");
 }
 
 void ot_cuda_moe_mxfp4_bwd(cudaStream_t stream, bf16 *dx, const bf16 *dy, const ot_cuda_expert_weight *W,
-                           const ot_cuda_moe_plan *p, int accumulate) {
-    mx_launch<true>(stream, dx, dy, NULL, W, p, accumulate, "ot_cuda_moe_matmul_bwd");
+                           const ot_cuda_moe_plan *p, int accumulate, const moe_lora_expansion *lora) {
+    mx_launch<true>(stream, dx, dy, NULL, W, p, accumulate, lora, "ot_cuda_moe_matmul_bwd");
 }

@@ -242,11 +242,23 @@ typedef struct {
 // once), the experts spread over a few side streams. Below that (decoding): fused tensor-core kernels that
 // dequantize MXFP4 tiles in shared memory, 64 rows at a time. OT_MOE_PATH (kernels/cuda/moe_matmul.cu) or
 // ot_cuda_moe_set_path overrides the choice for MXFP4 weights.
+//
+// `lora` (NULL: none) adds the expansion of an expert LoRA to the output before it is rounded: y[p, n] +=
+// scale · Σ_j u[p, j] · B_e[n, j] forward, dx[p, k] += scale · Σ_j u[p, j] · A_e[j, k] backward (u = x_p·A_eᵀ kept
+// by ot_cuda_moe_lora_fwd, or dxa from ot_cuda_moe_lora_bwd). The fused MXFP4 kernels add it in their epilogue,
+// so the product's output crosses the memory bus once; the other paths add it in a pass of their own.
+typedef struct {
+    const float *u;       // [n_pairs, r] fp32
+    const float *adapter; // forward: B [E, rows, r]; backward: A [E, r, cols] (fp32, expert-major)
+    int r;
+    float scale;
+} ot_cuda_moe_lora_term;
 void ot_cuda_moe_matmul_fwd(cudaStream_t stream, ot_bf16 *y, const ot_bf16 *x, int gather,
-                            const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p);
+                            const ot_cuda_expert_weight *W, const ot_cuda_moe_plan *p,
+                            const ot_cuda_moe_lora_term *lora);
 // dx[p, :] (+)= dy[p, :] · W_e: dx [n_pairs, cols], dy [n_pairs, rows]; overwrites unless `accumulate`.
 void ot_cuda_moe_matmul_bwd(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
-                            const ot_cuda_moe_plan *p, int accumulate);
+                            const ot_cuda_moe_plan *p, int accumulate, const ot_cuda_moe_lora_term *lora);
 // Which implementation the two calls above use for MXFP4 weights, for every later call of the process (tests and
 // benchmarks; the default comes from the environment variable OT_MOE_PATH=auto|library|fused):
 //   AUTO     the fused MXFP4 kernels from 32 rows per expert on average, the small-call kernels below that;
@@ -287,12 +299,14 @@ void ot_cuda_moe_unpermute_add(cudaStream_t stream, ot_bf16 *dx, const ot_bf16 *
                                int H);
 // Expert LoRA on the permuted rows: y[p] += scale · (x_p · A_eᵀ) · B_eᵀ with A [E, r, in] and B [E, out, r] fp32
 // (expert-major; PEFT's ParamWrapper stores B expert-minor, the loader reorders); xa [n_pairs, r] fp32 saved.
-// x_p as in ot_cuda_moe_matmul_fwd (`gather`). y NULL: xa only (a recomputation that needs no output).
+// x_p as in ot_cuda_moe_matmul_fwd (`gather`). y NULL: xa only (a recomputation that needs no output, or a
+// product that adds the expansion itself: ot_cuda_moe_lora_term).
 void ot_cuda_moe_lora_fwd(cudaStream_t stream, ot_bf16 *y, float *xa, const ot_bf16 *x, int gather, const float *A,
                           const float *B, const ot_cuda_moe_plan *p, int in, int r, int out, float scale);
 // dx_perm[p] += dxa_p · A_e (dx_perm [n_pairs, in], permuted order), dA += dxaᵀ·x, dB += scale · dyᵀ·xa,
-// with dxa = scale · dy · B_e.
-void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dA, float *dB, const ot_bf16 *dy,
+// with dxa = scale · dy · B_e, stored in dxa [n_pairs, r] fp32 when given (for a product that adds dxa·A_e itself,
+// with dx_perm NULL). Each output may be NULL.
+void ot_cuda_moe_lora_bwd(cudaStream_t stream, ot_bf16 *dx_perm, float *dxa, float *dA, float *dB, const ot_bf16 *dy,
                           const ot_bf16 *x, int gather, const float *xa, const float *A, const float *B,
                           const ot_cuda_moe_plan *p, int in, int r, int out, float scale);
 

@@ -943,66 +943,101 @@ static void free_weight(test_weight *w) {
     if (w->d_dense) dfree(w->d_dense);
 }
 
+// dxa[p, j] = scale · Σ_o dy[p, o] · B_e[o, j] for every permuted row p (expert e), as ot_lora_bwd forms it.
+static float *moe_lora_dxa_ref(const float *dy, const float *B, const ref_plan *rp, int E, int out, int r,
+                               float scale) {
+    float *dxa = zeros_f((size_t)rp->offsets[E] * r);
+    for (int e = 0; e < E; e++)
+        for (int p = rp->offsets[e]; p < rp->offsets[e + 1]; p++)
+            for (int j = 0; j < r; j++) {
+                double acc = 0;
+                for (int o = 0; o < out; o++) acc += (double)dy[(size_t)p * out + o] * B[((size_t)e * out + o) * r + j];
+                dxa[(size_t)p * r + j] = (float)(scale * acc);
+            }
+    return dxa;
+}
+
 // The grouped product of one projection, forward (gathered token rows or already-permuted rows) and backward
 // (overwrite and accumulate), against ot_expert_matmul_* per expert group, with MXFP4 weights through `path`
-// (OT_CUDA_MOE_PATH_*: each implementation the op can choose).
+// (OT_CUDA_MOE_PATH_*: each implementation the op can choose). With r > 0, an expert LoRA of rank r is expanded
+// by the product (ot_cuda_moe_lora_term: u = xa forward, dxa backward), against ot_lora_fwd / ot_lora_bwd added to
+// the product per expert group as the CPU graph does.
 static void test_moe_matmul(const ot_cuda_moe_plan *plan, const ref_plan *rp, int kind, int rows, int cols,
-                            int path) {
+                            int path, int r) {
     int T = plan->T, k = plan->k, E = plan->E, n = plan->n_pairs;
-    char what[96];
+    const float scale = 1.5f;
+    char what[96], lname[24] = "";
     const char *kname = kind == OT_EXPERT_DENSE                 ? "dense"
                         : path == OT_CUDA_MOE_PATH_LIBRARY      ? "mxfp4/library"
                         : path == OT_CUDA_MOE_PATH_FUSED        ? "mxfp4/fused"
                                                                 : "mxfp4";
+    if (r) snprintf(lname, sizeof lname, " + LoRA r%d", r);
     ot_cuda_moe_set_path(path);
     test_weight w = make_weight(kind, E, rows, cols);
+    // the adapter: A [E, r, cols] (in = cols), B [E, rows, r] (out = rows)
+    float *A = r ? randn((size_t)E * r * cols, 1.0 / sqrt(cols)) : NULL;
+    float *B = r ? randn((size_t)E * rows * r, 0.2) : NULL;
+    float *A_d = r ? up_f32(A, (size_t)E * r * cols) : NULL, *B_d = r ? up_f32(B, (size_t)E * rows * r) : NULL;
     for (int gather = 1; gather >= 0; gather--) {
         int xrows = gather ? T : n;
         float *x = randn_bf16((size_t)xrows * cols, 1.0), *ref = zeros_f((size_t)n * rows);
+        float *xa = zeros_f((size_t)n * r + 1);
         for (int e = 0; e < E; e++) {
             int ne = rp->offsets[e + 1] - rp->offsets[e];
             float *xe = gather_rows(x, cols, rp, e, k, gather), *ye = zeros_f((size_t)ne * rows);
             float *be = w.bias + (size_t)e * rows;
             ot_expert_matmul_fwd(ye, xe, &w.cpu, e, be, ne);
+            if (r) ot_lora_fwd(ye, xa + (size_t)rp->offsets[e] * r, xe, A + (size_t)e * r * cols,
+                               B + (size_t)e * rows * r, ne, cols, r, rows, scale);
             scatter_rows(ref, ye, rows, rp, e);
             free(xe), free(ye);
         }
         ot_bf16 *x_d = up_bf16(x, (size_t)xrows * cols), *y_d = poison((size_t)n * rows * 2);
-        ot_cuda_moe_matmul_fwd(g_s, y_d, x_d, gather, &w.gpu, plan);
-        snprintf(what, sizeof(what), "moe_matmul_fwd %s [%d x %d]%s", kname, rows, cols, gather ? " gather" : "");
+        float *xa_d = r ? up_f32(xa, (size_t)n * r) : NULL;
+        const ot_cuda_moe_lora_term term = {xa_d, B_d, r, scale};
+        ot_cuda_moe_matmul_fwd(g_s, y_d, x_d, gather, &w.gpu, plan, r ? &term : NULL);
+        snprintf(what, sizeof(what), "moe_matmul_fwd %s [%d x %d]%s%s", kname, rows, cols, gather ? " gather" : "",
+                 lname);
         check_bf16(what, y_d, ref, (size_t)n * rows, TOL_BF16);
-        free(x), free(ref);
+        free(x), free(ref), free(xa);
         dfree(x_d), dfree(y_d);
+        if (xa_d) dfree(xa_d);
     }
     float *dy = randn_bf16((size_t)n * rows, 1.0), *grad = zeros_f((size_t)n * cols);
     for (int e = 0; e < E; e++) {
         int ne = rp->offsets[e + 1] - rp->offsets[e];
         float *dye = gather_rows(dy, rows, rp, e, k, 0), *dxe = zeros_f((size_t)ne * cols);
         ot_expert_matmul_bwd(dxe, dye, &w.cpu, e, ne);
+        if (r) ot_lora_bwd(dxe, NULL, NULL, dye, NULL, NULL, A + (size_t)e * r * cols, B + (size_t)e * rows * r, ne,
+                           cols, r, rows, scale);
         scatter_rows(grad, dxe, cols, rp, e);
         free(dye), free(dxe);
     }
+    float *dxa = r ? moe_lora_dxa_ref(dy, B, rp, E, rows, r, scale) : NULL;
+    float *dxa_d = r ? up_f32(dxa, (size_t)n * r) : NULL;
+    const ot_cuda_moe_lora_term term = {dxa_d, A_d, r, 1.0f}, *t = r ? &term : NULL;
     ot_bf16 *dy_d = up_bf16(dy, (size_t)n * rows), *dx_d = poison((size_t)n * cols * 2);
-    ot_cuda_moe_matmul_bwd(g_s, dx_d, dy_d, &w.gpu, plan, 0);
-    snprintf(what, sizeof(what), "moe_matmul_bwd %s [%d x %d] dx", kname, rows, cols);
+    ot_cuda_moe_matmul_bwd(g_s, dx_d, dy_d, &w.gpu, plan, 0, t);
+    snprintf(what, sizeof(what), "moe_matmul_bwd %s [%d x %d] dx%s", kname, rows, cols, lname);
     check_bf16(what, dx_d, grad, (size_t)n * cols, TOL_BF16);
     float *dx0 = init_like(grad, (size_t)n * cols, 1), *ref = plus(dx0, grad, (size_t)n * cols);
-    ot_bf16 *dxa_d = up_bf16(dx0, (size_t)n * cols);
-    ot_cuda_moe_matmul_bwd(g_s, dxa_d, dy_d, &w.gpu, plan, 1);
-    snprintf(what, sizeof(what), "moe_matmul_bwd %s [%d x %d] dx +=", kname, rows, cols);
-    check_bf16(what, dxa_d, ref, (size_t)n * cols, TOL_BF16);
+    ot_bf16 *dxacc_d = up_bf16(dx0, (size_t)n * cols);
+    ot_cuda_moe_matmul_bwd(g_s, dxacc_d, dy_d, &w.gpu, plan, 1, t);
+    snprintf(what, sizeof(what), "moe_matmul_bwd %s [%d x %d] dx +=%s", kname, rows, cols, lname);
+    check_bf16(what, dxacc_d, ref, (size_t)n * cols, TOL_BF16);
     expect_clean("moe_matmul");
-    free(dy), free(grad), free(dx0), free(ref);
-    dfree(dy_d), dfree(dx_d), dfree(dxa_d);
+    free(dy), free(grad), free(dx0), free(ref), free(A), free(B), free(dxa);
+    dfree(dy_d), dfree(dx_d), dfree(dxacc_d);
+    if (r) dfree(A_d), dfree(B_d), dfree(dxa_d);
     free_weight(&w);
     ot_cuda_moe_set_path(OT_CUDA_MOE_PATH_AUTO);
 }
 
 // Every MXFP4 implementation the op can choose for a plan (auto picks one of them by the rows per expert).
 static void test_moe_matmul_mxfp4_paths(const ot_cuda_moe_plan *plan, const ref_plan *rp, int rows, int cols) {
-    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_AUTO);
-    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_LIBRARY);
-    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_AUTO, 0);
+    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_LIBRARY, 0);
+    test_moe_matmul(plan, rp, OT_EXPERT_MXFP4, rows, cols, OT_CUDA_MOE_PATH_FUSED, 0);
 }
 
 // The fused kernels' MXFP4 decode, exactly: with one-hot activations each output is one weight, so the forward
@@ -1040,8 +1075,8 @@ static void test_moe_mxfp4_decode(const ot_cuda_moe_plan *plan, const ref_plan *
                 ref[(size_t)p * out + c] = bwd ? We[(size_t)hot * cols + c] : We[(size_t)c * cols + hot];
         }
         ot_bf16 *x_d = up_bf16(x, (size_t)n * in), *y_d = poison((size_t)n * out * 2);
-        if (bwd) ot_cuda_moe_matmul_bwd(g_s, y_d, x_d, &w.gpu, plan, 0);
-        else ot_cuda_moe_matmul_fwd(g_s, y_d, x_d, 0, &w.gpu, plan);
+        if (bwd) ot_cuda_moe_matmul_bwd(g_s, y_d, x_d, &w.gpu, plan, 0, NULL);
+        else ot_cuda_moe_matmul_fwd(g_s, y_d, x_d, 0, &w.gpu, plan, NULL);
         float *y = down_bf16(y_d, (size_t)n * out);
         size_t bad = 0;
         // by value: a weight −0 comes out +0 (its product plus the other products' +0)
@@ -1203,14 +1238,31 @@ static void test_moe_lora(const ot_cuda_moe_plan *plan, const ref_plan *rp, int 
     float *dB_ref = plus(dB0, gdB, (size_t)E * out * r);
     ot_bf16 *dy_d = up_bf16(dy, (size_t)n * out), *dx_d = up_bf16(dx0, (size_t)n * in);
     float *dA_d = up_f32(dA0, (size_t)E * r * in), *dB_d = up_f32(dB0, (size_t)E * out * r);
-    float *xa_ref_d = up_f32(xa, (size_t)n * r);
-    ot_cuda_moe_lora_bwd(g_s, dx_d, dA_d, dB_d, dy_d, x_d, gather, xa_ref_d, A_d, B_d, plan, in, r, out, scale);
+    float *xa_ref_d = up_f32(xa, (size_t)n * r), *dxa_d = poison((size_t)n * r * 4);
+    float *dxa_ref = moe_lora_dxa_ref(dy, B, rp, E, out, r, scale);
+    ot_cuda_moe_lora_bwd(g_s, dx_d, dxa_d, dA_d, dB_d, dy_d, x_d, gather, xa_ref_d, A_d, B_d, plan, in, r, out, scale);
     snprintf(what, sizeof(what), "moe_lora_bwd dx_perm%s", g);
     check_bf16(what, dx_d, dx_ref, (size_t)n * in, TOL_BF16);
+    snprintf(what, sizeof(what), "moe_lora_bwd dxa (fp32)%s", g);
+    check_f32(what, dxa_d, dxa_ref, (size_t)n * r, TOL_F32);
     snprintf(what, sizeof(what), "moe_lora_bwd dA (fp32)%s", g);
     check_f32(what, dA_d, dA_ref, (size_t)E * r * in, TOL_F32);
     snprintf(what, sizeof(what), "moe_lora_bwd dB (fp32)%s", g);
     check_f32(what, dB_d, dB_ref, (size_t)E * out * r, TOL_F32);
+    // without dx_perm (a product adds dxa·A_e): dxa and dA alone, then dxa alone
+    float *dxa2_d = poison((size_t)n * r * 4), *dA2_d = up_f32(dA0, (size_t)E * r * in);
+    ot_cuda_moe_lora_bwd(g_s, NULL, dxa2_d, dA2_d, NULL, dy_d, x_d, gather, xa_ref_d, A_d, B_d, plan, in, r, out,
+                         scale);
+    snprintf(what, sizeof(what), "moe_lora_bwd dxa without dx_perm%s", g);
+    check_f32(what, dxa2_d, dxa_ref, (size_t)n * r, TOL_F32);
+    snprintf(what, sizeof(what), "moe_lora_bwd dA without dx_perm%s", g);
+    check_f32(what, dA2_d, dA_ref, (size_t)E * r * in, TOL_F32);
+    float *dxa3_d = poison((size_t)n * r * 4);
+    ot_cuda_moe_lora_bwd(g_s, NULL, dxa3_d, NULL, NULL, dy_d, NULL, gather, NULL, A_d, B_d, plan, in, r, out, scale);
+    snprintf(what, sizeof(what), "moe_lora_bwd dxa alone%s", g);
+    check_f32(what, dxa3_d, dxa_ref, (size_t)n * r, TOL_F32);
+    free(dxa_ref);
+    dfree(dxa_d), dfree(dxa2_d), dfree(dA2_d), dfree(dxa3_d);
     expect_clean("moe_lora");
     free(x), free(A), free(B), free(gy), free(xa), free(y0), free(y_ref), free(dy), free(gdx), free(gdA), free(gdB);
     free(dx0), free(dA0), free(dB0), free(dx_ref), free(dA_ref), free(dB_ref);
@@ -1254,8 +1306,12 @@ static void test_moe(const sizes *z) {
     test_moe_matmul_mxfp4_paths(&plan, &rp, H, I);                           // down shape
     // Reductions of 9 (forward) and 6 (backward) steps of 32, longer than the fused kernels' 4-stage ring, and
     // partial column tiles (192 = 128 + 64, 288 = 2·128 + 32).
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED, 0);
     test_moe_mxfp4_decode(&plan, &rp);
+    // An expert LoRA's expansion added by the product: in the fused kernels' epilogue (auto, the default step and
+    // products), in a pass of its own after the library path.
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_AUTO, 16);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_LIBRARY, 16);
     // The fused kernels' 64-wide reduction step (where the reduction length is a multiple of 64; 32 elsewhere),
     // its products by mma.sync and (Hopper, sm_90a builds, and the emulator) by wgmma.
     ot_cuda_moe_set_fused_bk(64);
@@ -1266,22 +1322,27 @@ static void test_moe(const sizes *z) {
             continue;
         }
         printf("info fused MXFP4 kernels with a 64-wide step, products by %s:\n", wg ? "wgmma" : "mma.sync");
-        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
-        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
-        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED); // 7 and 4 steps of 64
-        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED); // forward 32, backward 64
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED, 0);
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED, 0);
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED, 0); // 7 and 4 steps of 64
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED, 0); // forward 32, backward 64
+        // the epilogue's expansion: two rank chunks of 32 (the second partial), partial column tiles
+        test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED, 40);
         test_moe_mxfp4_decode(&plan, &rp);
     }
     ot_cuda_moe_set_fused_wgmma(-1);
     ot_cuda_moe_set_fused_bk(32);
     printf("info fused MXFP4 kernels with a 32-wide step:\n");
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED, 0);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 256, 448, OT_CUDA_MOE_PATH_FUSED, 6);
     test_moe_mxfp4_decode(&plan, &rp);
     ot_cuda_moe_set_fused_bk(0);
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO); // rows not a multiple of 32:
-    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_FUSED); // never the fused kernels
-    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H, OT_CUDA_MOE_PATH_AUTO);
-    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO, 0); // rows not a multiple of 32:
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_FUSED, 0); // never the fused kernels
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 2 * I, H, OT_CUDA_MOE_PATH_AUTO, 0);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO, 0);
+    test_moe_matmul(&plan, &rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO, 8); // the expansion's own pass
+    test_moe_matmul(&plan, &rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO, 8);
     test_moe_weight_grad(&plan, &rp, 2 * I, H, 1); // gate_up: token rows gathered
     test_moe_weight_grad(&plan, &rp, H, I, 0);     // down: rows already permuted
     test_moe_weight_grad(&plan, &rp, 70, 45, 1);   // neither dimension a multiple of the 32 tile
@@ -1307,8 +1368,10 @@ static void test_moe(const sizes *z) {
     int Ts = 20, ks = k < 2 ? k : 2;
     test_plan small = make_test_plan(make_routes(Ts, E, ks), Ts, ks, E);
     test_moe_matmul_mxfp4_paths(&small.plan, &small.rp, 2 * I, H); // fused: single short tiles
-    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO);
-    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO);
+    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_MXFP4, 70, 96, OT_CUDA_MOE_PATH_AUTO, 0);
+    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_DENSE, 70, 96, OT_CUDA_MOE_PATH_AUTO, 0);
+    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_AUTO, 16); // own pass
+    test_moe_matmul(&small.plan, &small.rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED, 16); // epilogue
     free_test_plan(&small);
 
     // Skewed routing: expert 0 takes slot 0 of every token (two 128-row tiles of the fused kernels and a ragged
@@ -1328,9 +1391,11 @@ static void test_moe(const sizes *z) {
         }
     }
     test_plan skew = make_test_plan(idx_k, Tk, kk, Ek);
-    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED);
-    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED);
-    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED);
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED, 0);
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, H, I, OT_CUDA_MOE_PATH_FUSED, 0);
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 192, 288, OT_CUDA_MOE_PATH_FUSED, 0);
+    // the epilogue's expansion on ragged tiles, an expert without rows, tiles of under 64 rows
+    test_moe_matmul(&skew.plan, &skew.rp, OT_EXPERT_MXFP4, 2 * I, H, OT_CUDA_MOE_PATH_FUSED, 16);
     free_test_plan(&skew);
 }
 

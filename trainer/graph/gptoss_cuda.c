@@ -87,6 +87,7 @@ struct ot_cuda_ctx {
     int scratch_layer; // recomputing: the layer whose activations the shared set holds (-1: none)
     ot_bf16 *router_logits, *hf, *dx, *dxn, *dhf, *datt, *dq, *dk, *dv, *dbuf, *dact, *dgu, *dlogits;
     float *rstd_f, *dw;
+    float *dxa;         // [P, r]: an expert adapter's dxa, handed from its backward to the product that expands it
     int split_ready;    // decoding: params_hl / params_c hold the split of the current parameters
     int32_t *batch_dev; // ids | pos | seg_start | tgt_pos | tgt_label for the current batch
     int32_t *batch_host; // pinned staging of the same
@@ -255,6 +256,7 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
     ot_bf16 *dbuf = GRAD_BF(P * H), *dact = GRAD_BF(P * I), *dgu = GRAD_BF(P * 2 * I), *dlogits = GRAD_BF(Tz * E);
 #undef GRAD_BF
     float *rstd_f = F32("final norm", Tz), *dw = fwd ? NULL : F32("gradients", Tz * K);
+    float *dxa = fwd || !R ? NULL : F32("gradients", P * R);
     int32_t *batch_dev = I32("batch", 3 * Tz + 2 * (size_t)n);
     if (c) {
         c->router_logits = router_logits;
@@ -272,6 +274,7 @@ static size_t ws_layout(ot_carve *w, const ot_model_config *cfg, int T, int n, i
         c->dlogits = dlogits;
         c->rstd_f = rstd_f;
         c->dw = dw;
+        c->dxa = dxa;
         c->batch_dev = batch_dev;
     }
     return w->off;
@@ -674,29 +677,25 @@ static void moe_block_forward(ot_cuda_ctx *c, int l, layer_acts *a, ot_bf16 *x_n
     ot_cuda_moe_plan_build(s, &plan, a->topk_idx);
     const ot_lora_slot *s_gu = slot_of(c, l, OT_LORA_GATE_UP), *s_d = slot_of(c, l, OT_LORA_DOWN);
     ot_bf16 *act = a->act;
-    mark(c, OT_CUDA_PROF_MOE_MATMUL);
-    ot_cuda_moe_matmul_fwd(s, a->gu, a->xn2, 1, &w->gate_up, &plan);
+    // Each expert adapter: xa here (kept for the backward), its expansion scale·xa·B_eᵀ added by the product.
     if (s_gu) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
-        ot_cuda_moe_lora_fwd(s, a->gu, a->xa_gu, a->xn2, 1, lora_A(c, s_gu), lora_B(c, s_gu), &plan, H, c->r, 2 * I,
+        ot_cuda_moe_lora_fwd(s, NULL, a->xa_gu, a->xn2, 1, lora_A(c, s_gu), lora_B(c, s_gu), &plan, H, c->r, 2 * I,
                              c->scale);
     }
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    const ot_cuda_moe_lora_term t_gu = {a->xa_gu, s_gu ? lora_B(c, s_gu) : NULL, c->r, c->scale};
+    ot_cuda_moe_matmul_fwd(s, a->gu, a->xn2, 1, &w->gate_up, &plan, s_gu ? &t_gu : NULL);
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_cuda_swiglu_fwd(s, act, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
-    if (!x_next) {
-        if (s_d) { // only the down adapter's xa, which its backward reads
-            mark(c, OT_CUDA_PROF_MOE_LORA);
-            ot_cuda_moe_lora_fwd(s, NULL, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H,
-                                 c->scale);
-        }
-    } else {
+    if (s_d) { // (without x_next, only this xa: the backward reads it)
+        mark(c, OT_CUDA_PROF_MOE_LORA);
+        ot_cuda_moe_lora_fwd(s, NULL, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H, c->scale);
+    }
+    if (x_next) {
         mark(c, OT_CUDA_PROF_MOE_MATMUL);
-        ot_cuda_moe_matmul_fwd(s, a->y, act, 0, &w->down, &plan);
-        if (s_d) {
-            mark(c, OT_CUDA_PROF_MOE_LORA);
-            ot_cuda_moe_lora_fwd(s, a->y, a->xa_d, act, 0, lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H,
-                                 c->scale);
-        }
+        const ot_cuda_moe_lora_term t_d = {a->xa_d, s_d ? lora_B(c, s_d) : NULL, c->r, c->scale};
+        ot_cuda_moe_matmul_fwd(s, a->y, act, 0, &w->down, &plan, s_d ? &t_d : NULL);
         mark(c, OT_CUDA_PROF_MOE_ROUTING);
         ot_cuda_moe_combine_fwd(s, x_next, a->y, a->topk_w, &plan, H);
         mark(c, OT_CUDA_PROF_NORM_ROPE);
@@ -746,27 +745,30 @@ static void layer_backward(ot_cuda_ctx *c, int l, layer_acts *a, const dev_batch
     ot_bf16 *dY = c->dbuf; // [P, H]; reused for the permuted input gradient once dY is consumed
     ot_cuda_moe_combine_bwd(s, dY, NULL, c->dx, NULL, a->topk_w, &plan, H); // dw below, from dact
 
-    mark(c, OT_CUDA_PROF_MOE_MATMUL);
-    ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0);
-    if (g) ot_cuda_moe_matmul_bwd_weight(s, g->down, g->down_b, dY, a->act, 0, &w->down, &plan);
+    // Each expert adapter: its gradients and dxa here, the expansion dxa·A_e added by the input gradient's product.
     if (s_d) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
-        ot_cuda_moe_lora_bwd(s, c->dact, lora_dA(c, s_d), lora_dB(c, s_d), dY, a->act, 0, a->xa_d, lora_A(c, s_d),
-                             lora_B(c, s_d), &plan, I, c->r, H, c->scale);
+        ot_cuda_moe_lora_bwd(s, NULL, c->dxa, lora_dA(c, s_d), lora_dB(c, s_d), dY, a->act, 0, a->xa_d,
+                             lora_A(c, s_d), lora_B(c, s_d), &plan, I, c->r, H, c->scale);
     }
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    const ot_cuda_moe_lora_term t_d = {c->dxa, s_d ? lora_A(c, s_d) : NULL, c->r, 1.0f};
+    ot_cuda_moe_matmul_bwd(s, c->dact, dY, &w->down, &plan, 0, s_d ? &t_d : NULL);
+    if (g) ot_cuda_moe_matmul_bwd_weight(s, g->down, g->down_b, dY, a->act, 0, &w->down, &plan);
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     // the routing weights' gradient: dout·y from the down projection's input gradient (LoRA's part included)
     ot_cuda_moe_route_grad(s, c->dw, c->dact, a->act, c->dx, w->down.bias, a->topk_w, a->topk_idx, &plan, I, H);
     ot_cuda_swiglu_bwd(s, c->dgu, c->dact, a->gu, plan.n_pairs, I, cfg->swiglu_alpha, cfg->swiglu_limit);
     ot_bf16 *dXp = c->dbuf;
-    mark(c, OT_CUDA_PROF_MOE_MATMUL);
-    if (g) ot_cuda_moe_matmul_bwd_weight(s, g->gate_up, g->gate_up_b, c->dgu, a->xn2, 1, &w->gate_up, &plan);
-    ot_cuda_moe_matmul_bwd(s, dXp, c->dgu, &w->gate_up, &plan, 0);
     if (s_gu) {
         mark(c, OT_CUDA_PROF_MOE_LORA);
-        ot_cuda_moe_lora_bwd(s, dXp, lora_dA(c, s_gu), lora_dB(c, s_gu), c->dgu, a->xn2, 1, a->xa_gu,
+        ot_cuda_moe_lora_bwd(s, NULL, c->dxa, lora_dA(c, s_gu), lora_dB(c, s_gu), c->dgu, a->xn2, 1, a->xa_gu,
                              lora_A(c, s_gu), lora_B(c, s_gu), &plan, H, c->r, 2 * I, c->scale);
     }
+    mark(c, OT_CUDA_PROF_MOE_MATMUL);
+    if (g) ot_cuda_moe_matmul_bwd_weight(s, g->gate_up, g->gate_up_b, c->dgu, a->xn2, 1, &w->gate_up, &plan);
+    const ot_cuda_moe_lora_term t_gu = {c->dxa, s_gu ? lora_A(c, s_gu) : NULL, c->r, 1.0f};
+    ot_cuda_moe_matmul_bwd(s, dXp, c->dgu, &w->gate_up, &plan, 0, s_gu ? &t_gu : NULL);
     zero_bf16(c, c->dxn, (size_t)T * H);
     mark(c, OT_CUDA_PROF_MOE_ROUTING);
     ot_cuda_moe_unpermute_add(s, c->dxn, dXp, &plan, H);

@@ -772,8 +772,20 @@ static ot_expert_weight cpu_weight(const ot_cuda_expert_weight *W, float **dense
     }
     return w;
 }
+// An expert LoRA's expansion onto one row's fp32 output (before its rounding, as the fused kernels add it):
+// out[c] += scale · Σ_j u[row, j] · M_e(c, j), M_e = B_e [n, r] forward, A_e [r, n] backward.
+static void add_lora_term(float *out, const ot_cuda_moe_lora_term *t, int bwd, int e, int row, int n) {
+    if (!t) return;
+    const int r = t->r;
+    const float *M = t->adapter + (size_t)e * n * r, *u = t->u + (size_t)row * r;
+    for (int c = 0; c < n; c++) {
+        double acc = 0;
+        for (int j = 0; j < r; j++) acc += (double)u[j] * (bwd ? M[(size_t)j * n + c] : M[(size_t)c * r + j]);
+        out[c] += (float)(t->scale * acc);
+    }
+}
 void ot_cuda_moe_matmul_fwd(cudaStream_t s, ot_bf16 *y, const ot_bf16 *x, int gather, const ot_cuda_expert_weight *W,
-                            const ot_cuda_moe_plan *p) {
+                            const ot_cuda_moe_plan *p, const ot_cuda_moe_lora_term *lora) {
     (void)s;
     float *dk;
     ot_expert_weight w = cpu_weight(W, &dk);
@@ -785,6 +797,7 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t s, ot_bf16 *y, const ot_bf16 *x, int ga
         for (int i = 0; i < K; i++) xr[i] = rd(src, i);
         for (int i = 0; i < N; i++) b[i] = W->bias ? rd(W->bias, (size_t)e * N + i) : 0.0f;
         ot_expert_matmul_fwd(yr, xr, &w, e, b, 1);
+        add_lora_term(yr, lora, 0, e, row, N);
         tobf(y + (size_t)row * N, yr, N);
     }
     free(xr);
@@ -793,7 +806,7 @@ void ot_cuda_moe_matmul_fwd(cudaStream_t s, ot_bf16 *y, const ot_bf16 *x, int ga
     free(dk);
 }
 void ot_cuda_moe_matmul_bwd(cudaStream_t s, ot_bf16 *dx, const ot_bf16 *dy, const ot_cuda_expert_weight *W,
-                            const ot_cuda_moe_plan *p, int accumulate) {
+                            const ot_cuda_moe_plan *p, int accumulate, const ot_cuda_moe_lora_term *lora) {
     (void)s;
     float *dk;
     ot_expert_weight w = cpu_weight(W, &dk);
@@ -804,6 +817,7 @@ void ot_cuda_moe_matmul_bwd(cudaStream_t s, ot_bf16 *dx, const ot_bf16 *dy, cons
         for (int i = 0; i < N; i++) dyr[i] = rd(dy, (size_t)row * N + i);
         memset(dxr, 0, sizeof(float) * K);
         ot_expert_matmul_bwd(dxr, dyr, &w, e, 1);
+        add_lora_term(dxr, lora, 1, e, row, K);
         if (accumulate)
             addbf(dx + (size_t)row * K, dxr, K);
         else
@@ -906,10 +920,19 @@ void ot_cuda_moe_lora_fwd(cudaStream_t s, ot_bf16 *y, float *xa, const ot_bf16 *
         free(Y);
     }
 }
-void ot_cuda_moe_lora_bwd(cudaStream_t s, ot_bf16 *dxp, float *dA, float *dB, const ot_bf16 *dy, const ot_bf16 *x,
-                          int gather, const float *xa, const float *A, const float *B, const ot_cuda_moe_plan *p,
-                          int in, int r, int out, float scale) {
+void ot_cuda_moe_lora_bwd(cudaStream_t s, ot_bf16 *dxp, float *dxa, float *dA, float *dB, const ot_bf16 *dy,
+                          const ot_bf16 *x, int gather, const float *xa, const float *A, const float *B,
+                          const ot_cuda_moe_plan *p, int in, int r, int out, float scale) {
     (void)s;
+    if (dxa) // dxa = scale · dy · B_e, as ot_lora_bwd forms it
+        for (int row = 0; row < p->n_pairs; row++) {
+            const float *Be = B + (size_t)expert_of_row(p, row) * out * r;
+            for (int j = 0; j < r; j++) {
+                double acc = 0;
+                for (int o = 0; o < out; o++) acc += (double)rd(dy, (size_t)row * out + o) * Be[(size_t)o * r + j];
+                dxa[(size_t)row * r + j] = (float)(scale * acc);
+            }
+        }
     for (int e = 0; e < p->E; e++) {
         int r0 = p->offsets[e], n = p->offsets[e + 1] - r0;
         if (!n) continue;
