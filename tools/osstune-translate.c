@@ -530,8 +530,22 @@ typedef struct {
     run_stats *stats;
 } in_order;
 
+// --gpu-memory-limit, as on a card of that size: the decoder's own buffers were refused past it when allocated, but
+// what CUDA and its libraries take at first use (kernels' code, their workspaces) comes on top, unseen there; so the
+// memory in use is compared with the limit whenever a sentence is done, before it is printed.
+static void check_gpu_limit(long done) {
+    const size_t limit = ot_cuda_memory_limit(), used = ot_cuda_memory_in_use();
+    if (!limit || used <= limit) return;
+    char u[32], l[32];
+    die("GPU memory: %s in use after %ld sentence%s, over --gpu-memory-limit %s (what CUDA and its libraries allocate "
+        "at first use comes on top of the decoder's buffers): raise the limit, or decode fewer sentences at a time "
+        "(--batch-size)", ot_format_size(u, sizeof u, used), done, done == 1 ? "" : "s",
+        ot_format_size(l, sizeof l, limit));
+}
+
 static void on_done(void *user, long index, const ot_translation *t) {
     in_order *p = user;
+    check_gpu_limit(p->stats->done + 1);
     p->ready[index] = 1;
     account(p->stats, t);
     while (p->next_print < p->src->n && p->ready[p->next_print]) {
@@ -582,6 +596,12 @@ static text_list translate_cuda(const options *o, const text_list *src, const ch
         if (ot_translate_batch(&dec, h, prompts, src->n, &o->gen, o->seed, p.t, on_done, &p, &err))
             die("%s: %s", in_name, err.msg);
         summary(&r, dec.backend, o);
+        char used[32], lim[32];
+        const size_t in_use = ot_cuda_memory_in_use();
+        fprintf(stderr, PROG ": cuda backend: %s of GPU memory in use at the end (%zu MiB)%s%s\n",
+                ot_format_size(used, sizeof used, in_use), in_use >> 20,
+                o->gpu_memory_limit ? ", under --gpu-memory-limit " : "",
+                o->gpu_memory_limit ? ot_format_size(lim, sizeof lim, o->gpu_memory_limit) : "");
         ot_batch_decoder_close(&dec);
         free(p.t);
         free(p.ready);

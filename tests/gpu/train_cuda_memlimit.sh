@@ -11,7 +11,8 @@
 #      allocation, or after the step when what CUDA loads by itself at first use is what passes the limit);
 #   6. the limit with --backend cpu: refused before anything is loaded;
 #   7. osstune-translate --backend cuda under a roomy limit writes what it writes without one; under a limit below
-#      the model it is refused naming the flag; with --backend cpu the flag is a usage error.
+#      the model, or 1 MiB below what the unlimited run had in use at its end, it is refused naming the flag; with
+#      --backend cpu the flag is a usage error.
 #
 # usage: tests/gpu/train_cuda_memlimit.sh BIN_DIR WORK_DIR     (a GPU, or the emulated runtime of tests/gpu/train_emu,
 #                                                              whose device memory is counted per allocation)
@@ -99,7 +100,8 @@ train cpu --backend cpu --gpu-memory-limit 8GiB
     ok "--backend cpu: the limit is refused before the run starts" || fail "--backend cpu with a limit: exit $rc"
 
 # 7. osstune-translate --backend cuda with run 1's adapter: a roomy limit writes what no limit writes; a limit below
-#    the model is refused naming the flag; the cpu backend refuses the flag as a usage error
+#    the model, or just below what the run has in use, is refused naming the flag; the cpu backend refuses the flag
+#    as a usage error
 head -n 4 "$root/data/sample/dev.tsv" > "$work/dev3.tsv"
 translate() { # translate NAME ARGS...
     local name=$1
@@ -118,6 +120,19 @@ translate tr-small --backend cuda --gpu-memory-limit 4MiB
 [ "$rc" = 1 ] && said tr-small "gpu-memory-limit 4.0 MiB" && ! crashed tr-small &&
     ok "osstune-translate under 4 MiB: refused ($(grep -m1 -o 'needs [^;]*\|already uses.*' "$work/tr-small.log" | cut -c1-100))" ||
     fail "osstune-translate under 4 MiB: exit $rc (want 1 naming --gpu-memory-limit)"
+# a limit 1 MiB below what the unlimited run had in use at its end: refused, by the allocation check (the emulated
+# device, where only our buffers count) or when a sentence is done (a GPU: what CUDA takes by itself at first use)
+tp=$(grep -o 'GPU memory in use at the end ([0-9]* MiB)' "$work/tr-free.log" | grep -o '[0-9]*')
+if [ -n "$tp" ]; then
+    translate tr-below --backend cuda --gpu-memory-limit "$(( tp - 1 ))MiB"
+    if [ "$rc" = 1 ] && said tr-below "gpu-memory-limit" && ! crashed tr-below; then
+        ok "osstune-translate under $(( tp - 1 )) MiB: refused ($(grep -m1 -o 'GPU memory:.*\|needs [^;]*\|already uses.*' "$work/tr-below.log" | cut -c1-140))"
+    else
+        fail "osstune-translate under $(( tp - 1 )) MiB: exit $rc (want 1 naming --gpu-memory-limit)"; tail -3 "$work/tr-below.log"
+    fi
+else
+    fail "osstune-translate without a limit printed no 'GPU memory in use at the end (N MiB)'"
+fi
 translate tr-cpu --backend cpu --gpu-memory-limit 8GiB
 [ "$rc" = 2 ] && said tr-cpu "gpu-memory-limit is for the cuda backend" &&
     ok "osstune-translate --backend cpu: the limit is a usage error" || fail "osstune-translate --backend cpu with a limit: exit $rc"
