@@ -534,8 +534,10 @@ typedef struct {
 // what CUDA and its libraries take at first use (kernels' code, their workspaces) comes on top, unseen there; so the
 // memory in use is compared with the limit whenever a sentence is done, before it is printed.
 static void check_gpu_limit(long done) {
-    const size_t limit = ot_cuda_memory_limit(), used = ot_cuda_memory_in_use();
-    if (!limit || used <= limit) return;
+    const size_t limit = ot_cuda_memory_limit();
+    if (!limit) return;
+    const size_t used = ot_cuda_memory_in_use();
+    if (used <= limit) return;
     char u[32], l[32];
     die("GPU memory: %s in use after %ld sentence%s, over --gpu-memory-limit %s (what CUDA and its libraries allocate "
         "at first use comes on top of the decoder's buffers): raise the limit, or decode fewer sentences at a time "
