@@ -159,6 +159,14 @@ int ot_parse_size(const char *s, uint64_t *bytes) {
     return -1;
 }
 
+int ot_check_gpu_memory_limit(uint64_t used, uint64_t limit, const char *when, const char *advice, ot_err *err) {
+    if (!limit || used <= limit) return 0;
+    char u[32], l[32];
+    return ot_fail(err, "GPU memory: %s in use %s, over --gpu-memory-limit %s (what CUDA and its libraries allocate "
+                   "at first use comes on top of the planned buffers): %s", ot_format_size(u, sizeof u, used), when,
+                   ot_format_size(l, sizeof l, limit), advice);
+}
+
 const char *ot_format_size(char *buf, size_t n, uint64_t bytes) {
     const double b = (double)bytes;
     if (b >= 0x1p40) snprintf(buf, n, "%.2f TiB", b / 0x1p40);

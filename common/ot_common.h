@@ -104,6 +104,11 @@ int ot_parse_size(const char *s, uint64_t *bytes);
 // bytes for a message, in the largest binary unit that keeps the number at 1 or more: "24.00 GiB", "512.0 MiB",
 // "300 B". Returns buf.
 const char *ot_format_size(char *buf, size_t n, uint64_t bytes);
+// --gpu-memory-limit after the work (a training step, a translated sentence): 0 when `used` bytes of GPU memory in
+// use are within `limit` (0: no limit); else -1 with a message naming the flag, the figures, when (`when`, e.g.
+// "after step 12") and what to do (`advice`). The planned buffers are refused at allocation; what CUDA and its
+// libraries take by themselves at first use is seen only here.
+int ot_check_gpu_memory_limit(uint64_t used, uint64_t limit, const char *when, const char *advice, ot_err *err);
 
 #ifdef __cplusplus
 }

@@ -689,9 +689,25 @@ static void test_parse_size(void) {
     }
 }
 
+// ot_check_gpu_memory_limit (common/): within the limit or without one passes; past it, the message names the flag,
+// both figures, when and the advice.
+static void test_gpu_memory_limit(void) {
+    ot_err err;
+    err.msg[0] = 0;
+    CHECK(ot_check_gpu_memory_limit(3ull << 30, 0, "after step 1", "x", &err) == 0, "no limit: must pass");
+    CHECK(ot_check_gpu_memory_limit(3ull << 30, 3ull << 30, "after step 1", "x", &err) == 0, "at the limit: must pass");
+    CHECK(err.msg[0] == 0, "a passing check must leave err alone");
+    CHECK(ot_check_gpu_memory_limit((3ull << 30) + 1, 3ull << 30, "after step 7", "lower it", &err) == -1,
+          "1 byte over the limit: must fail");
+    CHECK(strstr(err.msg, "--gpu-memory-limit 3.00 GiB") && strstr(err.msg, "3.00 GiB in use after step 7") &&
+              strstr(err.msg, ": lower it"),
+          "the message names the flag, the figures, when and the advice: %s", err.msg);
+}
+
 int main(void) {
     ot_rng_seed(&rng, 77);
     test_parse_size();
+    test_gpu_memory_limit();
     test_mxfp4();
     test_rope_inv_freq();
     test_attention_semantics();

@@ -536,13 +536,12 @@ typedef struct {
 static void check_gpu_limit(long done) {
     const size_t limit = ot_cuda_memory_limit();
     if (!limit) return;
-    const size_t used = ot_cuda_memory_in_use();
-    if (used <= limit) return;
-    char u[32], l[32];
-    die("GPU memory: %s in use after %ld sentence%s, over --gpu-memory-limit %s (what CUDA and its libraries allocate "
-        "at first use comes on top of the decoder's buffers): raise the limit, or decode fewer sentences at a time "
-        "(--batch-size)", ot_format_size(u, sizeof u, used), done, done == 1 ? "" : "s",
-        ot_format_size(l, sizeof l, limit));
+    ot_err err;
+    char when[48];
+    snprintf(when, sizeof when, "after %ld sentence%s", done, done == 1 ? "" : "s");
+    if (ot_check_gpu_memory_limit(ot_cuda_memory_in_use(), limit, when,
+                                  "raise the limit, or decode fewer sentences at a time (--batch-size)", &err))
+        die("%s", err.msg);
 }
 
 static void on_done(void *user, long index, const ot_translation *t) {

@@ -177,14 +177,11 @@ static int due(const ot_train_state *st, const ot_train_options *o, int stopping
 }
 
 int ot_run_check_gpu_limit(const ot_run_log *r, const ot_train_state *st, ot_err *err) {
-    const size_t limit = (size_t)r->o->gpu_memory_limit;
-    if (!limit || r->gpu_in_use <= limit) return 0;
-    char used[32], lim[32];
-    return ot_fail(err, "GPU memory: %s in use after step %lld, over --gpu-memory-limit %s (what CUDA and its "
-                   "libraries allocate at first use comes on top of the planned buffers): raise the limit, or make "
-                   "the run smaller (--recompute on, fewer --rows-per-step, a shorter --seq-len)",
-                   ot_format_size(used, sizeof used, r->gpu_in_use), (long long)st->step,
-                   ot_format_size(lim, sizeof lim, limit));
+    char when[48];
+    snprintf(when, sizeof when, "after step %lld", (long long)st->step);
+    return ot_check_gpu_memory_limit(r->gpu_in_use, r->o->gpu_memory_limit, when,
+                                     "raise the limit, or make the run smaller (--recompute on, fewer "
+                                     "--rows-per-step, a shorter --seq-len)", err);
 }
 
 int ot_run_eval_due(const ot_run_log *r, const ot_train_state *st, int stopping) {
